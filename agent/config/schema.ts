@@ -1,0 +1,99 @@
+import { z } from "zod";
+
+/**
+ * The whole configuration, one section per pipeline stage. Every key has a default, so an empty file
+ * (or none) is a valid configuration; unknown keys are errors so that a typo never passes silently.
+ * `config/wl-webrtc.toml` lists every key with its default: keep the two in step (a test checks it).
+ */
+const port = z.number().int().min(1).max(65535);
+const portOrZero = z.number().int().min(0).max(65535);
+const positiveInt = z.number().int().min(1);
+const host = z.string().min(1);
+
+const logSection = z.strictObject({
+  level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
+  pretty: z.enum(["auto", "always", "never"]).default("auto"),
+});
+
+const serverSection = z.strictObject({
+  host: host.default("127.0.0.1"),
+  /** 0 picks a free port (tests). */
+  port: portOrZero.default(8780),
+  tls_cert: z.string().default(""),
+  tls_key: z.string().default(""),
+  /** Origins allowed to open the signaling WebSocket, e.g. "https://desk.example.org". Empty: same origin only. */
+  allowed_origins: z.array(z.string().regex(/^(https?:\/\/[^/\s]+|\*)$/, "an origin like https://host:port, or *")).default([]),
+  /** Directory of the web client's static files. Empty: the bundled web-client/dist. */
+  web_root: z.string().default(""),
+});
+
+const signalingSection = z.strictObject({
+  hello_timeout_ms: z.number().int().min(100).max(120_000).default(5000),
+  max_message_bytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
+  messages_per_second: z.number().min(1).max(100_000).default(50),
+  message_burst: positiveInt.max(100_000).default(200),
+  /** Bad messages tolerated (each answered with an error) before the connection is closed. */
+  max_bad_messages: positiveInt.max(10_000).default(20),
+  max_sessions: positiveInt.max(10_000).default(32),
+  /** New connections per remote address: sustained rate per second and burst. */
+  connections_per_second_per_address: z.number().min(0.01).max(10_000).default(2),
+  connection_burst_per_address: positiveInt.max(100_000).default(20),
+  /** A connection that answers no ping for this long is dropped. */
+  idle_timeout_ms: z.number().int().min(1000).max(3_600_000).default(30_000),
+});
+
+const authSection = z.strictObject({
+  audience: z.string().min(1).default("wl-webrtc"),
+  /** HS256 secret file; empty: <state_dir>/secret.key, created on first run. WL_WEBRTC_SECRET overrides. */
+  secret_file: z.string().default(""),
+  /** Ed25519 public keys (SPKI PEM files) whose EdDSA tokens are also accepted. */
+  public_keys: z.array(z.string().min(1)).default([]),
+  /** Revoked token ids (jti), one per line; empty: <state_dir>/revoked-jti. */
+  revocation_file: z.string().default(""),
+  default_ttl_s: positiveInt.max(31 * 24 * 3600).default(3600),
+  max_ttl_s: positiveInt.max(366 * 24 * 3600).default(24 * 3600),
+  clock_tolerance_s: z.number().int().min(0).max(300).default(5),
+});
+
+const metricsSection = z.strictObject({
+  enabled: z.boolean().default(true),
+  host: host.default("127.0.0.1"),
+  port: portOrZero.default(9464),
+});
+
+const desktopSection = z.strictObject({
+  /** auto: the user's Wayland session if one is found, else our own headless desktop. */
+  mode: z.enum(["auto", "session", "headless"]).default("auto"),
+  width: z.number().int().min(64).max(7680).default(1920),
+  height: z.number().int().min(64).max(4320).default(1080),
+  refresh_hz: z.number().int().min(1).max(240).default(60),
+});
+
+const captureSection = z.strictObject({
+  source_types: z.array(z.enum(["monitor", "window", "virtual"])).min(1).default(["monitor"]),
+  cursor_mode: z.enum(["hidden", "embedded", "metadata"]).default("embedded"),
+  /** Keep the portal's restore token so the user is asked once. */
+  persist: z.boolean().default(true),
+  /** Edge of the square tiles compared when the compositor sends no damage. */
+  damage_tile_size: z.number().int().min(8).max(512).default(64),
+});
+
+export const configSchema = z.strictObject({
+  /** Where the secret, the restore token and the revocation list live. Empty: $XDG_STATE_HOME/wl-webrtc. */
+  state_dir: z.string().default(""),
+  log: logSection.prefault({}),
+  server: serverSection.prefault({}),
+  signaling: signalingSection.prefault({}),
+  auth: authSection.prefault({}),
+  metrics: metricsSection.prefault({}),
+  desktop: desktopSection.prefault({}),
+  capture: captureSection.prefault({}),
+});
+
+export type Config = z.infer<typeof configSchema>;
+export type ServerConfig = Config["server"];
+export type SignalingConfig = Config["signaling"];
+export type AuthConfig = Config["auth"];
+export type MetricsConfig = Config["metrics"];
+export type DesktopConfig = Config["desktop"];
+export type CaptureConfig = Config["capture"];

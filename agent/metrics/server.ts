@@ -1,0 +1,92 @@
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "../log/logger.js";
+import type { Metrics } from "./metrics.js";
+
+export type ReadinessCheck = () => { ok: boolean; detail: string };
+
+/**
+ * The metrics listener, separate from the signaling port and on loopback by default:
+ * `/metrics` (Prometheus text), `/healthz` (the process answers), `/readyz` (every readiness check
+ * passes; 503 names the ones that do not).
+ */
+export class MetricsServer {
+  readonly #server: Server;
+  readonly #checks = new Map<string, ReadinessCheck>();
+  #closed = false;
+
+  private constructor(server: Server) {
+    this.#server = server;
+  }
+
+  static async open(opts: { host: string; port: number; metrics: Metrics; log: Logger }): Promise<MetricsServer> {
+    let self: MetricsServer | undefined;
+    const server = createServer((req, res) => {
+      const url = req.url ?? "/";
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        res.writeHead(405, { allow: "GET, HEAD" }).end();
+        return;
+      }
+      if (url === "/metrics") {
+        opts.metrics.registry.metrics().then(
+          (text) => res.writeHead(200, { "content-type": opts.metrics.registry.contentType }).end(text),
+          (err: unknown) => {
+            opts.log.error({ err }, "metrics collection failed");
+            res.writeHead(500).end();
+          },
+        );
+      } else if (url === "/healthz") {
+        res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
+      } else if (url === "/readyz") {
+        const failing = self ? self.#failing() : ["starting"];
+        if (failing.length === 0) res.writeHead(200, { "content-type": "text/plain" }).end("ready\n");
+        else res.writeHead(503, { "content-type": "text/plain" }).end(`not ready: ${failing.join("; ")}\n`);
+      } else {
+        res.writeHead(404).end();
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(opts.port, opts.host, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    self = new MetricsServer(server);
+    opts.log.info({ address: self.url }, "metrics listening");
+    return self;
+  }
+
+  get address(): AddressInfo {
+    return this.#server.address() as AddressInfo;
+  }
+
+  get url(): string {
+    const a = this.address;
+    return `http://${a.family === "IPv6" ? `[${a.address}]` : a.address}:${a.port}`;
+  }
+
+  addReadinessCheck(name: string, check: ReadinessCheck): void {
+    this.#checks.set(name, check);
+  }
+
+  #failing(): string[] {
+    const out: string[] = [];
+    for (const [name, check] of this.#checks) {
+      try {
+        const r = check();
+        if (!r.ok) out.push(`${name}: ${r.detail}`);
+      } catch (err) {
+        out.push(`${name}: ${String(err)}`);
+      }
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#server.closeAllConnections();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+}

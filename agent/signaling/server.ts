@@ -1,0 +1,396 @@
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
+import { readFileSync } from "node:fs";
+import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
+import { fileURLToPath } from "node:url";
+import { WebSocketServer, type WebSocket, type RawData } from "ws";
+import type { Logger } from "../log/logger.js";
+import type { Metrics } from "../metrics/metrics.js";
+import type { ServerConfig, SignalingConfig } from "../config/schema.js";
+import type { TokenService } from "../auth/tokens.js";
+import { AddressRateLimiter, TokenBucket } from "./limits.js";
+import {
+  BEARER_PREFIX, CLIENT_TYPES, CloseCode, PROTOCOL_VERSION, SIGNALING_PATH, SUBPROTOCOL,
+  clientMessageSchema, describeZodError, helloSchema, type ErrorCode, type ServerMessage,
+} from "./protocol.js";
+import { Session, closeSocket } from "./session.js";
+import { SessionRegistry } from "./registry.js";
+import { StaticFiles } from "./static.js";
+import { TypedEmitter } from "../util/events.js";
+import { WlError } from "../util/errors.js";
+
+export interface SignalingServerOptions {
+  server: ServerConfig;
+  signaling: SignalingConfig;
+  tokens: TokenService;
+  metrics: Metrics;
+  log: Logger;
+}
+
+export type SignalingServerEvents = {
+  /** A client passed hello. Attach to `session.on("message")` to handle offers and candidates. */
+  session: [Session];
+};
+
+const DEFAULT_WEB_ROOT = fileURLToPath(new URL("../../../web-client/dist/", import.meta.url));
+
+/**
+ * HTTP and WebSocket on one port: the web client's static files, and the signaling WebSocket at
+ * `/signal`. Every refusal has a documented HTTP status or close code, and one log line (no token).
+ */
+export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
+  readonly registry: SessionRegistry;
+  readonly #opts: SignalingServerOptions;
+  readonly #http: Server;
+  readonly #wss: WebSocketServer;
+  readonly #addressLimiter: AddressRateLimiter;
+  readonly #static: StaticFiles;
+  readonly #connections = new Set<WebSocket>();
+  readonly #tls: boolean;
+  #closed = false;
+
+  private constructor(opts: SignalingServerOptions, http: Server, tls: boolean) {
+    super();
+    this.#opts = opts;
+    this.#http = http;
+    this.#tls = tls;
+    this.registry = new SessionRegistry(opts.metrics);
+    this.#addressLimiter = new AddressRateLimiter(opts.signaling.connections_per_second_per_address, opts.signaling.connection_burst_per_address);
+    this.#static = new StaticFiles(opts.server.web_root === "" ? DEFAULT_WEB_ROOT : opts.server.web_root);
+    this.#wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: opts.signaling.max_message_bytes,
+      perMessageDeflate: false, // compression bombs and CPU cost are not worth it for small JSON messages
+      handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
+    });
+    http.on("request", (req, res) => this.#onRequest(req, res));
+    http.on("upgrade", (req, socket, head) => this.#onUpgrade(req, socket, head));
+    http.on("clientError", (_err, socket) => socket.destroy());
+  }
+
+  /** Starts listening; resolves once the port is bound. */
+  static async open(opts: SignalingServerOptions): Promise<SignalingServer> {
+    const { server: cfg, log } = opts;
+    const tls = cfg.tls_cert !== "" && cfg.tls_key !== "";
+    let http: Server;
+    if (tls) {
+      let cert: Buffer, key: Buffer;
+      try {
+        cert = readFileSync(cfg.tls_cert);
+        key = readFileSync(cfg.tls_key);
+      } catch (err) {
+        throw new WlError("config", `server.tls_cert / server.tls_key: cannot read (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+      }
+      http = createHttpsServer({ cert, key });
+    } else {
+      http = createHttpServer();
+    }
+    http.headersTimeout = 10_000;
+    http.requestTimeout = 30_000;
+    const self = new SignalingServer(opts, http, tls);
+    await new Promise<void>((resolve, reject) => {
+      http.once("error", reject);
+      http.listen(cfg.port, cfg.host, () => {
+        http.off("error", reject);
+        resolve();
+      });
+    });
+    if (!tls && !isLoopback(cfg.host))
+      log.warn({ host: cfg.host }, "signaling listens on a non-loopback address without TLS: tokens and SDP travel in clear; set server.tls_cert and server.tls_key");
+    log.info({ url: self.url, tls }, "signaling listening");
+    return self;
+  }
+
+  get address(): AddressInfo {
+    return this.#http.address() as AddressInfo;
+  }
+
+  get url(): string {
+    const a = this.address;
+    const host = a.family === "IPv6" ? `[${a.address}]` : a.address;
+    return `${this.#tls ? "https" : "http"}://${host}:${a.port}`;
+  }
+
+  /** Open WebSocket connections, authenticated or not. */
+  get connectionCount(): number {
+    return this.#connections.size;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.registry.closeAll(CloseCode.goingAway, "agent shutting down");
+    for (const ws of this.#connections) closeSocket(ws, CloseCode.goingAway, "agent shutting down");
+    await new Promise<void>((resolve) => {
+      this.#http.close(() => resolve());
+      this.#http.closeAllConnections();
+    });
+    for (const ws of this.#connections) ws.terminate();
+    this.#wss.close();
+    this.removeAllListeners();
+  }
+
+  #onRequest(req: IncomingMessage, res: ServerResponse): void {
+    if (req.url?.split("?")[0] === SIGNALING_PATH) {
+      res.writeHead(426, { "content-type": "text/plain", upgrade: "websocket" }).end("use a WebSocket\n");
+      return;
+    }
+    this.#static.serve(req, res);
+  }
+
+  #reject(socket: Duplex, status: number, reason: string, remote: string, detail?: string): void {
+    this.#opts.metrics.rejectedConnections.inc({ reason });
+    this.#opts.log.info({ remote, status, reason, detail }, "signaling connection refused");
+    const text = `${status} ${STATUS_TEXT[status] ?? "Refused"}`;
+    socket.end(`HTTP/1.1 ${text}\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(reason) + 1}\r\n\r\n${reason}\n`);
+    socket.destroy();
+  }
+
+  #onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on("error", () => socket.destroy());
+    const remote = req.socket.remoteAddress ?? "unknown";
+    if (this.#closed) return this.#reject(socket, 503, "shutting-down", remote);
+    if (req.url?.split("?")[0] !== SIGNALING_PATH) return this.#reject(socket, 404, "wrong-path", remote);
+    if (!this.#addressLimiter.take(remote)) return this.#reject(socket, 429, "address-rate", remote);
+    const origin = req.headers.origin;
+    if (origin !== undefined && !this.#originAllowed(origin, req.headers.host)) return this.#reject(socket, 403, "origin", remote, origin);
+    const sig = this.#opts.signaling;
+    // Unauthenticated connections get a small allowance above the session limit, no more.
+    if (this.#connections.size >= sig.max_sessions + Math.max(16, sig.max_sessions)) return this.#reject(socket, 503, "server-full", remote);
+    const protocols = parseProtocols(req.headers["sec-websocket-protocol"]);
+    const bearer = protocols.find((p) => p.startsWith(BEARER_PREFIX));
+    if (protocols.length > 0 && !protocols.includes(SUBPROTOCOL)) return this.#reject(socket, 400, "subprotocol", remote);
+    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#onConnection(ws, remote, bearer?.slice(BEARER_PREFIX.length)));
+  }
+
+  #originAllowed(origin: string, host: string | undefined): boolean {
+    const allowed = this.#opts.server.allowed_origins;
+    if (allowed.includes("*") || allowed.includes(origin)) return true;
+    // Same origin: the page was served by this agent.
+    try {
+      const u = new URL(origin);
+      return host !== undefined && u.host === host && u.protocol === (this.#tls ? "https:" : "http:");
+    } catch {
+      return false;
+    }
+  }
+
+  #onConnection(ws: WebSocket, remote: string, headerToken: string | undefined): void {
+    const { signaling: sig, metrics, log, tokens } = this.#opts;
+    this.#connections.add(ws);
+    const bucket = new TokenBucket(sig.messages_per_second, sig.message_burst);
+    let state: "hello" | "auth" | "open" | "closed" = "hello";
+    let session: Session | undefined;
+    let strikes = 0;
+    let alive = true;
+
+    const sent = (type: ServerMessage["type"]): void => {
+      metrics.signalingMessages.inc({ type, direction: "out" });
+    };
+    const send = (msg: ServerMessage): void => {
+      if (session) {
+        session.send(msg);
+        return;
+      }
+      if (ws.readyState !== ws.OPEN) return;
+      ws.send(JSON.stringify(msg));
+      sent(msg.type);
+    };
+    const refuse = (code: number, reason: string, label: string, detail?: string): void => {
+      if (state === "closed") return;
+      state = "closed";
+      metrics.rejectedConnections.inc({ reason: label });
+      log.info({ remote, session: session?.id, code, reason: label, detail }, "signaling connection closed by the agent");
+      if (session) session.close(code, reason);
+      else closeSocket(ws, code, reason);
+    };
+    const answerError = (code: ErrorCode, message: string, ref?: string, id?: string | number): void => {
+      send({ type: "error", code, message, ...(ref !== undefined ? { ref } : {}), ...(id !== undefined ? { id } : {}) });
+    };
+    const strike = (code: ErrorCode, message: string, ref?: string, id?: string | number): void => {
+      answerError(code, message, ref, id);
+      if (++strikes > sig.max_bad_messages) refuse(CloseCode.badMessage, "too many bad messages", "bad-messages");
+    };
+
+    const helloTimer = setTimeout(() => {
+      if (state === "hello" || state === "auth") {
+        answerError("unexpected", `no valid hello within ${sig.hello_timeout_ms} ms`);
+        refuse(CloseCode.helloTimeout, "hello timeout", "hello-timeout");
+      }
+    }, sig.hello_timeout_ms);
+    const pingTimer = setInterval(() => {
+      if (!alive) {
+        refuse(CloseCode.idleTimeout, "idle timeout", "idle-timeout");
+        ws.terminate();
+        return;
+      }
+      alive = false;
+      try {
+        ws.ping();
+      } catch {
+        // the socket is going away; the close handler cleans up
+      }
+    }, Math.max(500, Math.floor(sig.idle_timeout_ms / 2)));
+    helloTimer.unref();
+    pingTimer.unref();
+    ws.on("pong", () => {
+      alive = true;
+    });
+
+    ws.on("close", (code, reasonBuf) => {
+      clearTimeout(helloTimer);
+      clearInterval(pingTimer);
+      this.#connections.delete(ws);
+      state = "closed";
+      session?.socketClosed(code, reasonBuf.toString());
+    });
+    ws.on("error", (err) => {
+      // ws reports oversized frames (1009) and protocol errors here before closing.
+      const tooBig = (err as { code?: string }).code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH";
+      if (state !== "closed") {
+        metrics.rejectedConnections.inc({ reason: tooBig ? "too-big" : "ws-protocol" });
+        log.info({ remote, session: session?.id, reason: tooBig ? "too-big" : "ws-protocol", detail: err.message }, "signaling connection closed by the agent");
+        state = "closed";
+      }
+    });
+
+    ws.on("message", (data: RawData, isBinary: boolean) => {
+      if (state === "closed") return;
+      alive = true;
+      if (!bucket.take()) {
+        refuse(CloseCode.rateLimited, "rate limited: too many messages", "message-rate");
+        return;
+      }
+      if (isBinary) {
+        metrics.signalingMessages.inc({ type: "invalid", direction: "in" });
+        if (state === "hello") {
+          answerError("bad-message", "expected a text message");
+          refuse(CloseCode.badMessage, "expected hello", "bad-hello");
+        } else strike("bad-message", "expected a text message");
+        return;
+      }
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(rawToString(data));
+      } catch {
+        metrics.signalingMessages.inc({ type: "invalid", direction: "in" });
+        if (state === "hello") {
+          answerError("bad-json", "not valid JSON");
+          refuse(CloseCode.badMessage, "expected hello", "bad-hello");
+        } else strike("bad-json", "not valid JSON");
+        return;
+      }
+      const type = typeof (parsed as { type?: unknown })?.type === "string" ? (parsed as { type: string }).type : undefined;
+      const knownType = type !== undefined && (CLIENT_TYPES as readonly string[]).includes(type) ? type : "invalid";
+      metrics.signalingMessages.inc({ type: knownType, direction: "in" });
+      const msgId = pickId(parsed);
+
+      if (state === "hello") {
+        const hello = helloSchema.safeParse(parsed);
+        if (!hello.success) {
+          answerError("bad-message", type === "hello" ? `bad hello: ${describeZodError(hello.error)}` : "the first message must be hello", type, msgId);
+          refuse(CloseCode.badMessage, "expected hello", "bad-hello");
+          return;
+        }
+        if (hello.data.v !== PROTOCOL_VERSION) {
+          answerError("bad-message", `protocol version ${hello.data.v} is not supported; this agent speaks ${PROTOCOL_VERSION}`, "hello", msgId);
+          refuse(CloseCode.unsupportedVersion, `unsupported version; use ${PROTOCOL_VERSION}`, "version");
+          return;
+        }
+        state = "auth";
+        const token = hello.data.token ?? headerToken;
+        tokens.verify(token).then(
+          (result) => {
+            if (state !== "auth") return; // closed meanwhile
+            if (!result.ok) {
+              metrics.authFailures.inc({ reason: result.reason });
+              refuse(CloseCode.unauthorized, `unauthorized: ${result.reason}`, "auth", result.reason);
+              return;
+            }
+            if (this.registry.size >= sig.max_sessions) {
+              refuse(CloseCode.serverFull, "server full: too many sessions", "server-full");
+              return;
+            }
+            clearTimeout(helloTimer);
+            const c = result.claims;
+            session = new Session(ws, { role: c.role, subject: c.sub, jti: c.jti, expiresAt: c.exp, remoteAddress: remote }, sent);
+            state = "open";
+            this.registry.add(session);
+            log.info({ remote, session: session.id, role: c.role, subject: c.sub, jti: c.jti }, "session opened");
+            session.once("close", ({ code, reason }) => log.info({ session: session?.id, code, reason }, "session closed"));
+            send({
+              type: "welcome",
+              v: PROTOCOL_VERSION,
+              session: session.id,
+              role: c.role,
+              subject: c.sub,
+              expiresAt: c.exp,
+              limits: { maxMessageBytes: sig.max_message_bytes, messagesPerSecond: sig.messages_per_second },
+            });
+            this.safeEmit("session", session);
+          },
+          (err: unknown) => {
+            log.error({ err, remote }, "token verification failed unexpectedly");
+            refuse(CloseCode.internalError, "internal error", "internal");
+          },
+        );
+        return;
+      }
+      if (state === "auth") {
+        strike("unexpected", "wait for welcome before sending more", type, msgId);
+        return;
+      }
+      // state === "open"
+      const msg = clientMessageSchema.safeParse(parsed);
+      if (!msg.success) {
+        strike("bad-message", type === "hello" ? "hello was already accepted" : describeZodError(msg.error), type, msgId);
+        return;
+      }
+      const m = msg.data;
+      if (m.type === "bye") {
+        session?.close(CloseCode.normal, m.reason ?? "bye");
+        return;
+      }
+      if (m.type === "ping") {
+        send({ type: "pong", ...(m.id !== undefined ? { id: m.id } : {}), time: Date.now() });
+        return;
+      }
+      if (!session?.deliver(m)) answerError("unavailable", "this agent has no media to offer yet", m.type, m.id);
+    });
+  }
+}
+
+function rawToString(data: RawData): string {
+  if (Buffer.isBuffer(data)) return data.toString("utf8");
+  if (Array.isArray(data)) return Buffer.concat(data).toString("utf8");
+  return Buffer.from(data).toString("utf8");
+}
+
+function pickId(v: unknown): string | number | undefined {
+  const id = (v as { id?: unknown } | null)?.id;
+  if (typeof id === "number" && Number.isInteger(id)) return id;
+  if (typeof id === "string" && id.length <= 64) return id;
+  return undefined;
+}
+
+function parseProtocols(header: string | undefined): string[] {
+  if (header === undefined) return [];
+  return header.split(",").map((s) => s.trim()).filter((s) => s !== "");
+}
+
+export function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  403: "Forbidden",
+  404: "Not Found",
+  429: "Too Many Requests",
+  503: "Service Unavailable",
+};

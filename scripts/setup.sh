@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Sets up everything wl-webrtc needs on Debian 12 (or newer): Debian packages, Node.js 22, npm
+# dependencies, and the build (TypeScript, the native addon, the web client).
+#   scripts/setup.sh          packages to build and run the agent (and its headless desktop)
+#   scripts/setup.sh --test   also the packages the tests and benches use (chromium, ffmpeg, ...)
+# Idempotent: a second run only checks.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=env.sh
+source "$here/env.sh"
+cd "$WL_ROOT"
+
+want_test=0
+for a in "$@"; do
+  case "$a" in
+    --test) want_test=1 ;;
+    *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+
+# Build and run: the native addon's libraries, the headless desktop (sway, PipeWire, portal).
+pkgs=(build-essential python3 pkg-config ca-certificates
+      libpipewire-0.3-dev libspa-0.2-dev libavcodec-dev libavutil-dev libswscale-dev libx264-dev libva-dev
+      libwayland-dev wayland-protocols
+      dbus dbus-daemon pipewire wireplumber sway xdg-desktop-portal xdg-desktop-portal-wlr
+      fonts-dejavu-core)
+# Tests and benches: a real browser, a terminal that animates the screen, input checkers, ffmpeg,
+# network shaping between test hosts.
+test_pkgs=(chromium foot wev wtype ffmpeg nftables iproute2 procps)
+[ "$want_test" = 1 ] && pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Node.js 22 from the npm registry (this machine's own Node may be older).
+if ! [ -x "$WL_NODE_HOME/bin/node" ]; then
+  echo "setup: installing Node.js ($WL_NODE_PKG@$WL_NODE_RANGE) into .toolchain/"
+  mkdir -p .toolchain
+  [ -f .toolchain/package.json ] || echo '{"private":true}' > .toolchain/package.json
+  npm install --prefix .toolchain --no-save --no-package-lock "$WL_NODE_PKG@$WL_NODE_RANGE" >/dev/null
+fi
+echo "setup: node $(node --version) at $(command -v node)"
+
+# npm dependencies: only when package-lock.json changed since the last install.
+stamp=node_modules/.wl-webrtc-lock
+if ! [ -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund >/dev/null
+  cp package-lock.json "$stamp"
+fi
+
+echo "setup: building"
+npm run --silent build
+echo "setup: done"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command to set up and run the whole test suite (unit and integration, on a real headless desktop).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+"$here/setup.sh" --test
+source "$here/env.sh"
+cd "$WL_ROOT"
+exec npm test
