@@ -5,4 +5,5 @@ here="$(cd "$(dirname "$0")" && pwd)"
 "$here/setup.sh" --test
 source "$here/env.sh"
 cd "$WL_ROOT"
+npm run --silent lint
 exec npm test

@@ -5,7 +5,6 @@ import { z } from "zod";
  * (or none) is a valid configuration; unknown keys are errors so that a typo never passes silently.
  * `config/wl-webrtc.toml` lists every key with its default: keep the two in step (a test checks it).
  */
-const port = z.number().int().min(1).max(65535);
 const portOrZero = z.number().int().min(0).max(65535);
 const positiveInt = z.number().int().min(1);
 const host = z.string().min(1);

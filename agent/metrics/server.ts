@@ -20,7 +20,8 @@ export class MetricsServer {
   }
 
   static async open(opts: { host: string; port: number; metrics: Metrics; log: Logger }): Promise<MetricsServer> {
-    let self: MetricsServer | undefined;
+    // The request handler is made before the object it reports on; it reads the object through this box.
+    const box: { self?: MetricsServer } = {};
     const server = createServer((req, res) => {
       const url = req.url ?? "/";
       if (req.method !== "GET" && req.method !== "HEAD") {
@@ -38,7 +39,7 @@ export class MetricsServer {
       } else if (url === "/healthz") {
         res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
       } else if (url === "/readyz") {
-        const failing = self ? self.#failing() : ["starting"];
+        const failing = box.self ? box.self.#failing() : ["starting"];
         if (failing.length === 0) res.writeHead(200, { "content-type": "text/plain" }).end("ready\n");
         else res.writeHead(503, { "content-type": "text/plain" }).end(`not ready: ${failing.join("; ")}\n`);
       } else {
@@ -52,7 +53,8 @@ export class MetricsServer {
         resolve();
       });
     });
-    self = new MetricsServer(server);
+    const self = new MetricsServer(server);
+    box.self = self;
     opts.log.info({ address: self.url }, "metrics listening");
     return self;
   }
