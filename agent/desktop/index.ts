@@ -1,0 +1,2 @@
+export { HeadlessDesktop, DesktopStartError, type HeadlessDesktopOptions, type HeadlessDesktopEvents, type SpawnClientOptions } from "./headless.js";
+export { detectSession, type SessionStatus } from "./detect.js";
