@@ -6,6 +6,8 @@ import { TokenService } from "./auth/tokens.js";
 import { loadOrCreateSecret } from "./auth/secret.js";
 import { SignalingServer } from "./signaling/server.js";
 import { VERSION } from "./version.js";
+import { HeadlessDesktop, detectSession } from "./desktop/index.js";
+import { UnsupportedError } from "./util/errors.js";
 
 export interface AgentOptions {
   config: Config;
@@ -24,6 +26,10 @@ export class Agent {
   readonly tokens: TokenService;
   #signaling: SignalingServer | undefined;
   #metricsServer: MetricsServer | undefined;
+  #desktop: HeadlessDesktop | undefined;
+  /** The environment of the desktop being shared: the user's session, or our headless one. */
+  #desktopEnv: NodeJS.ProcessEnv = {};
+  readonly #env: NodeJS.ProcessEnv;
   #closing: Promise<void> | undefined;
 
   private constructor(opts: AgentOptions, tokens: TokenService, metrics: Metrics) {
@@ -31,6 +37,7 @@ export class Agent {
     this.log = opts.log;
     this.tokens = tokens;
     this.metrics = metrics;
+    this.#env = opts.env ?? process.env;
   }
 
   /** Makes the token service without starting anything (used by `wl-webrtc token`). */
@@ -59,6 +66,48 @@ export class Agent {
     this.#signaling = await SignalingServer.open({ server: config.server, signaling: config.signaling, tokens: this.tokens, metrics: this.metrics, log });
     const signaling = this.#signaling;
     this.#metricsServer?.addReadinessCheck("signaling", () => ({ ok: !signaling.closed, detail: "signaling server is closed" }));
+    await this.#openDesktop();
+  }
+
+  /** Finds the desktop to share: the user's Wayland session, or (by config, or when none is found) our own. */
+  async #openDesktop(): Promise<void> {
+    const { config, log } = this;
+    const mode = config.desktop.mode;
+    if (mode === "none") {
+      log.info("desktop.mode is none: no desktop is shared");
+      return;
+    }
+    if (mode !== "headless") {
+      const status = await detectSession(this.#env);
+      if (status.usable) {
+        log.info({ display: status.waylandDisplay, reason: status.reason }, "sharing the user's Wayland session");
+        this.#desktopEnv = {
+          ...this.#env,
+          ...(status.waylandDisplay ? { WAYLAND_DISPLAY: status.waylandDisplay } : {}),
+          ...(status.busAddress ? { DBUS_SESSION_BUS_ADDRESS: status.busAddress } : {}),
+        };
+        return;
+      }
+      if (mode === "session")
+        throw new UnsupportedError(`desktop.mode is "session" but no usable Wayland session was found: ${status.reason}`);
+      log.info({ reason: status.reason }, "no Wayland session found: starting a headless desktop");
+    }
+    const desktop = await HeadlessDesktop.start({ width: config.desktop.width, height: config.desktop.height, refreshHz: config.desktop.refresh_hz, log: log.child({ stage: "desktop" }) });
+    this.#desktop = desktop;
+    this.#desktopEnv = { ...this.#env, ...desktop.env };
+    desktop.on("part-exited", ({ part, code, signal }) => log.error({ part, code, signal }, "a part of the headless desktop exited"));
+    log.info({ width: config.desktop.width, height: config.desktop.height, refreshHz: config.desktop.refresh_hz, runtimeDir: desktop.env.XDG_RUNTIME_DIR }, "headless desktop running");
+    this.#metricsServer?.addReadinessCheck("desktop", () => ({ ok: !desktop.closed, detail: "the headless desktop is closed" }));
+  }
+
+  /** The headless desktop, when the agent runs one. */
+  get desktop(): HeadlessDesktop | undefined {
+    return this.#desktop;
+  }
+
+  /** Environment for talking to the shared desktop (its bus, PipeWire, Wayland display). */
+  get desktopEnv(): NodeJS.ProcessEnv {
+    return this.#desktopEnv;
   }
 
   get signaling(): SignalingServer {
@@ -73,6 +122,7 @@ export class Agent {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       await this.#signaling?.close();
+      await this.#desktop?.close();
       await this.#metricsServer?.close();
     })();
     return this.#closing;

@@ -61,8 +61,8 @@ const metricsSection = z.strictObject({
 });
 
 const desktopSection = z.strictObject({
-  /** auto: the user's Wayland session if one is found, else our own headless desktop. */
-  mode: z.enum(["auto", "session", "headless"]).default("auto"),
+  /** auto: the user's Wayland session if one is found, else our own headless desktop; none: share no desktop (cameras only). */
+  mode: z.enum(["auto", "session", "headless", "none"]).default("auto"),
   width: z.number().int().min(64).max(7680).default(1920),
   height: z.number().int().min(64).max(4320).default(1080),
   refresh_hz: z.number().int().min(1).max(240).default(60),
@@ -77,6 +77,25 @@ const captureSection = z.strictObject({
   damage_tile_size: z.number().int().min(8).max(512).default(64),
 });
 
+const encodeSection = z.strictObject({
+  /** Tried in this order; the first that opens wins, and a failing one falls back to the next. */
+  backends: z.array(z.enum(["vaapi", "nvenc", "x264", "openh264"])).min(1).default(["vaapi", "nvenc", "x264", "openh264"]),
+  bitrate_kbps: z.number().int().min(100).max(200_000).default(6000),
+  max_fps: z.number().int().min(1).max(240).default(60),
+  /** H.264 profile; both are in every browser's receive list (42e0xx / 4d00xx). High is not (Chromium). */
+  profile: z.enum(["constrained_baseline", "main"]).default("constrained_baseline"),
+  /** x264 speed preset (the other backends ignore it). */
+  preset: z.enum(["ultrafast", "superfast", "veryfast"]).default("ultrafast"),
+  /** Re-encode the last frame when the screen was static this long, for late joiners and lossy links. 0: never. */
+  refresh_interval_ms: z.number().int().min(0).max(60_000).default(1000),
+  /** Periodic intra refresh instead of whole IDR frames when recovering (x264, nvenc, vaapi). */
+  intra_refresh: z.boolean().default(false),
+  /** Better quality where the screen changed (region-of-interest side data, where the backend has it). */
+  damage_roi: z.boolean().default(false),
+  /** Keyframe requests closer together than this are merged into one. */
+  keyframe_min_interval_ms: z.number().int().min(0).max(10_000).default(500),
+});
+
 export const configSchema = z.strictObject({
   /** Where the secret, the restore token and the revocation list live. Empty: $XDG_STATE_HOME/wl-webrtc. */
   state_dir: z.string().default(""),
@@ -87,6 +106,7 @@ export const configSchema = z.strictObject({
   metrics: metricsSection.prefault({}),
   desktop: desktopSection.prefault({}),
   capture: captureSection.prefault({}),
+  encode: encodeSection.prefault({}),
 });
 
 export type Config = z.infer<typeof configSchema>;
@@ -96,3 +116,4 @@ export type AuthConfig = Config["auth"];
 export type MetricsConfig = Config["metrics"];
 export type DesktopConfig = Config["desktop"];
 export type CaptureConfig = Config["capture"];
+export type EncodeConfig = Config["encode"];

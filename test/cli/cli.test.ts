@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync, statSync } from "node:fs";
+import { mkdtempSync, writeFileSync, statSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -13,7 +13,7 @@ const MAIN = fileURLToPath(new URL("../../agent/cli/main.js", import.meta.url));
 const home = mkdtempSync(join(tmpdir(), "wl-cli-"));
 const env = { ...process.env, XDG_CONFIG_HOME: join(home, "config"), XDG_STATE_HOME: join(home, "state"), WL_WEBRTC_SECRET: "" };
 const cfg = join(home, "test.toml");
-writeFileSync(cfg, '[server]\nport = 0\n[metrics]\nport = 0\n[desktop]\nmode = "session"\n');
+writeFileSync(cfg, '[server]\nport = 0\n[metrics]\nport = 0\n[desktop]\nmode = "none"\n');
 
 function run(...args: string[]) {
   return spawnSync(process.execPath, [MAIN, ...args], { env, encoding: "utf8" });
@@ -64,8 +64,8 @@ test("token prints only the token; the secret file is created 0600", () => {
   assert.equal(statSync(join(home, "state", "wl-webrtc", "secret.key")).mode & 0o777, 0o600);
 });
 
-async function startServe(): Promise<{ child: ChildProcess; url: string; lines: string[] }> {
-  const child = spawn(process.execPath, [MAIN, "serve", "--config", cfg], { env, stdio: ["ignore", "pipe", "pipe"] });
+async function startServe(...extra: string[]): Promise<{ child: ChildProcess; url: string; lines: string[] }> {
+  const child = spawn(process.execPath, [MAIN, "serve", "--config", cfg, ...extra], { env, stdio: ["ignore", "pipe", "pipe"] });
   const lines: string[] = [];
   const rl = createInterface({ input: child.stdout! });
   const url = await new Promise<string>((resolve, reject) => {
@@ -113,3 +113,47 @@ test("done-when: `token --role control --ttl 60` then hello is accepted; the sam
   const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
   assert.equal(code, 0);
 });
+
+test("desktop.mode = session with no Wayland session: exit 4 with the reason", () => {
+  const f = join(home, "session.toml");
+  writeFileSync(f, '[server]\nport = 0\n[metrics]\nport = 0\n[desktop]\nmode = "session"\n');
+  const r = spawnSync(process.execPath, [MAIN, "serve", "--config", f], { env: { ...env, XDG_RUNTIME_DIR: join(home, "no-runtime"), WAYLAND_DISPLAY: "" }, encoding: "utf8", timeout: 20_000 });
+  assert.equal(r.status, 4, r.stderr);
+  assert.match(r.stderr, /no usable Wayland session/);
+});
+
+test("serve --headless runs its own desktop and leaves no process behind after SIGTERM", async () => {
+  const { child, lines } = await startServe("--headless");
+  const runtimeDir = await (async () => {
+    for (let i = 0; i < 200; i++) {
+      for (const l of lines) {
+        try {
+          const j = JSON.parse(l) as { msg?: string; runtimeDir?: string };
+          if (j.msg === "headless desktop running" && j.runtimeDir) return j.runtimeDir;
+        } catch {
+          // not JSON
+        }
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`no headless desktop: ${lines.join("\n")}`);
+  })();
+  const { processesWithEnv } = await import("../../agent/desktop/procs.js");
+  const before = processesWithEnv("XDG_RUNTIME_DIR", runtimeDir);
+  assert.ok(before.length >= 5, `desktop processes: ${before.length}`);
+  child.kill("SIGTERM");
+  const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
+  assert.equal(code, 0);
+  const { existsSync } = await import("node:fs");
+  assert.deepEqual(processesWithEnv("XDG_RUNTIME_DIR", runtimeDir).filter((p) => !isZombie(p)), []);
+  assert.equal(existsSync(runtimeDir), false, "runtime dir removed");
+});
+
+function isZombie(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  } catch {
+    return true;
+  }
+}

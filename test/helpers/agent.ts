@@ -17,6 +17,8 @@ export function testConfig(overrides: DeepPartial<Config> = {}): { config: Confi
   merged.server.port = overrides.server?.port ?? 0;
   merged.metrics.port = overrides.metrics?.port ?? 0;
   merged.log.level = overrides.log?.level ?? "silent";
+  // Signaling-level tests need no desktop; tests that do ask for one.
+  merged.desktop.mode = overrides.desktop?.mode ?? "none";
   merged.auth.secret_file = join(stateDir, "secret.key");
   merged.auth.revocation_file = join(stateDir, "revoked-jti");
   return { config: merged, stateDir, cleanup: () => rmSync(stateDir, { recursive: true, force: true }) };
