@@ -21,6 +21,7 @@ done
 # Build and run: the native addon's libraries, the headless desktop (sway, PipeWire, portal).
 pkgs=(build-essential python3 pkg-config ca-certificates
       libpipewire-0.3-dev libspa-0.2-dev libavcodec-dev libavutil-dev libswscale-dev libx264-dev libva-dev
+      libopenh264-dev libdrm-dev
       libwayland-dev wayland-protocols
       dbus dbus-daemon pipewire wireplumber sway xdg-desktop-portal xdg-desktop-portal-wlr
       fonts-dejavu-core)
