@@ -1,0 +1,46 @@
+{
+  # Built by `node-gyp rebuild --directory native` (npm run build:native) against the Node 22 headers
+  # that scripts/env.sh selects. Three targets:
+  #   wl_webrtc          the addon (build/Release/wl_webrtc.node)
+  #   tiles_test         C++ unit tests of the tile differ (run by test/capture/tiles.test.ts)
+  #   pw_video_producer  a real PipeWire video source for the capture integration test
+  "variables": {
+    "pw_cflags": "<!(pkg-config --cflags libpipewire-0.3)",
+    "pw_libs": "<!(pkg-config --libs libpipewire-0.3)",
+  },
+  "target_defaults": {
+    "cflags!": ["-fno-exceptions"],
+    "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17"],
+    "cflags_cc": ["-std=c++17", "-fexceptions", "-O3", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
+                  "-Wno-unused-parameter", "-Wno-cast-function-type"],
+    "include_dirs": ["src"],
+  },
+  "targets": [
+    {
+      "target_name": "wl_webrtc",
+      "sources": [
+        "src/addon.cc",
+        "src/capture/capture_binding.cc",
+        "src/capture/pw_capture.cc",
+        "src/damage/damage_binding.cc",
+        "src/damage/tiles.cc",
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags_cc": ["<@(pw_cflags)"],
+      "libraries": ["<@(pw_libs)"],
+    },
+    {
+      "target_name": "tiles_test",
+      "type": "executable",
+      "sources": ["test/tiles_test.cc", "src/damage/tiles.cc"],
+    },
+    {
+      "target_name": "pw_video_producer",
+      "type": "executable",
+      "sources": ["test/pw_video_producer.cc"],
+      "cflags_cc": ["<@(pw_cflags)"],
+      "libraries": ["<@(pw_libs)"],
+    },
+  ],
+}

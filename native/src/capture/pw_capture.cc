@@ -1,0 +1,629 @@
+#include "capture/pw_capture.h"
+
+#include <fcntl.h>
+#include <spa/buffer/meta.h>
+#include <spa/param/buffers.h>
+#include <spa/param/format-utils.h>
+#include <spa/pod/builder.h>
+#include <spa/utils/result.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "damage/tiles.h"
+
+namespace wl::capture {
+namespace {
+
+// 32-bit RGB layouts we can hand to the encoder's colour conversion. The first is the default: sway
+// (wlroots XRGB8888) and mutter both produce BGRx.
+constexpr uint32_t kFormats[] = {
+    SPA_VIDEO_FORMAT_BGRx, SPA_VIDEO_FORMAT_RGBx, SPA_VIDEO_FORMAT_BGRA, SPA_VIDEO_FORMAT_RGBA,
+    SPA_VIDEO_FORMAT_xRGB, SPA_VIDEO_FORMAT_xBGR, SPA_VIDEO_FORMAT_ARGB, SPA_VIDEO_FORMAT_ABGR,
+};
+
+const char* FormatName(uint32_t f) {
+  switch (f) {
+    case SPA_VIDEO_FORMAT_BGRx: return "BGRx";
+    case SPA_VIDEO_FORMAT_RGBx: return "RGBx";
+    case SPA_VIDEO_FORMAT_BGRA: return "BGRA";
+    case SPA_VIDEO_FORMAT_RGBA: return "RGBA";
+    case SPA_VIDEO_FORMAT_xRGB: return "xRGB";
+    case SPA_VIDEO_FORMAT_xBGR: return "xBGR";
+    case SPA_VIDEO_FORMAT_ARGB: return "ARGB";
+    case SPA_VIDEO_FORMAT_ABGR: return "ABGR";
+    default: return "unknown";
+  }
+}
+
+const char* DataTypeName(uint32_t t) {
+  switch (t) {
+    case SPA_DATA_MemFd: return "memfd";
+    case SPA_DATA_MemPtr: return "memptr";
+    case SPA_DATA_DmaBuf: return "dmabuf";
+    default: return "unknown";
+  }
+}
+
+uint64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+constexpr uint32_t kMaxDamageRegions = 16;  // what we ask the producer for (xdpw sends up to 4)
+constexpr size_t kMaxMailboxRects = 64;     // beyond this, merged damage collapses to a bounding box
+constexpr size_t kPoolSize = 4;             // mailbox + reference + one held by the encoder + one filling
+constexpr uint32_t kCursorMax = 256;
+
+constexpr size_t CursorMetaSize(uint32_t w, uint32_t h) {
+  return sizeof(struct spa_meta_cursor) + sizeof(struct spa_meta_bitmap) + static_cast<size_t>(w) * h * 4;
+}
+
+/**
+ * DMA-BUF import is where the zero-copy path will plug in: an importer (EGL/VA-API/CUDA) lists the
+ * modifiers it can import per format, and the stream then offers one EnumFormat per format with
+ * SPA_FORMAT_VIDEO_modifier (MANDATORY | DONT_FIXATE) before the shared-memory ones, and DmaBuf in
+ * the Buffers dataType. None exists yet (and this machine kind has no GPU), so nothing is offered.
+ */
+struct DmabufImporter {
+  const char* unavailable_reason = "no DMA-BUF importer in this build (shared-memory capture only; a GPU encoder will add one)";
+  bool available() const { return false; }
+};
+
+}  // namespace
+
+const char* StreamStateName(StreamState s) {
+  switch (s) {
+    case StreamState::kConnecting: return "connecting";
+    case StreamState::kPaused: return "paused";
+    case StreamState::kStreaming: return "streaming";
+    case StreamState::kError: return "error";
+    case StreamState::kClosed: return "closed";
+  }
+  return "error";
+}
+
+void Timing::Add(double us) {
+  if (count == 0 || us < min_us) min_us = us;
+  if (count == 0 || us > max_us) max_us = us;
+  ++count;
+  sum_us += us;
+  size_t i = 0;
+  while (i < kBucketsUs.size() && us >= kBucketsUs[i]) ++i;
+  ++buckets[i];
+}
+
+PipeWireCapture::PipeWireCapture(const CaptureOptions& options, EventSink* sink) : options_(options), sink_(sink) {
+  DmabufImporter importer;
+  info_.dmabuf_offered = importer.available();
+  info_.dmabuf_reason = importer.available() ? "" : importer.unavailable_reason;
+}
+
+PipeWireCapture::~PipeWireCapture() { Close(); }
+
+std::unique_ptr<PipeWireCapture> PipeWireCapture::Create(const CaptureOptions& options, EventSink* sink,
+                                                         std::string* error) {
+  std::unique_ptr<PipeWireCapture> c(new PipeWireCapture(options, sink));
+  if (!c->Start(error)) {
+    c->Close();
+    return nullptr;
+  }
+  return c;
+}
+
+bool PipeWireCapture::Start(std::string* error) {
+  loop_ = pw_thread_loop_new("wl-capture", nullptr);
+  if (loop_ == nullptr) {
+    *error = std::string("pw_thread_loop_new failed: ") + std::strerror(errno);
+    return false;
+  }
+  context_ = pw_context_new(pw_thread_loop_get_loop(loop_), nullptr, 0);
+  if (context_ == nullptr) {
+    *error = std::string("pw_context_new failed: ") + std::strerror(errno);
+    return false;
+  }
+  if (pw_thread_loop_start(loop_) < 0) {
+    *error = "pw_thread_loop_start failed";
+    return false;
+  }
+  pw_thread_loop_lock(loop_);
+  if (options_.fd >= 0) {
+    // Our own CLOEXEC copy (>= 5, clear of stdio): PipeWire takes ownership of it and closes it on
+    // disconnect; the caller keeps and closes the portal's original.
+    const int fd = fcntl(options_.fd, F_DUPFD_CLOEXEC, 5);
+    if (fd < 0) {
+      *error = std::string("cannot duplicate the PipeWire fd: ") + std::strerror(errno);
+      pw_thread_loop_unlock(loop_);
+      return false;
+    }
+    core_ = pw_context_connect_fd(context_, fd, nullptr, 0);
+  } else {
+    core_ = pw_context_connect(context_, nullptr, 0);
+  }
+  if (core_ == nullptr) {
+    *error = std::string("cannot connect to PipeWire: ") + std::strerror(errno) +
+             (options_.fd >= 0 ? "" : " (is the pipewire daemon running in this XDG_RUNTIME_DIR?)");
+    pw_thread_loop_unlock(loop_);
+    return false;
+  }
+  static struct pw_core_events core_events = [] {
+    struct pw_core_events e {};
+    e.version = PW_VERSION_CORE_EVENTS;
+    e.error = &PipeWireCapture::OnCoreError;
+    return e;
+  }();
+  pw_core_add_listener(core_, &core_listener_, &core_events, this);
+
+  // Without these three WirePlumber destroys the consumer (notes, trap 3).
+  struct pw_properties* props = pw_properties_new(PW_KEY_MEDIA_TYPE, "Video", PW_KEY_MEDIA_CATEGORY, "Capture",
+                                                  PW_KEY_MEDIA_ROLE, "Screen", nullptr);
+  stream_ = pw_stream_new(core_, options_.name.c_str(), props);
+  if (stream_ == nullptr) {
+    *error = std::string("pw_stream_new failed: ") + std::strerror(errno);
+    pw_thread_loop_unlock(loop_);
+    return false;
+  }
+  static struct pw_stream_events stream_events = [] {
+    struct pw_stream_events e {};
+    e.version = PW_VERSION_STREAM_EVENTS;
+    e.state_changed = &PipeWireCapture::OnStreamStateChanged;
+    e.param_changed = &PipeWireCapture::OnStreamParamChanged;
+    e.process = &PipeWireCapture::OnStreamProcess;
+    return e;
+  }();
+  pw_stream_add_listener(stream_, &stream_listener_, &stream_events, this);
+
+  // Shared-memory EnumFormat: every 32-bit RGB layout in one enum choice, any size, any rate. The
+  // DMA-BUF variants (with modifiers) would go first, see DmabufImporter.
+  uint8_t buffer[2048];
+  struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buffer, sizeof(buffer));
+  const struct spa_pod* params[1];
+  struct spa_pod_frame f[2];
+  spa_pod_builder_push_object(&b, &f[0], SPA_TYPE_OBJECT_Format, SPA_PARAM_EnumFormat);
+  spa_pod_builder_add(&b, SPA_FORMAT_mediaType, SPA_POD_Id(SPA_MEDIA_TYPE_video), 0);
+  spa_pod_builder_add(&b, SPA_FORMAT_mediaSubtype, SPA_POD_Id(SPA_MEDIA_SUBTYPE_raw), 0);
+  spa_pod_builder_prop(&b, SPA_FORMAT_VIDEO_format, 0);
+  spa_pod_builder_push_choice(&b, &f[1], SPA_CHOICE_Enum, 0);
+  spa_pod_builder_id(&b, kFormats[0]);  // the default
+  for (uint32_t fmt : kFormats) spa_pod_builder_id(&b, fmt);
+  spa_pod_builder_pop(&b, &f[1]);
+  struct spa_rectangle size_def = SPA_RECTANGLE(1920, 1080), size_min = SPA_RECTANGLE(1, 1),
+                       size_max = SPA_RECTANGLE(8192, 8192);
+  spa_pod_builder_add(&b, SPA_FORMAT_VIDEO_size, SPA_POD_CHOICE_RANGE_Rectangle(&size_def, &size_min, &size_max), 0);
+  struct spa_fraction rate_def = SPA_FRACTION(0, 1), rate_min = SPA_FRACTION(0, 1), rate_max = SPA_FRACTION(360, 1);
+  spa_pod_builder_add(&b, SPA_FORMAT_VIDEO_framerate, SPA_POD_CHOICE_RANGE_Fraction(&rate_def, &rate_min, &rate_max), 0);
+  params[0] = static_cast<const struct spa_pod*>(spa_pod_builder_pop(&b, &f[0]));
+
+  // DONT_RECONNECT: when the portal's node goes away the session manager must not relink us to some
+  // other video source (that would show the user something they never shared); WirePlumber then
+  // destroys our node instead and the stream reports the loss.
+  const int res = pw_stream_connect(
+      stream_, PW_DIRECTION_INPUT, options_.node_id,
+      static_cast<enum pw_stream_flags>(PW_STREAM_FLAG_AUTOCONNECT | PW_STREAM_FLAG_MAP_BUFFERS | PW_STREAM_FLAG_DONT_RECONNECT),
+      params, 1);
+  pw_thread_loop_unlock(loop_);
+  if (res < 0) {
+    *error = std::string("pw_stream_connect failed: ") + spa_strerror(res);
+    return false;
+  }
+  return true;
+}
+
+void PipeWireCapture::Close() {
+  if (closed_.exchange(true)) return;
+  {
+    std::lock_guard<std::mutex> lock(mailbox_mu_);
+    mailbox_ = LatestFrame{};
+  }
+  mailbox_cv_.notify_all();  // wake an encoder blocked in WaitLatest
+  if (loop_ != nullptr) {
+    pw_thread_loop_lock(loop_);
+    if (stream_ != nullptr) {
+      spa_hook_remove(&stream_listener_);
+      pw_stream_disconnect(stream_);
+      pw_stream_destroy(stream_);
+      stream_ = nullptr;
+    }
+    pw_thread_loop_unlock(loop_);
+    // Joins the loop thread: no callback runs after this line.
+    pw_thread_loop_stop(loop_);
+    if (core_ != nullptr) {
+      spa_hook_remove(&core_listener_);
+      pw_core_disconnect(core_);  // closes the socket (our dup of the portal fd)
+      core_ = nullptr;
+    }
+    if (context_ != nullptr) {
+      pw_context_destroy(context_);
+      context_ = nullptr;
+    }
+    pw_thread_loop_destroy(loop_);
+    loop_ = nullptr;
+  }
+  pool_.clear();
+  last_published_.reset();
+  {
+    std::lock_guard<std::mutex> lock(mailbox_mu_);
+    latest_.reset();
+  }
+  std::lock_guard<std::mutex> lock(info_mu_);
+  info_.state = StreamState::kClosed;
+}
+
+Snapshot PipeWireCapture::GetSnapshot() const {
+  std::lock_guard<std::mutex> lock(info_mu_);
+  return info_;
+}
+
+LatestFrame PipeWireCapture::WaitLatest(std::chrono::nanoseconds timeout) {
+  std::unique_lock<std::mutex> lock(mailbox_mu_);
+  mailbox_cv_.wait_for(lock, timeout, [this] { return mailbox_.frame != nullptr || closed_.load(); });
+  if (closed_.load()) return LatestFrame{};
+  return std::exchange(mailbox_, LatestFrame{});
+}
+
+LatestFrame PipeWireCapture::TryTakeLatest() {
+  std::lock_guard<std::mutex> lock(mailbox_mu_);
+  return std::exchange(mailbox_, LatestFrame{});
+}
+
+FramePtr PipeWireCapture::PeekLatest() const {
+  std::lock_guard<std::mutex> lock(mailbox_mu_);
+  return latest_;
+}
+
+void PipeWireCapture::SetState(StreamState state, const std::string& message) {
+  {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    if (info_.state == state && info_.message == message) return;
+    info_.state = state;
+    info_.message = message;
+  }
+  if (!closed_.load()) sink_->OnStateChanged(state, message);
+}
+
+void PipeWireCapture::OnCoreError(void* data, uint32_t id, int /*seq*/, int res, const char* message) {
+  auto* self = static_cast<PipeWireCapture*>(data);
+  // Errors on other objects are reported through the stream; a core error means the connection is gone.
+  if (id != PW_ID_CORE) return;
+  std::string msg = std::string("PipeWire core error: ") + (message ? message : "") + " (" + spa_strerror(res) + ")";
+  if (res == -EPIPE) msg = "PipeWire connection lost (the daemon or the portal session went away)";
+  self->SetState(StreamState::kError, msg);
+}
+
+void PipeWireCapture::OnStreamStateChanged(void* data, enum pw_stream_state /*old*/, enum pw_stream_state state,
+                                           const char* error) {
+  auto* self = static_cast<PipeWireCapture*>(data);
+  switch (state) {
+    case PW_STREAM_STATE_ERROR:
+      self->SetState(StreamState::kError, std::string("stream error: ") + (error ? error : "unknown"));
+      break;
+    case PW_STREAM_STATE_UNCONNECTED: {
+      // After having been connected this means the node went away (producer stopped, session closed).
+      const StreamState cur = self->GetSnapshot().state;
+      if (cur != StreamState::kConnecting && cur != StreamState::kError)
+        self->SetState(StreamState::kError, "stream disconnected (the producer node went away)");
+      break;
+    }
+    case PW_STREAM_STATE_CONNECTING: self->SetState(StreamState::kConnecting, ""); break;
+    case PW_STREAM_STATE_PAUSED: self->SetState(StreamState::kPaused, ""); break;
+    case PW_STREAM_STATE_STREAMING: self->SetState(StreamState::kStreaming, ""); break;
+  }
+}
+
+void PipeWireCapture::OnStreamParamChanged(void* data, uint32_t id, const struct spa_pod* param) {
+  auto* self = static_cast<PipeWireCapture*>(data);
+  if (id == SPA_PARAM_Format && param != nullptr) self->HandleFormat(param);
+}
+
+void PipeWireCapture::HandleFormat(const struct spa_pod* param) {
+  uint32_t media_type = 0, media_subtype = 0;
+  if (spa_format_parse(param, &media_type, &media_subtype) < 0 || media_type != SPA_MEDIA_TYPE_video ||
+      media_subtype != SPA_MEDIA_SUBTYPE_raw)
+    return;
+  struct spa_video_info_raw raw {};
+  if (spa_format_video_raw_parse(param, &raw) < 0) {
+    pw_stream_set_error(stream_, -EINVAL, "cannot parse the video format");
+    return;
+  }
+  raw_ = raw;
+  have_format_ = true;
+  // Renegotiation (e.g. the output was resized): old frames no longer match, start from a full frame.
+  pool_.clear();
+  last_published_.reset();
+  carry_damage_.clear();
+  carry_unknown_ = false;
+
+  // The modifier flag would select DmaBuf here once an importer exists; shared memory otherwise.
+  const int data_types = (1 << SPA_DATA_MemFd) | (1 << SPA_DATA_MemPtr);
+  uint8_t buffer[1024];
+  struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buffer, sizeof(buffer));
+  const struct spa_pod* params[5];
+  uint32_t n = 0;
+  params[n++] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
+      &b, SPA_TYPE_OBJECT_ParamBuffers, SPA_PARAM_Buffers, SPA_PARAM_BUFFERS_dataType, SPA_POD_CHOICE_FLAGS_Int(data_types)));
+  params[n++] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
+      &b, SPA_TYPE_OBJECT_ParamMeta, SPA_PARAM_Meta, SPA_PARAM_META_type, SPA_POD_Id(SPA_META_Header), SPA_PARAM_META_size,
+      SPA_POD_Int(sizeof(struct spa_meta_header))));
+  params[n++] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
+      &b, SPA_TYPE_OBJECT_ParamMeta, SPA_PARAM_Meta, SPA_PARAM_META_type, SPA_POD_Id(SPA_META_VideoDamage), SPA_PARAM_META_size,
+      SPA_POD_CHOICE_RANGE_Int(sizeof(struct spa_meta_region) * kMaxDamageRegions, sizeof(struct spa_meta_region) * 1,
+                               sizeof(struct spa_meta_region) * kMaxDamageRegions)));
+  params[n++] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
+      &b, SPA_TYPE_OBJECT_ParamMeta, SPA_PARAM_Meta, SPA_PARAM_META_type, SPA_POD_Id(SPA_META_VideoCrop), SPA_PARAM_META_size,
+      SPA_POD_Int(sizeof(struct spa_meta_region))));
+  params[n++] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
+      &b, SPA_TYPE_OBJECT_ParamMeta, SPA_PARAM_Meta, SPA_PARAM_META_type, SPA_POD_Id(SPA_META_Cursor), SPA_PARAM_META_size,
+      SPA_POD_CHOICE_RANGE_Int(CursorMetaSize(64, 64), CursorMetaSize(1, 1), CursorMetaSize(kCursorMax, kCursorMax))));
+  pw_stream_update_params(stream_, params, n);
+
+  NegotiatedFormat fmt;
+  fmt.valid = true;
+  fmt.width = raw.size.width;
+  fmt.height = raw.size.height;
+  fmt.spa_format = raw.format;
+  fmt.format_name = FormatName(raw.format);
+  fmt.framerate_num = raw.framerate.num;
+  fmt.framerate_den = raw.framerate.denom;
+  fmt.max_framerate_num = raw.max_framerate.num;
+  fmt.max_framerate_den = raw.max_framerate.denom;
+  {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    ++info_.counters.renegotiations;
+    info_.format = fmt;
+  }
+  if (!closed_.load()) sink_->OnFormatChanged(fmt);
+}
+
+void PipeWireCapture::OnStreamProcess(void* data) {
+  auto* self = static_cast<PipeWireCapture*>(data);
+  const uint64_t t0 = NowNs();
+  // Newest buffer wins: requeue everything older at once so the producer never runs out of buffers.
+  struct pw_buffer* newest = nullptr;
+  uint64_t skipped = 0;
+  while (struct pw_buffer* b = pw_stream_dequeue_buffer(self->stream_)) {
+    if (newest != nullptr) {
+      // Its compositor damage still counts: the newest buffer's damage is relative to this one.
+      struct spa_meta* m = spa_buffer_find_meta(newest->buffer, SPA_META_VideoDamage);
+      bool any = false;
+      if (m != nullptr) {
+        struct spa_meta_region* r;
+        spa_meta_for_each(r, m) {
+          if (!spa_meta_region_is_valid(r)) break;
+          self->carry_damage_.push_back(damage::Rect{static_cast<uint32_t>(std::max(0, r->region.position.x)),
+                                                     static_cast<uint32_t>(std::max(0, r->region.position.y)),
+                                                     r->region.size.width, r->region.size.height});
+          any = true;
+        }
+      }
+      if (!any) self->carry_unknown_ = true;
+      self->ReadCursor(newest->buffer);
+      pw_stream_queue_buffer(self->stream_, newest);
+      ++skipped;
+    }
+    newest = b;
+  }
+  if (skipped != 0) {
+    std::lock_guard<std::mutex> lock(self->info_mu_);
+    self->info_.counters.buffers_skipped += skipped;
+  }
+  if (newest == nullptr) return;
+  self->ProcessBuffer(newest, t0, &self->carry_damage_, &self->carry_unknown_);
+  pw_stream_queue_buffer(self->stream_, newest);
+}
+
+void PipeWireCapture::ReadCursor(struct spa_buffer* buf) {
+  struct spa_meta* meta = spa_buffer_find_meta(buf, SPA_META_Cursor);
+  if (meta == nullptr || meta->size < sizeof(struct spa_meta_cursor)) return;
+  auto* mc = static_cast<struct spa_meta_cursor*>(meta->data);
+  if (!spa_meta_cursor_is_valid(mc)) return;
+  std::lock_guard<std::mutex> lock(info_mu_);
+  CursorInfo& c = info_.cursor;
+  c.present = true;
+  c.id = mc->id;
+  c.x = mc->position.x;
+  c.y = mc->position.y;
+  c.hotspot_x = mc->hotspot.x;
+  c.hotspot_y = mc->hotspot.y;
+  if (mc->bitmap_offset == 0 || mc->bitmap_offset + sizeof(struct spa_meta_bitmap) > meta->size) return;
+  auto* bm = SPA_PTROFF(mc, mc->bitmap_offset, struct spa_meta_bitmap);
+  const uint32_t w = bm->size.width, h = bm->size.height;
+  const uint32_t stride = bm->stride > 0 ? static_cast<uint32_t>(bm->stride) : w * 4;
+  if (w == 0 || h == 0 || w > kCursorMax || h > kCursorMax || stride < w * 4) return;
+  if (bm->offset + static_cast<uint64_t>(stride) * (h - 1) + w * 4 + mc->bitmap_offset > meta->size) return;
+  const auto* src = SPA_PTROFF(bm, bm->offset, const uint8_t);
+  c.shape_width = w;
+  c.shape_height = h;
+  c.shape_rgba.resize(static_cast<size_t>(w) * h * 4);
+  // Normalised to RGBA so JS does not need to know SPA formats; alpha-less layouts get 0xff.
+  for (uint32_t y = 0; y < h; ++y) {
+    const uint8_t* s = src + static_cast<size_t>(y) * stride;
+    uint8_t* d = c.shape_rgba.data() + static_cast<size_t>(y) * w * 4;
+    for (uint32_t x = 0; x < w; ++x, s += 4, d += 4) {
+      switch (bm->format) {
+        case SPA_VIDEO_FORMAT_BGRA: case SPA_VIDEO_FORMAT_BGRx: d[0] = s[2]; d[1] = s[1]; d[2] = s[0]; d[3] = s[3]; break;
+        case SPA_VIDEO_FORMAT_ARGB: case SPA_VIDEO_FORMAT_xRGB: d[0] = s[1]; d[1] = s[2]; d[2] = s[3]; d[3] = s[0]; break;
+        case SPA_VIDEO_FORMAT_ABGR: case SPA_VIDEO_FORMAT_xBGR: d[0] = s[3]; d[1] = s[2]; d[2] = s[1]; d[3] = s[0]; break;
+        default: std::memcpy(d, s, 4); break;  // RGBA / RGBx
+      }
+      if (bm->format == SPA_VIDEO_FORMAT_BGRx || bm->format == SPA_VIDEO_FORMAT_RGBx ||
+          bm->format == SPA_VIDEO_FORMAT_xRGB || bm->format == SPA_VIDEO_FORMAT_xBGR)
+        d[3] = 0xff;
+    }
+  }
+  ++c.shape_serial;
+}
+
+std::shared_ptr<Frame> PipeWireCapture::AcquirePoolFrame() {
+  for (auto& f : pool_)
+    if (f.use_count() == 1) return f;  // nobody else holds it: safe to overwrite
+  if (pool_.size() < kPoolSize) {
+    pool_.push_back(std::make_shared<Frame>());
+    return pool_.back();
+  }
+  return nullptr;
+}
+
+void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vector<damage::Rect>* carried,
+                                    bool* carried_unknown) {
+  struct spa_buffer* buf = b->buffer;
+  ReadCursor(buf);
+  auto count = [this](uint64_t Counters::*field) {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    ++(info_.counters.*field);
+  };
+  if (!have_format_ || buf->n_datas < 1) return count(&Counters::frames_empty);
+  auto* header = static_cast<struct spa_meta_header*>(spa_buffer_find_meta_data(buf, SPA_META_Header, sizeof(struct spa_meta_header)));
+  struct spa_data* d = &buf->datas[0];
+  if ((header != nullptr && (header->flags & SPA_META_HEADER_FLAG_CORRUPTED)) ||
+      (d->chunk != nullptr && (d->chunk->flags & SPA_CHUNK_FLAG_CORRUPTED))) {
+    *carried_unknown = true;  // whatever changed in it is not in our reference frame
+    return count(&Counters::frames_corrupted);
+  }
+  if (d->data == nullptr || d->chunk == nullptr || d->chunk->size == 0) return count(&Counters::frames_empty);
+
+  const uint32_t width = raw_.size.width, height = raw_.size.height;
+  const uint32_t row_bytes = width * 4;
+  const uint32_t stride = d->chunk->stride > 0 ? static_cast<uint32_t>(d->chunk->stride) : row_bytes;
+  const uint32_t offset = d->chunk->offset % std::max<uint32_t>(d->maxsize, 1);
+  if (width == 0 || height == 0 || stride < row_bytes ||
+      static_cast<uint64_t>(offset) + static_cast<uint64_t>(stride) * (height - 1) + row_bytes > d->maxsize) {
+    *carried_unknown = true;
+    return count(&Counters::frames_corrupted);
+  }
+  const uint8_t* src = static_cast<const uint8_t*>(d->data) + offset;
+
+  NegotiatedFormat updated;
+  {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    ++info_.counters.frames_received;
+    if (info_.format.stride != stride || info_.format.buffer_type != DataTypeName(d->type)) {
+      info_.format.stride = stride;
+      info_.format.buffer_type = DataTypeName(d->type);
+      updated = info_.format;
+    }
+  }
+  // Stride and buffer type are only known from the first buffer (a static screen may send none for a
+  // while), so the format is announced again once they are.
+  if (updated.valid && !closed_.load()) sink_->OnFormatChanged(updated);
+
+  std::shared_ptr<Frame> frame = AcquirePoolFrame();
+  if (frame == nullptr) {
+    *carried_unknown = true;
+    return count(&Counters::frames_no_slot);
+  }
+  frame->width = width;
+  frame->height = height;
+  frame->stride = row_bytes;
+  frame->spa_format = raw_.format;
+  frame->format_name = FormatName(raw_.format);
+  frame->pts_ns = header != nullptr ? header->pts : -1;
+  frame->process_ns = t0;
+  frame->pixels.resize(static_cast<size_t>(row_bytes) * height);
+  frame->has_crop = false;
+  if (auto* crop = static_cast<struct spa_meta_region*>(spa_buffer_find_meta_data(buf, SPA_META_VideoCrop, sizeof(struct spa_meta_region)));
+      crop != nullptr && spa_meta_region_is_valid(crop)) {
+    damage::Rect r{static_cast<uint32_t>(std::max(0, crop->region.position.x)),
+                   static_cast<uint32_t>(std::max(0, crop->region.position.y)), crop->region.size.width, crop->region.size.height};
+    frame->has_crop = damage::Clip(&r, width, height);
+    frame->crop = r;
+  }
+
+  // Compositor damage, clipped: trusted for *where*, but never for memory safety.
+  std::vector<damage::Rect> compositor;
+  if (struct spa_meta* m = spa_buffer_find_meta(buf, SPA_META_VideoDamage); m != nullptr) {
+    struct spa_meta_region* r;
+    spa_meta_for_each(r, m) {
+      if (!spa_meta_region_is_valid(r)) break;
+      damage::Rect rect{static_cast<uint32_t>(std::max(0, r->region.position.x)),
+                        static_cast<uint32_t>(std::max(0, r->region.position.y)), r->region.size.width, r->region.size.height};
+      if (damage::Clip(&rect, width, height)) compositor.push_back(rect);
+    }
+  }
+
+  frame->damage.clear();
+  if (last_published_ == nullptr || last_published_->width != width || last_published_->height != height) {
+    for (uint32_t y = 0; y < height; ++y)
+      std::memcpy(frame->pixels.data() + static_cast<size_t>(y) * row_bytes, src + static_cast<size_t>(y) * stride, row_bytes);
+    frame->damage.push_back(damage::Rect{0, 0, width, height});
+    frame->damage_source = DamageSource::kFull;
+  } else if (!compositor.empty() && !*carried_unknown) {
+    for (uint32_t y = 0; y < height; ++y)
+      std::memcpy(frame->pixels.data() + static_cast<size_t>(y) * row_bytes, src + static_cast<size_t>(y) * stride, row_bytes);
+    for (damage::Rect r : *carried)
+      if (damage::Clip(&r, width, height)) frame->damage.push_back(r);
+    damage::Accumulate(&frame->damage, compositor, kMaxMailboxRects);
+    frame->damage_source = DamageSource::kCompositor;
+  } else {
+    // No usable compositor damage: fused copy + tile compare against the previous frame.
+    damage::TileDiffInput in;
+    in.prev = last_published_->pixels.data();
+    in.prev_stride = last_published_->stride;
+    in.cur = src;
+    in.cur_stride = stride;
+    in.dst = frame->pixels.data();
+    in.dst_stride = row_bytes;
+    in.width = width;
+    in.height = height;
+    in.tile_size = options_.tile_size;
+    damage::DiffTiles(in, &frame->damage);
+    frame->damage_source = DamageSource::kTiles;
+  }
+  carried->clear();
+  *carried_unknown = false;
+
+  if (frame->damage.empty()) {
+    // Nothing changed: the frame goes back to the pool untouched (nobody else holds it) and the next
+    // stage is not woken.
+    std::lock_guard<std::mutex> lock(info_mu_);
+    ++info_.counters.frames_unchanged;
+    return;
+  }
+  Publish(frame, t0);
+}
+
+void PipeWireCapture::Publish(const std::shared_ptr<Frame>& frame, uint64_t t0) {
+  frame->seq = ++seq_;
+  frame->publish_ns = NowNs();
+  bool dropped = false;
+  {
+    std::lock_guard<std::mutex> lock(mailbox_mu_);
+    if (mailbox_.frame != nullptr) {
+      // Replaced before anyone took it: whoever takes this one must also redraw what that one changed.
+      dropped = true;
+      ++mailbox_.frames_merged;
+      if (mailbox_.damage_source == DamageSource::kFull || frame->damage_source == DamageSource::kFull) {
+        mailbox_.damage.assign(1, damage::Rect{0, 0, frame->width, frame->height});
+        mailbox_.damage_source = DamageSource::kFull;
+      } else {
+        damage::Accumulate(&mailbox_.damage, frame->damage, kMaxMailboxRects);
+        mailbox_.damage_source = frame->damage_source;
+      }
+    } else {
+      mailbox_.damage = frame->damage;
+      mailbox_.damage_source = frame->damage_source;
+      mailbox_.frames_merged = 0;
+    }
+    mailbox_.frame = frame;
+    latest_ = frame;
+  }
+  last_published_ = frame;
+  mailbox_cv_.notify_one();
+  {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    ++info_.counters.frames_delivered;
+    if (dropped) ++info_.counters.frames_dropped;
+    info_.last_seq = frame->seq;
+    info_.last_damage = frame->damage;
+    info_.last_damage_ratio = damage::AreaRatio(frame->damage, frame->width, frame->height);
+    info_.last_damage_source = frame->damage_source;
+    info_.timing.Add(static_cast<double>(frame->publish_ns - t0) / 1000.0);
+  }
+  if (!closed_.load()) sink_->OnFrameAvailable(frame);
+}
+
+}  // namespace wl::capture

@@ -1,0 +1,172 @@
+// PipeWire screen-capture consumer: one pw_thread_loop, context, core and pw_stream per capture.
+// Pure C++ (no N-API): the JS binding (capture_binding.cc) and the future encoder both sit on top.
+//
+// Threads: every PipeWire callback here (state, param_changed, process) runs on this capture's own
+// pw_thread_loop thread, not on PipeWire's real-time data thread, because the stream is connected
+// without PW_STREAM_FLAG_RT_PROCESS. That is what makes copying a frame inside `process` acceptable:
+// it delays only our own loop, never the graph. `process` still takes the newest buffer and requeues
+// the older ones at once, so a slow pass cannot build a backlog (the pipewiresrc trap in the notes).
+#pragma once
+
+#include <pipewire/pipewire.h>
+#include <spa/param/video/format-utils.h>
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "capture/frame.h"
+#include "damage/rect.h"
+
+namespace wl::capture {
+
+enum class StreamState { kConnecting, kPaused, kStreaming, kError, kClosed };
+const char* StreamStateName(StreamState s);
+
+struct CaptureOptions {
+  int fd = -1;                    // the portal's PipeWire remote fd (borrowed: we dup it); -1: default daemon
+  uint32_t node_id = PW_ID_ANY;   // the portal's stream node id
+  uint32_t tile_size = 64;        // tile differ granularity when there is no compositor damage
+  std::string name = "wl-webrtc-capture";
+};
+
+struct NegotiatedFormat {
+  bool valid = false;
+  uint32_t width = 0;
+  uint32_t height = 0;
+  uint32_t stride = 0;            // of the producer's buffers (0 until the first buffer arrives)
+  uint32_t spa_format = 0;
+  std::string format_name;
+  std::string buffer_type;        // "memfd" | "memptr" | "dmabuf" ("" until the first buffer)
+  uint32_t framerate_num = 0;
+  uint32_t framerate_den = 1;
+  uint32_t max_framerate_num = 0;
+  uint32_t max_framerate_den = 1;
+};
+
+struct Counters {
+  uint64_t frames_received = 0;   // buffers processed that carried a usable frame
+  uint64_t frames_delivered = 0;  // frames published to the mailbox (non-zero damage)
+  uint64_t frames_dropped = 0;    // published frames replaced in the mailbox before anyone took them
+  uint64_t frames_unchanged = 0;  // frames with zero damage: not published, nobody woken
+  uint64_t frames_empty = 0;      // buffers without data (e.g. cursor-only updates)
+  uint64_t frames_corrupted = 0;  // buffers flagged corrupted or with an impossible size
+  uint64_t buffers_skipped = 0;   // older buffers requeued unseen because a newer one was queued
+  uint64_t frames_no_slot = 0;    // frames lost because every pool buffer was held by consumers
+  uint64_t renegotiations = 0;    // SPA_PARAM_Format changes
+};
+
+/** process-callback entry -> frame in the mailbox, in microseconds. */
+struct Timing {
+  static constexpr std::array<double, 8> kBucketsUs = {250, 500, 1000, 2000, 4000, 8000, 16000, 32000};
+  uint64_t count = 0;
+  double min_us = 0, max_us = 0, sum_us = 0;
+  std::array<uint64_t, kBucketsUs.size() + 1> buckets{};  // last: >= 32 ms
+  void Add(double us);
+};
+
+struct CursorInfo {
+  bool present = false;           // a valid SPA_META_Cursor was seen
+  uint32_t id = 0;
+  int32_t x = 0, y = 0;
+  int32_t hotspot_x = 0, hotspot_y = 0;
+  uint32_t shape_width = 0, shape_height = 0;
+  uint64_t shape_serial = 0;      // bumps each time a new bitmap arrives
+  std::vector<uint8_t> shape_rgba;  // shape_width * shape_height * 4, RGBA
+};
+
+struct Snapshot {
+  StreamState state = StreamState::kConnecting;
+  std::string message;
+  NegotiatedFormat format;
+  Counters counters;
+  Timing timing;
+  std::vector<damage::Rect> last_damage;
+  double last_damage_ratio = 0;
+  DamageSource last_damage_source = DamageSource::kFull;
+  uint64_t last_seq = 0;
+  CursorInfo cursor;
+  bool dmabuf_offered = false;
+  std::string dmabuf_reason;
+};
+
+/** Notifications out of the capture thread. Implementations must be cheap and must not block. */
+class EventSink {
+ public:
+  virtual ~EventSink() = default;
+  virtual void OnStateChanged(StreamState state, const std::string& message) = 0;
+  virtual void OnFormatChanged(const NegotiatedFormat& format) = 0;
+  virtual void OnFrameAvailable(const FramePtr& frame) = 0;
+};
+
+class PipeWireCapture final : public LatestFrameSource {
+ public:
+  /** Connects and starts the stream; returns nullptr and sets `error` when PipeWire cannot be reached. */
+  static std::unique_ptr<PipeWireCapture> Create(const CaptureOptions& options, EventSink* sink, std::string* error);
+  ~PipeWireCapture() override;
+  PipeWireCapture(const PipeWireCapture&) = delete;
+  PipeWireCapture& operator=(const PipeWireCapture&) = delete;
+
+  /** Disconnects the stream, stops and joins the loop thread, frees PipeWire objects. Idempotent;
+   *  after it returns no EventSink call is made any more. Must not be called on the loop thread. */
+  void Close();
+  Snapshot GetSnapshot() const;
+
+  LatestFrame WaitLatest(std::chrono::nanoseconds timeout) override;
+  LatestFrame TryTakeLatest() override;
+  FramePtr PeekLatest() const override;
+  bool IsClosed() const override { return closed_.load(); }
+
+ private:
+  PipeWireCapture(const CaptureOptions& options, EventSink* sink);
+  bool Start(std::string* error);
+
+  static void OnCoreError(void* data, uint32_t id, int seq, int res, const char* message);
+  static void OnStreamStateChanged(void* data, enum pw_stream_state old, enum pw_stream_state state, const char* error);
+  static void OnStreamParamChanged(void* data, uint32_t id, const struct spa_pod* param);
+  static void OnStreamProcess(void* data);
+
+  void SetState(StreamState state, const std::string& message);
+  void HandleFormat(const struct spa_pod* param);
+  void ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vector<damage::Rect>* carried, bool* carried_unknown);
+  void ReadCursor(struct spa_buffer* buf);
+  std::shared_ptr<Frame> AcquirePoolFrame();
+  void Publish(const std::shared_ptr<Frame>& frame, uint64_t t0);
+
+  const CaptureOptions options_;
+  EventSink* const sink_;
+
+  struct pw_thread_loop* loop_ = nullptr;
+  struct pw_context* context_ = nullptr;
+  struct pw_core* core_ = nullptr;
+  struct pw_stream* stream_ = nullptr;
+  struct spa_hook core_listener_ {};
+  struct spa_hook stream_listener_ {};
+  std::atomic<bool> closed_{false};
+
+  // Loop-thread only.
+  struct spa_video_info_raw raw_ {};
+  bool have_format_ = false;
+  std::vector<std::shared_ptr<Frame>> pool_;
+  std::shared_ptr<Frame> last_published_;   // the tile differ's reference frame
+  std::vector<damage::Rect> carry_damage_;  // compositor damage of buffers requeued unseen
+  bool carry_unknown_ = false;              // a requeued buffer had no damage info: fall back to tiles
+  uint64_t seq_ = 0;
+
+  // The one-slot mailbox.
+  mutable std::mutex mailbox_mu_;
+  std::condition_variable mailbox_cv_;
+  LatestFrame mailbox_;
+  FramePtr latest_;
+
+  // What GetSnapshot reports.
+  mutable std::mutex info_mu_;
+  Snapshot info_;
+};
+
+}  // namespace wl::capture

@@ -1,0 +1,510 @@
+#include "encode/pipeline.h"
+
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "encode/h264.h"
+
+extern "C" {
+#include <libavutil/frame.h>
+#include <libavutil/imgutils.h>
+#include <libswscale/swscale.h>
+}
+
+namespace wl::encode {
+namespace {
+
+uint64_t MonoNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+double WallMsOfMono(uint64_t mono_ns) {
+  timespec rt;
+  clock_gettime(CLOCK_REALTIME, &rt);
+  const double now_wall_ms = static_cast<double>(rt.tv_sec) * 1e3 + static_cast<double>(rt.tv_nsec) / 1e6;
+  return now_wall_ms - static_cast<double>(static_cast<int64_t>(MonoNs() - mono_ns)) / 1e6;
+}
+
+AVPixelFormat AvFormatOf(const std::string& spa) {
+  // SPA names are byte order in memory; FFmpeg's "0"/"A" formats are too.
+  if (spa == "BGRx") return AV_PIX_FMT_BGR0;
+  if (spa == "RGBx") return AV_PIX_FMT_RGB0;
+  if (spa == "xRGB") return AV_PIX_FMT_0RGB;
+  if (spa == "xBGR") return AV_PIX_FMT_0BGR;
+  if (spa == "BGRA") return AV_PIX_FMT_BGRA;
+  if (spa == "RGBA") return AV_PIX_FMT_RGBA;
+  if (spa == "ARGB") return AV_PIX_FMT_ARGB;
+  if (spa == "ABGR") return AV_PIX_FMT_ABGR;
+  return AV_PIX_FMT_NONE;
+}
+
+// Keeps a capture frame alive while libavcodec holds a buffer that points into it (NVENC path).
+void ReleaseCaptureFrame(void* opaque, uint8_t* /*data*/) { delete static_cast<capture::FramePtr*>(opaque); }
+
+}  // namespace
+
+void Histogram::Add(double us) {
+  if (count == 0 || us < min_us) min_us = us;
+  if (us > max_us) max_us = us;
+  ++count;
+  sum_us += us;
+  size_t i = 0;
+  while (i < kBoundsUs.size() && us > kBoundsUs[i]) ++i;
+  ++buckets[i];
+}
+
+Pipeline::Pipeline(std::shared_ptr<capture::LatestFrameSource> source, const PipelineConfig& config, PipelineSink* sink)
+    : source_(std::move(source)), config_(config), sink_(sink) {}
+
+Pipeline::~Pipeline() {
+  Stop();
+  if (sws_ != nullptr) sws_freeContext(sws_);
+  if (converted_ != nullptr) av_frame_free(&converted_);
+}
+
+std::unique_ptr<Pipeline> Pipeline::Create(std::shared_ptr<capture::LatestFrameSource> source, const PipelineConfig& config,
+                                           PipelineSink* sink, std::string* error, std::vector<PipelineEvent>* open_events) {
+  std::unique_ptr<Pipeline> p(new Pipeline(std::move(source), config, sink));
+  if (!p->OpenFrom(0, "", error, open_events)) return nullptr;
+  return p;
+}
+
+void Pipeline::Emit(PipelineEvent e) { sink_->Notify(std::move(e)); }
+
+// Opens backends[index], or the next one that opens. `failed` names the backend that just failed
+// mid-stream (with `failed_reason`); every step down the list is one fallback event and one count.
+bool Pipeline::OpenFrom(size_t index, const std::string& failed_reason, std::string* error,
+                        std::vector<PipelineEvent>* events) {
+  auto emit = [&](PipelineEvent e) {
+    if (e.kind == PipelineEvent::Kind::kFallback) {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.fallbacks;
+    }
+    if (events != nullptr) events->push_back(std::move(e));
+    else Emit(std::move(e));
+  };
+  if (backend_) {
+    if (!failed_reason.empty()) {
+      PipelineEvent fb;
+      fb.kind = PipelineEvent::Kind::kFallback;
+      fb.from = backend_->Name();
+      fb.to = index < config_.backends.size() ? config_.backends[index] : "";
+      fb.reason = failed_reason;
+      emit(fb);
+    }
+    backend_->Close();
+    backend_.reset();
+  }
+  std::string all;
+  for (size_t i = index; i < config_.backends.size(); ++i) {
+    std::unique_ptr<Backend> b = CreateBackend(config_.backends[i]);
+    std::string err;
+    if (!b) {
+      err = "unknown backend " + config_.backends[i];
+    } else if (b->Open(config_.encoder, &err)) {
+      // A test frame (mid-grey) tells us the real SPS before any viewer needs it; its output is
+      // discarded and the first real frame is an IDR anyway.
+      AVFrame* f = av_frame_alloc();
+      f->format = b->InputFormat();
+      f->width = static_cast<int>(config_.encoder.width);
+      f->height = static_cast<int>(config_.encoder.height);
+      EncodedUnit unit;
+      Status s = Status::kError;
+      if (av_frame_get_buffer(f, 64) >= 0) {
+        for (int pl = 0; pl < 4 && f->buf[pl] != nullptr; ++pl) std::fill_n(f->buf[pl]->data, f->buf[pl]->size, 128);
+        InputFrame in;
+        in.av = f;
+        for (int pl = 0; pl < 3; ++pl) {
+          in.planes[pl] = f->data[pl];
+          in.strides[pl] = f->linesize[pl];
+        }
+        in.pts_90k = last_pts_ = std::max<int64_t>(last_pts_ + 1, 0);
+        s = b->Encode(in, true, &unit, &err);
+      }
+      av_frame_free(&f);
+      h264::ParameterSets sets;
+      if (s == Status::kOk && !unit.data.empty()) h264::Inspect(unit.data.data(), unit.data.size(), &sets);
+      if (s == Status::kOk && !sets.sps.empty()) {
+        sps_ = sets.sps;
+        pps_ = sets.pps;
+        plid_ = h264::ProfileLevelId(sps_.data(), sps_.size());
+        backend_ = std::move(b);
+        backend_index_ = i;
+        force_idr_ = true;
+        {
+          std::lock_guard<std::mutex> lock(stats_mu_);
+          stats_.backend = backend_->Name();
+          stats_.bitrate_bps = config_.encoder.bitrate_bps;
+          stats_.fps = config_.encoder.fps;
+          stats_.width = config_.encoder.width;
+          stats_.height = config_.encoder.height;
+          stats_.profile_level_id = plid_;
+        }
+        PipelineEvent fmt;
+        fmt.kind = PipelineEvent::Kind::kFormat;
+        fmt.backend = backend_->Name();
+        fmt.profile_level_id = plid_;
+        fmt.width = config_.encoder.width;
+        fmt.height = config_.encoder.height;
+        emit(fmt);
+        return true;
+      }
+      if (s == Status::kOk) err = std::string(b->Name()) + ": the test frame produced no SPS";
+      b->Close();
+    }
+    if (!all.empty()) all += "; ";
+    all += err;
+    if (i + 1 < config_.backends.size()) {
+      PipelineEvent fb;
+      fb.kind = PipelineEvent::Kind::kFallback;
+      fb.from = config_.backends[i];
+      fb.to = config_.backends[i + 1];
+      fb.reason = err;
+      emit(fb);
+    }
+  }
+  *error = "no H.264 encoder could be opened for " + std::to_string(config_.encoder.width) + "x" +
+           std::to_string(config_.encoder.height) + (all.empty() ? "" : ": " + all);
+  return false;
+}
+
+void Pipeline::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+void Pipeline::Stop() {
+  stop_.store(true);
+  stop_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (backend_) backend_->Close();
+}
+
+PipelineStats Pipeline::Stats() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_;
+}
+
+std::string Pipeline::BackendName() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_.backend;
+}
+
+std::string Pipeline::ProfileLevelId() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_.profile_level_id;
+}
+
+void Pipeline::ApplyControls() {
+  if (!backend_) return;
+  const uint32_t bps = pending_bitrate_.exchange(0);
+  const uint32_t fps = pending_fps_.exchange(0);
+  bool reopen = false;
+  if (bps != 0 && bps != config_.encoder.bitrate_bps) {
+    config_.encoder.bitrate_bps = bps;
+    if (!backend_->SetBitrate(bps)) reopen = true;
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.bitrate_bps = bps;
+    ++stats_.bitrate_changes;
+  }
+  if (fps != 0 && fps != config_.encoder.fps) {
+    config_.encoder.fps = fps;
+    if (!backend_->SetFramerate(fps)) reopen = true;
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.fps = fps;
+  }
+  if (reopen) {
+    // This backend reads its rate control only at init: reopen it (the next frame is an IDR).
+    std::string err;
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.reinits;
+    }
+    if (!OpenFrom(backend_index_, "", &err, nullptr)) {
+      PipelineEvent e;
+      e.kind = PipelineEvent::Kind::kError;
+      e.reason = err;
+      Emit(e);
+    }
+  }
+  if (keyframe_.exchange(false)) {
+    force_idr_ = true;
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    ++stats_.keyframe_requests;
+  }
+  if (fault_.exchange(false) && backend_) backend_->InjectFault();
+}
+
+bool Pipeline::Convert(const capture::Frame& frame, const capture::FramePtr& keep, std::string* error) {
+  const AVPixelFormat src = AvFormatOf(frame.format_name);
+  if (src == AV_PIX_FMT_NONE) {
+    *error = "unsupported capture format " + frame.format_name;
+    return false;
+  }
+  const AVPixelFormat dst = backend_->InputFormat();
+  const int w = static_cast<int>(frame.width), h = static_cast<int>(frame.height);
+  if (dst == src) {
+    // NVENC takes 32-bit RGB as it is: hand it the capture buffer itself, kept alive by a reference.
+    if (converted_ == nullptr) converted_ = av_frame_alloc();
+    av_frame_unref(converted_);
+    converted_->format = src;
+    converted_->width = w;
+    converted_->height = h;
+    converted_->buf[0] = av_buffer_create(const_cast<uint8_t*>(frame.data()), frame.pixels.size(), ReleaseCaptureFrame,
+                                          new capture::FramePtr(keep), AV_BUFFER_FLAG_READONLY);
+    converted_->data[0] = const_cast<uint8_t*>(frame.data());
+    converted_->linesize[0] = static_cast<int>(frame.stride);
+    return true;
+  }
+  if (sws_ == nullptr || sws_src_fmt_ != src || sws_dst_fmt_ != dst || sws_w_ != frame.width || sws_h_ != frame.height) {
+    if (sws_ != nullptr) sws_freeContext(sws_);
+    // Same size, so no scaling: the flags only choose the chroma filter. Fast bilinear keeps the
+    // SIMD input converters (BGRx -> Y/UV) and averages 2x2 for chroma.
+    sws_ = sws_getContext(w, h, src, w, h, dst, SWS_FAST_BILINEAR, nullptr, nullptr, nullptr);
+    if (sws_ == nullptr) {
+      *error = "swscale cannot convert " + frame.format_name + " to the encoder's format";
+      return false;
+    }
+    // BT.709 limited range, as the encoders' VUI announces.
+    sws_setColorspaceDetails(sws_, sws_getCoefficients(SWS_CS_DEFAULT), 1, sws_getCoefficients(SWS_CS_ITU709), 0, 0,
+                             1 << 16, 1 << 16);
+    sws_src_fmt_ = src;
+    sws_dst_fmt_ = dst;
+    sws_w_ = frame.width;
+    sws_h_ = frame.height;
+    if (converted_ != nullptr) av_frame_free(&converted_);
+  }
+  if (converted_ == nullptr || converted_->format != dst || converted_->width != w || converted_->height != h) {
+    if (converted_ != nullptr) av_frame_free(&converted_);
+    converted_ = av_frame_alloc();
+    converted_->format = dst;
+    converted_->width = w;
+    converted_->height = h;
+    if (av_frame_get_buffer(converted_, 64) < 0) {
+      *error = "out of memory for the converted frame";
+      return false;
+    }
+  }
+  // Persistent buffer; only if the encoder still references the last one is a new one allocated.
+  if (av_frame_make_writable(converted_) < 0) {
+    *error = "out of memory for the converted frame";
+    return false;
+  }
+  const uint8_t* src_planes[1] = {frame.data()};
+  const int src_strides[1] = {static_cast<int>(frame.stride)};
+  sws_scale(sws_, src_planes, src_strides, 0, h, converted_->data, converted_->linesize);
+  return true;
+}
+
+void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<damage::Rect>* damage, bool refresh,
+                           uint64_t wait_start_ns) {
+  const uint64_t t0 = MonoNs();
+  // A size change: reopen the same backend for the new size (ok | reinit | error, the reinit step).
+  if (frame->width != config_.encoder.width || frame->height != config_.encoder.height) {
+    config_.encoder.width = frame->width;
+    config_.encoder.height = frame->height;
+    {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.reinits;
+    }
+    std::string err;
+    if (!OpenFrom(backend_index_, "", &err, nullptr)) {
+      PipelineEvent e;
+      e.kind = PipelineEvent::Kind::kError;
+      e.reason = err;
+      Emit(e);
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.dropped_failed;
+      return;
+    }
+  }
+  for (int attempt = 0; attempt < 8 && backend_; ++attempt) {
+    std::string err;
+    const uint64_t c0 = MonoNs();
+    if (!Convert(*frame, frame, &err)) {
+      PipelineEvent e;
+      e.kind = PipelineEvent::Kind::kError;
+      e.reason = err;
+      Emit(e);
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.dropped_failed;
+      return;
+    }
+    const uint64_t c1 = MonoNs();
+    InputFrame in;
+    in.av = converted_;
+    for (int pl = 0; pl < 3; ++pl) {
+      in.planes[pl] = converted_->data[pl];
+      in.strides[pl] = converted_->linesize[pl];
+    }
+    // 90 kHz from the capture time (CLOCK_MONOTONIC of PipeWire's process callback); a refresh is
+    // stamped now. Strictly increasing, as encoders and RTP want.
+    const uint64_t when = refresh ? t0 : frame->process_ns;
+    if (base_ns_ == 0) base_ns_ = when;
+    int64_t pts = static_cast<int64_t>((when - std::min(when, base_ns_)) * 9 / 100'000);
+    if (pts <= last_pts_) pts = last_pts_ + 1;
+    in.pts_90k = pts;
+    in.damage = damage;
+    in.refresh = refresh;
+    const bool idr = force_idr_;
+    EncodedUnit unit;
+    const Status s = backend_->Encode(in, idr, &unit, &err);
+    const uint64_t e1 = MonoNs();
+    if (s == Status::kOk) {
+      last_pts_ = pts;
+      force_idr_ = false;
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      stats_.convert.Add(static_cast<double>(c1 - c0) / 1e3);
+      stats_.encode.Add(static_cast<double>(e1 - c1) / 1e3);
+      stats_.wait.Add(static_cast<double>(t0 - std::min(t0, wait_start_ns)) / 1e3);
+    }
+    if (s == Status::kOk && !unit.data.empty()) {
+      auto out = std::make_unique<EncodedOutput>();
+      h264::ParameterSets sets;
+      const h264::AuInfo info = h264::Inspect(unit.data.data(), unit.data.size(), &sets);
+      if (info.has_sps) {
+        const std::string plid = h264::ProfileLevelId(sets.sps.data(), sets.sps.size());
+        sps_ = sets.sps;
+        if (plid != plid_) {
+          plid_ = plid;
+          {
+            std::lock_guard<std::mutex> lock(stats_mu_);
+            stats_.profile_level_id = plid;
+          }
+          PipelineEvent fmt;
+          fmt.kind = PipelineEvent::Kind::kFormat;
+          fmt.backend = backend_->Name();
+          fmt.profile_level_id = plid;
+          fmt.width = frame->width;
+          fmt.height = frame->height;
+          Emit(fmt);
+        }
+      }
+      if (info.has_pps) pps_ = sets.pps;
+      out->keyframe = info.idr || unit.keyframe;
+      if (out->keyframe && (!info.has_sps || !info.has_pps)) {
+        // Every IDR carries SPS and PPS, so a viewer can start from any keyframe.
+        out->data.reserve(sps_.size() + pps_.size() + unit.data.size());
+        if (!info.has_sps) out->data.insert(out->data.end(), sps_.begin(), sps_.end());
+        if (!info.has_pps) out->data.insert(out->data.end(), pps_.begin(), pps_.end());
+        out->data.insert(out->data.end(), unit.data.begin(), unit.data.end());
+      } else {
+        out->data = std::move(unit.data);
+      }
+      out->refresh = refresh;
+      out->seq = ++out_seq_;
+      out->source_seq = frame->seq;
+      out->width = frame->width;
+      out->height = frame->height;
+      out->capture_wall_ms = WallMsOfMono(refresh ? t0 : frame->process_ns);
+      out->encode_us = static_cast<double>(e1 - c1) / 1e3;
+      out->pts_90k = pts;
+      out->backend = backend_->Name();
+      const size_t bytes = out->data.size();
+      const bool key = out->keyframe;
+      const bool delivered = sink_->Deliver(std::move(out));
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      if (delivered) {
+        ++stats_.frames_encoded;
+        if (refresh) ++stats_.frames_refresh;
+        if (key) ++stats_.keyframes;
+        stats_.bytes_out += bytes;
+      } else {
+        // JS is behind: this unit is lost, so the next one must not depend on it.
+        ++stats_.dropped_queue_full;
+        force_idr_ = true;
+      }
+      return;
+    }
+    if (s == Status::kOk) return;  // the encoder produced nothing for this frame (no delay here)
+    // kError / kReinit: this backend is done for. Fall back to the next one and retry the frame.
+    const std::string failed = backend_->Name();
+    if (s == Status::kReinit) {
+      std::string e2;
+      if (OpenFrom(backend_index_, "", &e2, nullptr)) continue;
+      err = e2;
+    }
+    std::string e3;
+    if (!OpenFrom(backend_index_ + 1, err, &e3, nullptr)) {
+      backend_.reset();
+      PipelineEvent e;
+      e.kind = PipelineEvent::Kind::kError;
+      e.reason = failed + " failed (" + err + ") and no other backend could take over: " + e3;
+      Emit(e);
+    }
+  }
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  ++stats_.dropped_failed;
+}
+
+void Pipeline::Run() {
+  capture::LatestFrame pending;          // waiting for its max_fps slot
+  capture::FramePtr last;                // the last frame encoded (for refreshes)
+  uint64_t next_slot_ns = 0;
+  uint64_t last_activity_ns = MonoNs();
+  constexpr uint64_t kMaxWaitNs = 100'000'000;
+  while (!stop_.load()) {
+    ApplyControls();
+    if (!backend_) break;  // every backend failed: the error was reported
+    uint64_t now = MonoNs();
+    uint64_t wait = kMaxWaitNs;
+    const uint64_t refresh_ns = static_cast<uint64_t>(config_.refresh_interval_ms) * 1'000'000ull;
+    if (pending) wait = next_slot_ns > now ? std::min(wait, next_slot_ns - now) : 0;
+    else if (last && refresh_ns > 0) {
+      const uint64_t due = last_activity_ns + refresh_ns;
+      wait = due > now ? std::min(wait, due - now) : 0;
+    }
+    capture::LatestFrame lf = source_->WaitLatest(std::chrono::nanoseconds(wait));
+    if (stop_.load()) break;
+    now = MonoNs();
+    if (lf) {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.frames_in;
+      stats_.dropped_busy += lf.frames_merged;
+    }
+    if (lf && lf.damage.empty() && lf.damage_source != capture::DamageSource::kFull) {
+      std::lock_guard<std::mutex> lock(stats_mu_);
+      ++stats_.dropped_unchanged;
+      lf = capture::LatestFrame();
+    }
+    if (lf) {
+      if (pending) {
+        // Newest wins: the older pending frame is dropped, its damage carried over.
+        std::vector<damage::Rect> merged = std::move(pending.damage);
+        damage::Accumulate(&merged, lf.damage, 64);
+        lf.damage = std::move(merged);
+        if (pending.damage_source == capture::DamageSource::kFull) lf.damage_source = capture::DamageSource::kFull;
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        ++stats_.dropped_rate;
+      }
+      pending = std::move(lf);
+    } else if (!pending && source_->IsClosed()) {
+      PipelineEvent e;
+      e.kind = PipelineEvent::Kind::kEnded;
+      e.reason = "the capture stream closed";
+      Emit(e);
+      break;
+    }
+    if (pending && now >= next_slot_ns) {
+      const uint64_t fps = std::max<uint32_t>(config_.encoder.fps, 1);
+      next_slot_ns = now + 1'000'000'000ull / fps;
+      capture::LatestFrame f = std::move(pending);
+      pending = capture::LatestFrame();
+      if (f.frame->width != config_.encoder.width || f.frame->height != config_.encoder.height) {
+        f.damage_source = capture::DamageSource::kFull;
+      }
+      EncodeFrame(f.frame, &f.damage, false, f.frame->publish_ns);
+      last = f.frame;
+      last_activity_ns = MonoNs();
+    } else if (!pending && last && refresh_ns > 0 && now >= last_activity_ns + refresh_ns) {
+      // Nothing changed for refresh_interval_ms: encode the same picture again (a P frame).
+      EncodeFrame(last, nullptr, true, now);
+      last_activity_ns = MonoNs();
+    }
+  }
+}
+
+}  // namespace wl::encode

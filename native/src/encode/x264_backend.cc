@@ -1,0 +1,57 @@
+// libx264 through libavcodec: the software backend that every machine has.
+#include <string>
+#include <thread>
+
+#include "encode/lavc_backend.h"
+
+extern "C" {
+#include <libavutil/opt.h>
+}
+
+namespace wl::encode {
+namespace {
+
+class X264Backend final : public LavcBackend {
+ public:
+  const char* Name() const override { return "x264"; }
+  AVPixelFormat InputFormat() const override { return AV_PIX_FMT_YUV420P; }
+  Capabilities Caps() const override {
+    Capabilities c;
+    c.bitrate_without_idr = true;   // reconfig_encoder -> x264_encoder_reconfig between frames
+    c.framerate_without_idr = true;  // VBV size only; rate control follows the pts
+    c.roi = true;                    // AV_FRAME_DATA_REGIONS_OF_INTEREST -> quant offsets (needs AQ)
+    c.intra_refresh = true;
+    return c;
+  }
+
+ protected:
+  const char* CodecName() const override { return "libx264"; }
+  bool Configure(AVCodecContext* ctx, AVDictionary** opts, std::string* error) override {
+    // libavcodec turns sliced threads off unless thread_type is exactly FF_THREAD_SLICE; frame
+    // threads would add a frame of latency per thread.
+    ctx->thread_type = FF_THREAD_SLICE;
+    ctx->thread_count = cfg_.threads ? static_cast<int>(cfg_.threads) : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    av_dict_set(opts, "preset", cfg_.preset.c_str(), 0);
+    av_dict_set(opts, "tune", "zerolatency", 0);
+    av_dict_set(opts, "profile", cfg_.profile == Profile::kMain ? "main" : "baseline", 0);
+    av_dict_set(opts, "forced-idr", "1", 0);
+    if (cfg_.intra_refresh) av_dict_set(opts, "intra-refresh", "1", 0);
+    // ROI needs adaptive quantisation, which ultrafast turns off.
+    if (cfg_.damage_roi) av_dict_set(opts, "aq-mode", "1", 0);
+    // zerolatency sets force-cfr (b_vfr_input=0): rate control would assume max_fps. We feed real
+    // capture times instead, so the bitrate holds at whatever rate the screen changes.
+    std::string params = "force-cfr=0:scenecut=0:rc-lookahead=0:sync-lookahead=0:mbtree=0:bframes=0:ref=1:sliced-threads=1";
+    // Intra refresh replaces IDRs by a moving column with a period of keyint frames; keep it short.
+    params += cfg_.intra_refresh ? ":keyint=" + std::to_string(std::max(2u, cfg_.fps * 2)) : ":keyint=infinite";
+    av_dict_set(opts, "x264-params", params.c_str(), 0);
+    if (cfg_.intra_refresh) ctx->gop_size = static_cast<int>(std::max(2u, cfg_.fps * 2));
+    (void)error;
+    return true;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> CreateX264Backend() { return std::make_unique<X264Backend>(); }
+
+}  // namespace wl::encode

@@ -1,0 +1,291 @@
+// Integration test of the capture stage against a real PipeWire daemon + WirePlumber (private
+// XDG_RUNTIME_DIR and session bus) and a real video producer node (native/test/pw_video_producer.cc).
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { Socket } from "node:net";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import { CaptureStream, type FrameInfo } from "../../agent/capture/capture-stream.js";
+import { silentLogger } from "../../agent/log/logger.js";
+import { InvalidStateError, UnsupportedError, WlError } from "../../agent/util/errors.js";
+import { countFds, countThreads, Producer, REPO_ROOT, startPipeWire, type PipeWireEnv } from "./pw-env.js";
+
+const log = silentLogger();
+
+function nextFrame(stream: CaptureStream, timeoutMs = 3000, pred: (f: FrameInfo) => boolean = () => true): Promise<FrameInfo> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => {
+      stream.off("frame", on);
+      reject(new Error(`no matching frame event within ${timeoutMs} ms; stats ${JSON.stringify(stream.stats().counters)}`));
+    }, timeoutMs);
+    const on = (f: FrameInfo): void => {
+      if (!pred(f)) return;
+      clearTimeout(t);
+      stream.off("frame", on);
+      resolve(f);
+    };
+    stream.on("frame", on);
+  });
+}
+
+function covers(rects: { x: number; y: number; width: number; height: number }[], x: number, y: number): boolean {
+  return rects.some((r) => x >= r.x && x < r.x + r.width && y >= r.y && y < r.y + r.height);
+}
+
+describe("capture against real PipeWire", { timeout: 120_000 }, () => {
+  let pw: PipeWireEnv;
+  let producer: Producer;
+
+  before(async () => {
+    pw = await startPipeWire();
+    // The addon connects to the default daemon of this process's environment.
+    process.env.PIPEWIRE_RUNTIME_DIR = pw.dir;
+    process.env.XDG_RUNTIME_DIR = pw.dir;
+    producer = await Producer.start(pw, { width: 640, height: 480, fps: 30 });
+  });
+
+  after(async () => {
+    await producer?.stop();
+    await pw?.stop();
+  });
+
+  test("frames arrive with the producer's size and content; counters move", async () => {
+    const stream = await CaptureStream.open({ nodeId: producer.nodeId, log });
+    try {
+      assert.equal(stream.state, "streaming");
+      assert.equal(stream.format?.width, 640);
+      assert.equal(stream.format?.height, 480);
+      assert.equal(stream.format?.format, "BGRx");
+      const first = await nextFrame(stream);
+      assert.equal(first.width, 640);
+      assert.equal(first.height, 480);
+      assert.ok(first.damage.length > 0);
+
+      await producer.send("fill 200 100 50");
+      await nextFrame(stream, 3000, (f) => f.damageRatio === 1);
+      const copy = stream.copyFrame();
+      assert.ok(copy, "copyFrame() returned null after a frame");
+      assert.equal(copy.width, 640);
+      assert.equal(copy.stride, 640 * 4);
+      assert.equal(copy.data.length, 640 * 4 * 480);
+      // BGRx in memory: B, G, R, x
+      assert.deepEqual([...copy.data.subarray(0, 3)], [50, 100, 200]);
+      assert.deepEqual([...copy.data.subarray(copy.data.length - 4, copy.data.length - 1)], [50, 100, 200]);
+
+      const s = stream.stats();
+      assert.ok(s.counters.framesReceived >= 2, `framesReceived ${s.counters.framesReceived}`);
+      assert.ok(s.counters.framesDelivered >= 2);
+      assert.equal(s.counters.framesCorrupted, 0);
+      assert.equal(s.format?.stride, 640 * 4);
+      assert.ok(s.format?.bufferType === "memfd" || s.format?.bufferType === "memptr", `bufferType ${s.format?.bufferType}`);
+      assert.equal(s.dmabuf.offered, false);
+      assert.match(s.dmabuf.reason, /no DMA-BUF importer/);
+      assert.ok(s.processToAvailable.count >= 2);
+      assert.ok(s.processToAvailable.maxUs > 0 && s.processToAvailable.maxUs < 100_000);
+      console.log(`# process->available: ${JSON.stringify({ ...s.processToAvailable, bucketBoundsUs: undefined })}`);
+    } finally {
+      stream.close();
+    }
+  });
+
+  test("unchanged frames have zero damage and raise no frame event", async () => {
+    const stream = await CaptureStream.open({ nodeId: producer.nodeId, log });
+    try {
+      await nextFrame(stream);  // the first frame is always full
+      await sleep(200);
+      const before = stream.stats().counters;
+      let events = 0;
+      stream.on("frame", () => events++);
+      await sleep(700);
+      const after = stream.stats().counters;
+      assert.equal(events, 0, "a static producer woke the next stage");
+      assert.equal(after.framesDelivered, before.framesDelivered);
+      assert.ok(after.framesUnchanged - before.framesUnchanged >= 10, `framesUnchanged ${before.framesUnchanged} -> ${after.framesUnchanged}`);
+      assert.ok(after.framesReceived - before.framesReceived >= 10);
+    } finally {
+      stream.close();
+    }
+  });
+
+  test("a one-pixel change gives tile damage covering exactly that tile", async () => {
+    const stream = await CaptureStream.open({ nodeId: producer.nodeId, log, tileSize: 64 });
+    try {
+      await nextFrame(stream);
+      await sleep(100);
+      for (const [x, y] of [[0, 0], [639, 0], [0, 479], [639, 479], [300, 200]] as const) {
+        const frame = nextFrame(stream);
+        await producer.send(`pixel ${x} ${y} ${x % 256} 1 2`);
+        const f = await frame;
+        assert.equal(f.damageSource, "tiles");
+        assert.equal(f.damage.length, 1, JSON.stringify(f.damage));
+        assert.ok(covers(f.damage, x, y), `damage ${JSON.stringify(f.damage)} misses ${x},${y}`);
+        const r = f.damage[0]!;
+        assert.equal(r.x, Math.floor(x / 64) * 64);
+        assert.equal(r.y, Math.floor(y / 64) * 64);
+        assert.equal(r.width, Math.min(64, 640 - r.x));
+        assert.equal(r.height, Math.min(64, 480 - r.y));
+        assert.ok(f.damageRatio > 0 && f.damageRatio < 0.02, `ratio ${f.damageRatio}`);
+      }
+      const s = stream.stats();
+      assert.equal(s.damage.source, "tiles");
+      assert.ok(s.damage.ratio > 0);
+    } finally {
+      stream.close();
+    }
+  });
+
+  test("compositor damage (SPA_META_VideoDamage) is used when the producer sends it", async () => {
+    const withDamage = await Producer.start(pw, { width: 320, height: 240, fps: 30, damage: true });
+    const stream = await CaptureStream.open({ nodeId: withDamage.nodeId, log });
+    try {
+      assert.equal(stream.format?.width, 320);
+      await nextFrame(stream);
+      await sleep(100);
+      const frame = nextFrame(stream);
+      await withDamage.send("rect 10 20 30 40 255 255 255");
+      const f = await frame;
+      assert.equal(f.damageSource, "compositor");
+      assert.deepEqual(f.damage, [{ x: 10, y: 20, width: 30, height: 40 }]);
+    } finally {
+      stream.close();
+      await withDamage.stop();
+    }
+  });
+
+  test("a resize renegotiates: new format, then a full frame of the new size", async () => {
+    const resizing = await Producer.start(pw, { width: 320, height: 240, fps: 30 });
+    const stream = await CaptureStream.open({ nodeId: resizing.nodeId, log });
+    try {
+      await nextFrame(stream);
+      const format = new Promise<void>((resolve) =>
+        stream.on("format", (f) => {
+          if (f.width === 400 && f.height === 300) resolve();
+        }),
+      );
+      const frame = nextFrame(stream, 5000, (f) => f.width === 400);
+      await resizing.send("size 400 300");
+      await format;
+      const f = await frame;
+      assert.equal(f.height, 300);
+      assert.equal(f.damageSource, "full");
+      assert.equal(stream.copyFrame()?.data.length, 400 * 300 * 4);
+      assert.ok(stream.stats().counters.renegotiations >= 2);
+    } finally {
+      stream.close();
+      await resizing.stop();
+    }
+  });
+
+  test("the portal path: connecting through a PipeWire fd", async () => {
+    // Stand-in for OpenPipeWireRemote's fd: a socket connected to the daemon, paused so Node never reads it.
+    const sock = new Socket();
+    sock.pause();
+    await new Promise<void>((resolve, reject) => {
+      sock.once("error", reject);
+      sock.connect(join(pw.dir, "pipewire-0"), resolve);
+    });
+    const fd = (sock as unknown as { _handle: { fd: number } })._handle.fd;
+    assert.ok(fd > 2);
+    const stream = await CaptureStream.open({ fd, nodeId: producer.nodeId, log });
+    try {
+      await nextFrame(stream);
+      assert.equal(stream.format?.width, 640);
+    } finally {
+      stream.close();
+      sock.destroy();
+    }
+  });
+
+  test("open() rejects with the reason", async () => {
+    await assert.rejects(CaptureStream.open({ nodeId: -1, log }), TypeError);
+    await assert.rejects(CaptureStream.open({ nodeId: 1, tileSize: 3, log }), TypeError);
+    await assert.rejects(CaptureStream.open({ fd: 987, nodeId: producer.nodeId, log }), (err: unknown) => {
+      assert.ok(err instanceof UnsupportedError);
+      assert.match(err.message, /duplicate the PipeWire fd/);
+      return true;
+    });
+    const saved = process.env.PIPEWIRE_RUNTIME_DIR;
+    process.env.PIPEWIRE_RUNTIME_DIR = join(pw.dir, "nowhere");
+    try {
+      await assert.rejects(CaptureStream.open({ nodeId: producer.nodeId, log }), (err: unknown) => {
+        assert.ok(err instanceof UnsupportedError);
+        assert.match(err.message, /cannot connect to PipeWire/);
+        return true;
+      });
+    } finally {
+      process.env.PIPEWIRE_RUNTIME_DIR = saved;
+    }
+  });
+
+  test("close() is idempotent, emits close once; calls after close throw InvalidStateError", async () => {
+    const stream = await CaptureStream.open({ nodeId: producer.nodeId, log });
+    let closes = 0;
+    stream.on("close", () => closes++);
+    stream.close();
+    stream.close();
+    assert.equal(closes, 1);
+    assert.equal(stream.closed, true);
+    assert.throws(() => stream.stats(), InvalidStateError);
+    assert.throws(() => stream.copyFrame(), InvalidStateError);
+  });
+
+  test("the producer going away: error event, then the stream closes itself", async () => {
+    const doomed = await Producer.start(pw, { width: 160, height: 120, fps: 30 });
+    const stream = await CaptureStream.open({ nodeId: doomed.nodeId, log });
+    const errored = new Promise<WlError>((resolve) => stream.once("error", resolve));
+    const closed = new Promise<void>((resolve) => stream.once("close", resolve));
+    await doomed.stop();
+    const err = await Promise.race([errored, sleep(5000).then(() => null)]);
+    const state = stream.closed ? "closed" : stream.stats().state;
+    stream.close();
+    assert.ok(err, `no error event within 5 s after the producer exited (state ${state})`);
+    assert.equal(err.code, "capture-failed");
+    console.log(`# after the producer exited: ${err.message}`);
+    await closed;
+  });
+
+  test("20 open/close cycles: no fd or thread growth", async () => {
+    const cycle = async (): Promise<void> => {
+      const s = await CaptureStream.open({ nodeId: producer.nodeId, log });
+      await nextFrame(s);
+      s.close();
+    };
+    await cycle();  // warm-up: PipeWire loads its plugins once per process
+    await sleep(100);
+    const fds0 = countFds();
+    const threads0 = countThreads();
+    for (let i = 0; i < 20; i++) await cycle();
+    await sleep(200);
+    const fds1 = countFds();
+    const threads1 = countThreads();
+    console.log(`# fds ${fds0} -> ${fds1}, threads ${threads0} -> ${threads1}`);
+    assert.equal(fds1, fds0, "fds grew");
+    assert.equal(threads1, threads0, "threads grew");
+  });
+
+  test("a process that closed its capture exits by itself", async () => {
+    const script = `
+      import { CaptureStream } from ${JSON.stringify(join(REPO_ROOT, "dist/agent/capture/capture-stream.js"))};
+      import { silentLogger } from ${JSON.stringify(join(REPO_ROOT, "dist/agent/log/logger.js"))};
+      const s = await CaptureStream.open({ nodeId: ${producer.nodeId}, log: silentLogger() });
+      await new Promise((resolve) => s.once("frame", resolve));
+      s.close();
+      console.log("closed");
+    `;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+      env: { ...process.env, PIPEWIRE_RUNTIME_DIR: pw.dir, XDG_RUNTIME_DIR: pw.dir },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    const code = await Promise.race([
+      new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c))),
+      sleep(10_000).then(() => "timeout" as const),
+    ]);
+    if (code === "timeout" && child.pid !== undefined) process.kill(child.pid, "SIGKILL");
+    assert.equal(code, 0, `child did not exit by itself (got ${String(code)}, stdout ${JSON.stringify(out)})`);
+    assert.match(out, /closed/);
+  });
+});
