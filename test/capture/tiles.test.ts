@@ -13,7 +13,7 @@ import { NATIVE_RELEASE, requireBinary } from "./pw-env.js";
 describe("native tile differ unit tests (tiles_test)", () => {
   const bin = requireBinary(join(NATIVE_RELEASE, "tiles_test"), "build it: source scripts/env.sh && npx node-gyp rebuild --directory native");
   const run = spawnSync(bin, [], { encoding: "utf8", timeout: 60_000 });
-  const results = [...run.stdout.matchAll(/^(ok|not ok) \d+ - (.*)\n(?:  # (.*)\n)?/gm)];
+  const results = [...run.stdout.matchAll(/^(ok|not ok) \d+ - (.*)\n(?: {2}# (.*)\n)?/gm)];
 
   test("the executable ran to completion and reported its plan", () => {
     assert.equal(run.error, undefined, String(run.error));
