@@ -6,13 +6,18 @@ import { TokenService } from "./auth/tokens.js";
 import { loadOrCreateSecret } from "./auth/secret.js";
 import { SignalingServer } from "./signaling/server.js";
 import { VERSION } from "./version.js";
-import { HeadlessDesktop, detectSession } from "./desktop/index.js";
-import { UnsupportedError } from "./util/errors.js";
+import { openSharedDesktop, type SharedDesktop } from "./desktop/index.js";
+import { RtcStage, type VideoSourceFactory } from "./rtc/stage.js";
 
 export interface AgentOptions {
   config: Config;
   log: Logger;
   env?: NodeJS.ProcessEnv;
+  /**
+   * Opens the shared encoded video when the first viewer arrives (the capture+encode pipeline; tests
+   * pass a real x264 stream). Without it, offers are answered `unavailable`.
+   */
+  videoSource?: VideoSourceFactory;
 }
 
 /**
@@ -26,9 +31,9 @@ export class Agent {
   readonly tokens: TokenService;
   #signaling: SignalingServer | undefined;
   #metricsServer: MetricsServer | undefined;
-  #desktop: HeadlessDesktop | undefined;
-  /** The environment of the desktop being shared: the user's session, or our headless one. */
-  #desktopEnv: NodeJS.ProcessEnv = {};
+  #rtc: RtcStage | undefined;
+  readonly #videoSource: VideoSourceFactory | undefined;
+  #desktop: SharedDesktop | undefined;
   readonly #env: NodeJS.ProcessEnv;
   #closing: Promise<void> | undefined;
 
@@ -38,6 +43,7 @@ export class Agent {
     this.tokens = tokens;
     this.metrics = metrics;
     this.#env = opts.env ?? process.env;
+    this.#videoSource = opts.videoSource;
   }
 
   /** Makes the token service without starting anything (used by `wl-webrtc token`). */
@@ -67,52 +73,30 @@ export class Agent {
     const signaling = this.#signaling;
     this.#metricsServer?.addReadinessCheck("signaling", () => ({ ok: !signaling.closed, detail: "signaling server is closed" }));
     await this.#openDesktop();
+    if (this.#videoSource)
+      this.#rtc = await RtcStage.open({ config: config.rtc, signaling, openSource: this.#videoSource, metrics: this.metrics, log: log.child({ stage: "rtc" }), env: this.#env });
   }
 
   /** Finds the desktop to share: the user's Wayland session, or (by config, or when none is found) our own. */
   async #openDesktop(): Promise<void> {
-    const { config, log } = this;
-    const mode = config.desktop.mode;
-    if (mode === "none") {
-      log.info("desktop.mode is none: no desktop is shared");
-      return;
-    }
-    if (mode !== "headless") {
-      const status = await detectSession(this.#env);
-      if (status.usable) {
-        log.info({ display: status.waylandDisplay, reason: status.reason }, "sharing the user's Wayland session");
-        this.#desktopEnv = {
-          ...this.#env,
-          ...(status.waylandDisplay ? { WAYLAND_DISPLAY: status.waylandDisplay } : {}),
-          ...(status.busAddress ? { DBUS_SESSION_BUS_ADDRESS: status.busAddress } : {}),
-        };
-        return;
-      }
-      if (mode === "session")
-        throw new UnsupportedError(`desktop.mode is "session" but no usable Wayland session was found: ${status.reason}`);
-      log.info({ reason: status.reason }, "no Wayland session found: starting a headless desktop");
-    }
-    const desktop = await HeadlessDesktop.start({ width: config.desktop.width, height: config.desktop.height, refreshHz: config.desktop.refresh_hz, log: log.child({ stage: "desktop" }) });
-    this.#desktop = desktop;
-    this.#desktopEnv = { ...this.#env, ...desktop.env };
-    desktop.on("part-exited", ({ part, code, signal }) => log.error({ part, code, signal }, "a part of the headless desktop exited"));
-    log.info({ width: config.desktop.width, height: config.desktop.height, refreshHz: config.desktop.refresh_hz, runtimeDir: desktop.env.XDG_RUNTIME_DIR }, "headless desktop running");
-    this.#metricsServer?.addReadinessCheck("desktop", () => ({ ok: !desktop.closed, detail: "the headless desktop is closed" }));
+    this.#desktop = await openSharedDesktop(this.config.desktop, this.#env, this.log);
+    const headless = this.#desktop?.headless;
+    if (headless) this.#metricsServer?.addReadinessCheck("desktop", () => ({ ok: !headless.closed, detail: "the headless desktop is closed" }));
   }
 
-  /** The headless desktop, when the agent runs one. */
-  get desktop(): HeadlessDesktop | undefined {
+  /** The shared desktop (undefined with desktop.mode = "none"). */
+  get desktop(): SharedDesktop | undefined {
     return this.#desktop;
-  }
-
-  /** Environment for talking to the shared desktop (its bus, PipeWire, Wayland display). */
-  get desktopEnv(): NodeJS.ProcessEnv {
-    return this.#desktopEnv;
   }
 
   get signaling(): SignalingServer {
     if (!this.#signaling) throw new Error("agent not started");
     return this.#signaling;
+  }
+
+  /** The streaming stage, when the agent has a video source. */
+  get rtc(): RtcStage | undefined {
+    return this.#rtc;
   }
 
   get metricsServer(): MetricsServer | undefined {
@@ -121,6 +105,7 @@ export class Agent {
 
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      await this.#rtc?.close();
       await this.#signaling?.close();
       await this.#desktop?.close();
       await this.#metricsServer?.close();

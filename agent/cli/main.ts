@@ -21,6 +21,10 @@ Usage:
       Mint a signaling token; prints only the token.
   wl-webrtc revoke JTI [--config FILE]
       Revoke a token by its id (jti); a running agent honours it at the next connection.
+  wl-webrtc capture-test [--seconds N] [--json] [--snapshot FILE.png] [--headless [--animate]] [--config FILE]
+      Ask the portal for the screen, capture for N seconds (default 5), print fps, size, format, buffer
+      type and damage; --json: the last line is one JSON object. --animate: on a headless desktop, run a
+      terminal that scrolls text.
   wl-webrtc config check [FILE]
       Validate a configuration file (default: $XDG_CONFIG_HOME/wl-webrtc/config.toml) and print the
       effective configuration.
@@ -53,6 +57,8 @@ async function main(argv: string[]): Promise<number> {
       return revoke(rest);
     case "config":
       return configCommand(rest);
+    case "capture-test":
+      return captureTestCommand(rest);
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}`);
   }
@@ -161,6 +167,29 @@ async function configCommand(args: string[]): Promise<number> {
   return ExitCode.ok;
 }
 
+async function captureTestCommand(args: string[]): Promise<number> {
+  const { values } = parse(args, {
+    seconds: { type: "string" },
+    json: { type: "boolean" },
+    snapshot: { type: "string" },
+    headless: { type: "boolean" },
+    animate: { type: "boolean" },
+    config: { type: "string", short: "c" },
+  });
+  if (values.help) return help();
+  const seconds = values.seconds === undefined ? 5 : Number(values.seconds);
+  if (!Number.isFinite(seconds) || seconds <= 0 || seconds > 3600) throw new UsageError("--seconds: expected a number of seconds in (0, 3600]");
+  if (values.animate && !values.headless) throw new UsageError("--animate needs --headless");
+  const { config } = loadConfig(values.config as string | undefined);
+  if (values.headless) config.desktop.mode = "headless";
+  // Logs go to stderr: stdout carries the result.
+  const log = createLogger({ level: config.log.level === "info" ? "warn" : config.log.level, pretty: config.log.pretty, destination: process.stderr });
+  setListenerErrorHook((event, err) => log.error({ err, event }, "an event listener threw"));
+  const { captureTest } = await import("./capture-test.js");
+  await captureTest(config, { seconds, json: values.json === true, snapshot: values.snapshot as string | undefined, animate: values.animate === true }, log);
+  return ExitCode.ok;
+}
+
 function renderConfig(config: Config): string {
   return `${stringifyToml(config)}\n`;
 }
@@ -184,6 +213,9 @@ main(process.argv.slice(2)).then(
     } else if (err instanceof UnsupportedError) {
       process.stderr.write(`wl-webrtc: ${err.message}\n`);
       process.exitCode = ExitCode.unsupported;
+    } else if (err instanceof WlError && err.code === "usage") {
+      process.stderr.write(`wl-webrtc: ${err.message}\n`);
+      process.exitCode = ExitCode.usage;
     } else if (err instanceof WlError && err.code === "config") {
       process.stderr.write(`wl-webrtc: configuration error:\n  ${err.message}\n`);
       process.exitCode = ExitCode.config;
