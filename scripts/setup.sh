@@ -27,7 +27,7 @@ pkgs=(build-essential python3 pkg-config ca-certificates
       fonts-dejavu-core)
 # Tests and benches: a real browser, a terminal that animates the screen, input checkers, ffmpeg,
 # network shaping between test hosts.
-test_pkgs=(chromium foot wev wtype ffmpeg nftables iproute2 procps)
+test_pkgs=(chromium foot wev wtype ffmpeg nftables iproute2 procps openssl)
 [ "$want_test" = 1 ] && pkgs+=("${test_pkgs[@]}")
 
 missing=()
