@@ -1,12 +1,17 @@
 {
   # Built by `node-gyp rebuild --directory native` (npm run build:native) against the Node 22 headers
-  # that scripts/env.sh selects. Three targets:
-  #   wl_webrtc          the addon (build/Release/wl_webrtc.node)
-  #   tiles_test         C++ unit tests of the tile differ (run by test/capture/tiles.test.ts)
-  #   pw_video_producer  a real PipeWire video source for the capture integration test
+  # that scripts/env.sh selects. Targets:
+  #   wl_webrtc            the addon (build/Release/wl_webrtc.node)
+  #   tiles_test           C++ unit tests of the tile differ (run by test/capture/tiles.test.ts)
+  #   capture_source_test  the encoder-facing LatestFrameSource against real PipeWire (run by
+  #                        test/capture/pipewire.test.ts)
+  #   pw_video_producer    a real PipeWire video source for the capture integration tests
   "variables": {
     "pw_cflags": "<!(pkg-config --cflags libpipewire-0.3)",
     "pw_libs": "<!(pkg-config --libs libpipewire-0.3)",
+    # encode stage: libavcodec (libx264, h264_vaapi, h264_nvenc), swscale, OpenH264, libva (VPP), libdrm headers
+    "enc_cflags": "<!(pkg-config --cflags libavcodec libavutil libswscale openh264 libva libdrm)",
+    "enc_libs": "<!(pkg-config --libs libavcodec libavutil libswscale openh264 libva)",
   },
   "target_defaults": {
     "cflags!": ["-fno-exceptions"],
@@ -24,16 +29,33 @@
         "src/capture/pw_capture.cc",
         "src/damage/damage_binding.cc",
         "src/damage/tiles.cc",
+        "src/encode/backend.cc",
+        "src/encode/encode_binding.cc",
+        "src/encode/frame_feeder.cc",
+        "src/encode/h264.cc",
+        "src/encode/lavc_backend.cc",
+        "src/encode/nvenc_backend.cc",
+        "src/encode/openh264_backend.cc",
+        "src/encode/pipeline.cc",
+        "src/encode/vaapi_backend.cc",
+        "src/encode/x264_backend.cc",
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
-      "cflags_cc": ["<@(pw_cflags)"],
-      "libraries": ["<@(pw_libs)"],
+      "cflags_cc": ["<@(pw_cflags)", "<@(enc_cflags)"],
+      "libraries": ["<@(pw_libs)", "<@(enc_libs)", "-ldl"],
     },
     {
       "target_name": "tiles_test",
       "type": "executable",
       "sources": ["test/tiles_test.cc", "src/damage/tiles.cc"],
+    },
+    {
+      "target_name": "capture_source_test",
+      "type": "executable",
+      "sources": ["test/capture_source_test.cc", "src/capture/pw_capture.cc", "src/damage/tiles.cc"],
+      "cflags_cc": ["<@(pw_cflags)"],
+      "libraries": ["<@(pw_libs)"],
     },
     {
       "target_name": "pw_video_producer",

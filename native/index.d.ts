@@ -85,7 +85,9 @@ export type NativeCaptureEvent =
       latencyUs: number;
       /** Frame notes replaced before JS read them (the JS thread was busy). */
       coalesced: number;
-    };
+    }
+  /** SPA_META_Cursor moved or changed shape (keep-latest: intermediate positions are skipped). */
+  | { type: "cursor"; cursor: NativeCursor };
 
 export interface NativeCaptureCounters {
   framesReceived: number;
@@ -163,9 +165,152 @@ export declare class PipeWireCapture {
   readonly closed: boolean;
 }
 
+// ---- encode ----------------------------------------------------------------------------------------
+
+export type NativeEncoderBackend = "vaapi" | "nvenc" | "x264" | "openh264";
+
+export interface NativeEncoderCaps {
+  /** Bitrate changes apply in place, without an IDR (libx264, OpenH264). */
+  bitrateWithoutIdr: boolean;
+  framerateWithoutIdr: boolean;
+  /** Honours region-of-interest side data (damage-aware quality). */
+  roi: boolean;
+  intraRefresh: boolean;
+  /** Imports DMA-BUF frames without a CPU copy. */
+  zeroCopyDmabuf: boolean;
+}
+
+export interface NativeEncoderProbe {
+  name: string;
+  /** This addon has the code and libavcodec has the encoder. */
+  compiled: boolean;
+  /** A 256x144 encoder really opened and encoded a frame here. */
+  available: boolean;
+  /** Why not (no /dev/dri render node, no libcuda, ...), or what was used. */
+  reason: string;
+  caps: NativeEncoderCaps;
+}
+
+export interface NativeEncoderOptions {
+  /** Priority order; the first that opens wins, a failing one falls back to the next. */
+  backends: string[];
+  /** Initial size; the encoder follows the frames' size (reopening with an IDR). */
+  width: number;
+  height: number;
+  bitrateBps: number;
+  /** Frame-rate cap (pacing) and the encoders' nominal rate. */
+  fps: number;
+  profile: "constrained_baseline" | "main";
+  preset: string;
+  intraRefresh: boolean;
+  damageRoi: boolean;
+  /** Re-encode the last frame after this long without changes; 0: never. */
+  refreshIntervalMs: number;
+  /** Encoder threads; 0 or absent: one per core. */
+  threads?: number;
+  /** Bench only: no frame-rate cap and no real-frame-rate adaptation (the ffmpeg CLI's settings exactly). */
+  benchmark?: boolean;
+}
+
+export type NativeEncoderEvent =
+  | {
+      type: "frame";
+      /** One access unit, Annex-B; IDRs carry SPS and PPS. */
+      data: Buffer;
+      keyframe: boolean;
+      /** A re-encode of an unchanged screen (refresh_interval_ms). */
+      refresh: boolean;
+      /** 1, 2, ...; a gap means units were dropped because JS did not keep up (then an IDR follows). */
+      seq: number;
+      /** The capture frame's seq. */
+      sourceSeq: number;
+      width: number;
+      height: number;
+      captureTimeMs: number;
+      encodeUs: number;
+      waitUs: number;
+      convertUs: number;
+      /** 90 kHz, from the capture time, modulo 2^32. */
+      rtpTimestamp: number;
+      backend: string;
+    }
+  | { type: "format"; backend: string; profileLevelId: string; width: number; height: number }
+  | { type: "fallback"; from: string; to: string; reason: string }
+  /** Every backend failed: the encoder thread stopped. */
+  | { type: "error"; message: string }
+  /** The frame source closed: the encoder thread stopped. */
+  | { type: "ended"; message: string };
+
+export interface NativeEncoderStats {
+  framesIn: number;
+  framesEncoded: number;
+  framesRefresh: number;
+  keyframes: number;
+  keyframeRequests: number;
+  dropped: { busy: number; rate: number; queueFull: number; unchanged: number; failed: number };
+  bytesOut: number;
+  fallbacks: number;
+  reinits: number;
+  bitrateChanges: number;
+  backend: string;
+  bitrateBps: number;
+  fps: number;
+  width: number;
+  height: number;
+  profileLevelId: string;
+  wait: NativeEncoderTiming;
+  convert: NativeEncoderTiming;
+  encode: NativeEncoderTiming;
+}
+
+export interface NativeEncoderTiming extends NativeTiming {
+  sumUs: number;
+}
+
+/**
+ * The encoder thread (native/src/encode/pipeline.h): pulls the newest frame from a PipeWireCapture's
+ * mailbox (or a FrameFeeder), converts it once, encodes it with the first working backend and hands
+ * access units to `onEvents` through a bounded thread-safe function.
+ */
+export declare class NativeVideoEncoder {
+  /** Opens a backend synchronously; throws Error (with `openEvents`) when none opens. */
+  constructor(source: PipeWireCapture | FrameFeeder, options: NativeEncoderOptions, onEvents: (events: NativeEncoderEvent[]) => void);
+  /** Fallbacks and the format from opening (before any onEvents call). */
+  readonly openEvents: NativeEncoderEvent[];
+  requestKeyframe(): void;
+  setBitrate(bps: number): void;
+  setFramerate(fps: number): void;
+  /** Test hook: the current backend's next encode fails like a broken device. */
+  injectFault(): void;
+  stats(): NativeEncoderStats;
+  /** Stops and joins the encoder thread, closes the backend, releases the thread-safe function. Idempotent. */
+  close(): void;
+  readonly closed: boolean;
+}
+
+/** A frame source fed from JS or from recorded raw frames (bench, tests); same mailbox semantics as capture. */
+export declare class FrameFeeder {
+  constructor();
+  /** Copies a frame in and publishes it; `damage` null or empty: the whole frame changed. */
+  push(data: Buffer, width: number, height: number, stride: number, format: string, damage?: NativeRect[] | null): void;
+  /** Loads up to `count` raw frames (width*height*4 bytes each) from a file; returns how many. */
+  load(path: string, width: number, height: number, format: string, count: number): number;
+  /** Publishes the loaded frames on a native thread: fps 0 = each once the previous was taken. */
+  play(fps: number, loops?: number): void;
+  readonly played: number;
+  readonly playing: boolean;
+  close(): void;
+  readonly closed: boolean;
+}
+
 export interface WlWebrtcAddon {
   readonly versions: NativeVersions;
   readonly PipeWireCapture: typeof PipeWireCapture;
-  /** Compares two frames of the same geometry (both `stride` bytes per row, 4 bytes per pixel). */
-  diffTiles(prev: Buffer, cur: Buffer, width: number, height: number, stride: number, tileSize: number): NativeDiffResult;
+  readonly NativeVideoEncoder: typeof NativeVideoEncoder;
+  readonly FrameFeeder: typeof FrameFeeder;
+  /** Probes the named backends (default: all, in the default priority order). Synchronous, a few ms each. */
+  probeEncoders(names?: string[]): NativeEncoderProbe[];
+  /** Compares two frames of the same geometry (both `stride` bytes per row, 4 bytes per pixel). With
+   *  `dst` (>= width*4*height bytes) it also copies `cur` there, tightly packed, in the same pass. */
+  diffTiles(prev: Buffer, cur: Buffer, width: number, height: number, stride: number, tileSize: number, dst?: Buffer): NativeDiffResult;
 }

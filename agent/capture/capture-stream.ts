@@ -4,6 +4,7 @@ import type {
   NativeCaptureEvent,
   NativeCaptureState,
   NativeCaptureSnapshot,
+  NativeCursor,
   NativeFormat,
   NativeFrameCopy,
   NativeRect,
@@ -17,6 +18,7 @@ export type CaptureFormat = NativeFormat;
 export type CaptureStats = NativeCaptureSnapshot;
 export type FrameCopy = NativeFrameCopy;
 export type Rect = NativeRect;
+export type CursorInfo = NativeCursor;
 
 /** "A new frame is in the mailbox": the next stage's wake-up. The pixels stay native. */
 export interface FrameInfo {
@@ -38,6 +40,9 @@ export interface CaptureStreamEvents {
   [key: string]: unknown[];
   frame: [FrameInfo];
   format: [CaptureFormat];
+  /** Cursor metadata (only producers that send SPA_META_Cursor; xdpw 0.7 does not). Fetch the
+   *  bitmap with cursorShape() when shapeSerial changes. */
+  cursor: [CursorInfo];
   state: [CaptureState, string];
   error: [WlError];
   close: [];
@@ -158,6 +163,14 @@ export class CaptureStream extends TypedEmitter<CaptureStreamEvents> {
     return this.#native.snapshot();
   }
 
+  /**
+   * The native stream, for the encoder (agent/encode/), whose thread pulls frames from its mailbox
+   * without going through JS. Not for other uses: closing it bypasses this object.
+   */
+  get nativeFrameSource(): PipeWireCapture {
+    return this.#native;
+  }
+
   /** Copies the newest frame out of native memory (snapshots, tests). null before the first frame. */
   copyFrame(): FrameCopy | null {
     this.#assertOpen("copyFrame");
@@ -201,6 +214,9 @@ export class CaptureStream extends TypedEmitter<CaptureStreamEvents> {
           this.#log.debug({ format: e.format }, "capture format");
           this.safeEmit("format", e.format);
           this.#checkOpened();
+          break;
+        case "cursor":
+          if (this.#opened) this.safeEmit("cursor", e.cursor);
           break;
         case "frame": {
           const { type: _type, ...info } = e;

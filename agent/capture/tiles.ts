@@ -8,6 +8,9 @@ export interface TileDiffGeometry {
   stride?: number;
   /** Default 64. */
   tileSize?: number;
+  /** When given, each row of `cur` is also copied here (tightly packed, width * 4 per row): the fused
+   *  copy-and-compare the capture stage runs on every frame. */
+  dst?: Buffer;
 }
 
 /**
@@ -25,5 +28,7 @@ export function diffTiles(prev: Buffer, cur: Buffer, g: TileDiffGeometry): Nativ
   const need = g.height === 0 ? 0 : stride * (g.height - 1) + g.width * 4;
   if (prev.length < need || cur.length < need)
     throw new TypeError(`diffTiles: buffers of ${prev.length} and ${cur.length} bytes, need ${need}`);
-  return loadAddon().diffTiles(prev, cur, g.width, g.height, stride, tileSize);
+  if (g.dst !== undefined && g.dst.length < g.width * 4 * g.height)
+    throw new TypeError(`diffTiles: dst of ${g.dst.length} bytes, need ${g.width * 4 * g.height}`);
+  return loadAddon().diffTiles(prev, cur, g.width, g.height, stride, tileSize, g.dst);
 }

@@ -96,6 +96,42 @@ const encodeSection = z.strictObject({
   keyframe_min_interval_ms: z.number().int().min(0).max(10_000).default(500),
 });
 
+const iceUrl = z.string().regex(/^(stun|stuns|turn|turns):[^\s]+$/, "a URL like stun:host:port or turn:host:port?transport=udp");
+const rtcSection = z
+  .strictObject({
+    /** STUN servers for server-reflexive candidates, e.g. "stun:stun.example.org:3478". Empty: host candidates only. */
+    stun_servers: z.array(iceUrl).default([]),
+    /** TURN servers (relay), e.g. "turn:turn.example.org:3478?transport=udp". */
+    turn_servers: z.array(iceUrl).default([]),
+    turn_username: z.string().default(""),
+    /** Absolute path of a file holding the TURN password. WL_WEBRTC_TURN_PASSWORD overrides it. Never on the command line. */
+    turn_password_file: z.string().regex(/^(\/.*)?$/, "an absolute path, or empty").default(""),
+    /** UDP ports for ICE; 0 and 0: any free port. */
+    udp_port_min: portOrZero.default(0),
+    udp_port_max: portOrZero.default(0),
+    /** Per-viewer bitrate bounds and start value, bits per second. */
+    max_bitrate_bps: z.number().int().min(100_000).max(200_000_000).default(8_000_000),
+    min_bitrate_bps: z.number().int().min(50_000).max(200_000_000).default(300_000),
+    start_bitrate_bps: z.number().int().min(50_000).max(200_000_000).default(2_000_000),
+    /** Keyframe requests (PLI, FIR, new viewers) closer together than this are merged into one. */
+    keyframe_min_interval_ms: z.number().int().min(0).max(60_000).default(1000),
+    /** Sent packets kept for NACK retransmission, as time at max_bitrate_bps. */
+    nack_history_ms: z.number().int().min(100).max(10_000).default(500),
+    /** Playout-delay header extension: ask the browser to buffer this little (0 and 0: render at once). */
+    playout_delay_min_ms: z.number().int().min(0).max(40_950).default(0),
+    playout_delay_max_ms: z.number().int().min(0).max(40_950).default(0),
+    /** Largest RTP payload; keep below the path MTU minus IP, UDP, SRTP and TURN overhead. */
+    max_payload_bytes: z.number().int().min(500).max(1400).default(1200),
+  })
+  .superRefine((r, ctx) => {
+    if ((r.udp_port_min === 0) !== (r.udp_port_max === 0) || r.udp_port_min > r.udp_port_max || (r.udp_port_min !== 0 && r.udp_port_min === r.udp_port_max))
+      ctx.addIssue({ code: "custom", path: ["udp_port_max"], message: "expected udp_port_min < udp_port_max, or both 0" });
+    if (!(r.min_bitrate_bps <= r.start_bitrate_bps && r.start_bitrate_bps <= r.max_bitrate_bps))
+      ctx.addIssue({ code: "custom", path: ["start_bitrate_bps"], message: "expected min_bitrate_bps <= start_bitrate_bps <= max_bitrate_bps" });
+    if (r.playout_delay_min_ms > r.playout_delay_max_ms)
+      ctx.addIssue({ code: "custom", path: ["playout_delay_max_ms"], message: "expected playout_delay_min_ms <= playout_delay_max_ms" });
+  });
+
 export const configSchema = z.strictObject({
   /** Where the secret, the restore token and the revocation list live. Empty: $XDG_STATE_HOME/wl-webrtc. */
   state_dir: z.string().default(""),
@@ -107,6 +143,7 @@ export const configSchema = z.strictObject({
   desktop: desktopSection.prefault({}),
   capture: captureSection.prefault({}),
   encode: encodeSection.prefault({}),
+  rtc: rtcSection.prefault({}),
 });
 
 export type Config = z.infer<typeof configSchema>;
@@ -117,3 +154,4 @@ export type MetricsConfig = Config["metrics"];
 export type DesktopConfig = Config["desktop"];
 export type CaptureConfig = Config["capture"];
 export type EncodeConfig = Config["encode"];
+export type RtcConfig = Config["rtc"];

@@ -8,6 +8,7 @@
 
 #include "capture/capture_binding.h"
 #include "damage/damage_binding.h"
+#include "encode/encode_binding.h"
 
 namespace {
 
@@ -27,6 +28,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("versions", Versions(env));
   wl::capture::InitBinding(env, exports);
   wl::damage::InitBinding(env, exports);
+  wl::encode::InitBinding(env, exports);
   return exports;
 }
 

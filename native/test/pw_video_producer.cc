@@ -4,7 +4,9 @@
 //
 //   pw_video_producer [--width W] [--height H] [--fps N] [--damage]
 // stdin, one command per line (applied to the next frame):
-//   fill R G B | pixel X Y R G B | rect X Y W H R G B | size W H | quit
+//   fill R G B | pixel X Y R G B | rect X Y W H R G B | size W H | animate on|off | cursor X Y | quit
+//   (cursor: SPA_META_Cursor at X,Y with an 8x8 BGRA bitmap B=10 G=20 R=30 A=40, hotspot 2,3)
+//   (animate: a 16x16 square moves 16 px right on every frame, like a clock ticking on a desktop)
 // stdout: "node <id>" once the node exists, "format <w> <h>" after each negotiation, "ok <cmd>".
 #include <pipewire/pipewire.h>
 #include <spa/param/video/format-utils.h>
@@ -40,6 +42,11 @@ struct Producer {
   std::vector<Region> damage;   // changed since the last frame sent
   bool full_damage = true;
   uint64_t seq = 0;
+  bool animate = false;
+  bool cursor_set = false;
+  bool cursor_shape_pending = false;
+  int cursor_x = 0, cursor_y = 0;
+  uint32_t square_x = 0;
   std::string line_buf;
 };
 
@@ -83,6 +90,11 @@ void OnProcess(void* data) {
     pw_stream_queue_buffer(p->stream, b);
     return;
   }
+  if (p->animate && p->width >= 16 && p->height >= 16) {
+    Paint(p, static_cast<int>(p->square_x), 0, 16, 16, 0x40, 0x40, 0x40);
+    p->square_x = (p->square_x + 16) % (p->width - 15);
+    Paint(p, static_cast<int>(p->square_x), 0, 16, 16, 0xff, static_cast<uint8_t>(p->seq), 0x00);
+  }
   const uint32_t row = p->width * 4;
   for (uint32_t y = 0; y < p->height; ++y) std::memcpy(dst + static_cast<size_t>(y) * p->stride, p->canvas.data() + static_cast<size_t>(y) * row, row);
   if (auto* h = static_cast<struct spa_meta_header*>(spa_buffer_find_meta_data(buf, SPA_META_Header, sizeof(struct spa_meta_header)))) {
@@ -106,6 +118,34 @@ void OnProcess(void* data) {
       }
     } else if (p->send_damage && p->full_damage && n_max > 0) {
       regions[0].region = SPA_REGION(0, 0, p->width, p->height);
+    }
+  }
+  if (struct spa_meta* m = spa_buffer_find_meta(buf, SPA_META_Cursor); m != nullptr && m->size >= sizeof(struct spa_meta_cursor)) {
+    auto* mc = static_cast<struct spa_meta_cursor*>(m->data);
+    mc->id = p->cursor_set ? 1 : 0;  // id 0: no cursor information in this buffer
+    mc->flags = 0;
+    mc->position.x = p->cursor_x;
+    mc->position.y = p->cursor_y;
+    mc->hotspot.x = 2;
+    mc->hotspot.y = 3;
+    mc->bitmap_offset = 0;
+    const size_t need = sizeof(struct spa_meta_cursor) + sizeof(struct spa_meta_bitmap) + 8 * 8 * 4;
+    if (p->cursor_shape_pending && m->size >= need) {
+      mc->bitmap_offset = sizeof(struct spa_meta_cursor);
+      auto* bm = SPA_PTROFF(mc, mc->bitmap_offset, struct spa_meta_bitmap);
+      bm->format = SPA_VIDEO_FORMAT_BGRA;
+      bm->size.width = 8;
+      bm->size.height = 8;
+      bm->stride = 8 * 4;
+      bm->offset = sizeof(struct spa_meta_bitmap);
+      auto* px = SPA_PTROFF(bm, bm->offset, uint8_t);
+      for (int i = 0; i < 64; ++i) {
+        px[i * 4 + 0] = 10;
+        px[i * 4 + 1] = 20;
+        px[i * 4 + 2] = 30;
+        px[i * 4 + 3] = 40;
+      }
+      p->cursor_shape_pending = false;
     }
   }
   p->damage.clear();
@@ -154,6 +194,7 @@ void OnParamChanged(void* data, uint32_t id, const struct spa_pod* param) {
   uint8_t buffer[1024];
   struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buffer, sizeof(buffer));
   const struct spa_pod* params[4];
+  const int cursor_size = static_cast<int>(sizeof(struct spa_meta_cursor) + sizeof(struct spa_meta_bitmap) + 8 * 8 * 4);
   params[0] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
       &b, SPA_TYPE_OBJECT_ParamBuffers, SPA_PARAM_Buffers, SPA_PARAM_BUFFERS_buffers, SPA_POD_CHOICE_RANGE_Int(4, 2, 8),
       SPA_PARAM_BUFFERS_blocks, SPA_POD_Int(1), SPA_PARAM_BUFFERS_size, SPA_POD_Int(p->stride * p->height),
@@ -165,7 +206,10 @@ void OnParamChanged(void* data, uint32_t id, const struct spa_pod* param) {
   params[2] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
       &b, SPA_TYPE_OBJECT_ParamMeta, SPA_PARAM_Meta, SPA_PARAM_META_type, SPA_POD_Id(SPA_META_VideoDamage), SPA_PARAM_META_size,
       SPA_POD_CHOICE_RANGE_Int(sizeof(struct spa_meta_region) * 4, sizeof(struct spa_meta_region) * 1, sizeof(struct spa_meta_region) * 16)));
-  pw_stream_update_params(p->stream, params, 3);
+  params[3] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
+      &b, SPA_TYPE_OBJECT_ParamMeta, SPA_PARAM_Meta, SPA_PARAM_META_type, SPA_POD_Id(SPA_META_Cursor), SPA_PARAM_META_size,
+      SPA_POD_Int(cursor_size)));
+  pw_stream_update_params(p->stream, params, 4);
   Say("format " + std::to_string(p->width) + " " + std::to_string(p->height));
 }
 
@@ -193,6 +237,14 @@ void HandleCommand(Producer* p, const std::string& line) {
     struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buffer, sizeof(buffer));
     const struct spa_pod* params[1] = {BuildFormat(&b, w, h, p->fps)};
     pw_stream_update_params(p->stream, params, 1);  // renegotiates; OnParamChanged gets the new size
+  } else if (cmd == "cursor") {
+    in >> p->cursor_x >> p->cursor_y;
+    if (!p->cursor_set) p->cursor_shape_pending = true;
+    p->cursor_set = true;
+  } else if (cmd == "animate") {
+    std::string on;
+    in >> on;
+    p->animate = on == "on";
   } else if (cmd == "quit") {
     pw_main_loop_quit(p->loop);
   } else {

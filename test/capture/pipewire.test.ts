@@ -10,7 +10,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { CaptureStream, type FrameInfo } from "../../agent/capture/capture-stream.js";
 import { silentLogger } from "../../agent/log/logger.js";
 import { InvalidStateError, UnsupportedError, WlError } from "../../agent/util/errors.js";
-import { countFds, countThreads, Producer, REPO_ROOT, startPipeWire, type PipeWireEnv } from "./pw-env.js";
+import { countFds, countThreads, NATIVE_RELEASE, Producer, REPO_ROOT, requireBinary, startPipeWire, type PipeWireEnv } from "./pw-env.js";
 
 const log = silentLogger();
 
@@ -154,6 +154,62 @@ describe("capture against real PipeWire", { timeout: 120_000 }, () => {
     }
   });
 
+  test("cursor metadata: position events and the shape as RGBA", async () => {
+    const stream = await CaptureStream.open({ nodeId: producer.nodeId, log });
+    try {
+      const moved = new Promise<{ x: number; y: number; shapeSerial: number }>((resolve) =>
+        stream.on("cursor", (c) => {
+          if (c.x === 33 && c.y === 44) resolve(c);
+        }),
+      );
+      await producer.send("cursor 33 44");
+      const c = await Promise.race([moved, sleep(3000).then(() => null)]);
+      assert.ok(c, `no cursor event; stats ${JSON.stringify(stream.stats().cursor)}`);
+      assert.ok(c.shapeSerial >= 1);
+      const s = stream.stats();
+      assert.equal(s.cursor?.hotspotX, 2);
+      assert.equal(s.cursor?.hotspotY, 3);
+      const shape = stream.cursorShape();
+      assert.ok(shape);
+      assert.equal(shape.width, 8);
+      assert.equal(shape.height, 8);
+      assert.deepEqual([...shape.rgba.subarray(0, 4)], [30, 20, 10, 40]);  // BGRA 10,20,30,40 -> RGBA
+      const moved2 = new Promise<void>((resolve) => stream.on("cursor", (c2) => c2.x === 50 && resolve()));
+      await producer.send("cursor 50 60");
+      await moved2;
+      assert.equal(stream.stats().cursor?.y, 60);
+    } finally {
+      stream.close();
+    }
+  });
+
+  test("a busy JS thread: frame notifications coalesce instead of queueing", async () => {
+    const animated = await Producer.start(pw, { width: 320, height: 240, fps: 60 });
+    const stream = await CaptureStream.open({ nodeId: animated.nodeId, log });
+    try {
+      await animated.send("animate on");
+      await nextFrame(stream);
+      const seen: FrameInfo[] = [];
+      stream.on("frame", (f) => seen.push(f));
+      const delivered0 = stream.stats().counters.framesDelivered;
+      const end = Date.now() + 1000;
+      while (Date.now() < end) {
+        // Block the JS thread for a second while the capture thread keeps going.
+      }
+      await sleep(30);
+      const delivered = stream.stats().counters.framesDelivered - delivered0;
+      assert.ok(delivered >= 40, `capture thread delivered only ${delivered} frames while JS was blocked`);
+      assert.ok(seen.length <= 3, `${seen.length} frame events after the block: notifications queued up`);
+      const merged = seen.reduce((n, f) => n + f.coalesced + 1, 0);
+      assert.ok(merged >= delivered - 3, `coalesced count ${merged} vs ${delivered} delivered`);
+      // The merged note still reports what changed: the square's whole path along the top row.
+      assert.ok(seen.some((f) => f.damage.length >= 1 && f.damageRatio > 0));
+    } finally {
+      stream.close();
+      await animated.stop();
+    }
+  });
+
   test("a resize renegotiates: new format, then a full frame of the new size", async () => {
     const resizing = await Producer.start(pw, { width: 320, height: 240, fps: 30 });
     const stream = await CaptureStream.open({ nodeId: resizing.nodeId, log });
@@ -263,6 +319,53 @@ describe("capture against real PipeWire", { timeout: 120_000 }, () => {
     console.log(`# fds ${fds0} -> ${fds1}, threads ${threads0} -> ${threads1}`);
     assert.equal(fds1, fds0, "fds grew");
     assert.equal(threads1, threads0, "threads grew");
+  });
+
+  test("the encoder-facing LatestFrameSource (native capture_source_test)", async (t) => {
+    const bin = requireBinary(join(NATIVE_RELEASE, "capture_source_test"), "build it: source scripts/env.sh && npx node-gyp rebuild --directory native");
+    const animated = await Producer.start(pw, { width: 320, height: 240, fps: 30 });
+    try {
+      await animated.send("animate on");
+      const run = await new Promise<{ status: number | null; stdout: string }>((resolve) => {
+        const child = spawn(bin, [String(animated.nodeId)], { env: pw.env, stdio: ["ignore", "pipe", "inherit"] });
+        let stdout = "";
+        child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+        const kill = setTimeout(() => child.pid !== undefined && process.kill(child.pid, "SIGKILL"), 30_000);
+        child.once("exit", (status) => (clearTimeout(kill), resolve({ status, stdout })));
+      });
+      const results = [...run.stdout.matchAll(/^(ok|not ok) \d+ - (.*)\n(?: {2}# (.*)\n)?/gm)];
+      for (const [, status, name, reason] of results) {
+        await t.test(name!, () => assert.equal(status, "ok", reason ?? "failed"));
+      }
+      assert.match(run.stdout, /^1\.\.\d+$/m, `capture_source_test did not finish:\n${run.stdout}`);
+      assert.equal(run.status, 0, run.stdout);
+    } finally {
+      await animated.stop();
+    }
+  });
+
+  test("process.exit() with a capture still open exits cleanly", async () => {
+    const script = `
+      import { CaptureStream } from ${JSON.stringify(join(REPO_ROOT, "dist/agent/capture/capture-stream.js"))};
+      import { silentLogger } from ${JSON.stringify(join(REPO_ROOT, "dist/agent/log/logger.js"))};
+      const s = await CaptureStream.open({ nodeId: ${producer.nodeId}, log: silentLogger() });
+      await new Promise((resolve) => s.once("frame", resolve));
+      console.log("exiting");
+      process.exit(7);
+    `;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+      env: { ...process.env, PIPEWIRE_RUNTIME_DIR: pw.dir, XDG_RUNTIME_DIR: pw.dir },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    const result = await Promise.race([
+      new Promise<string>((resolve) => child.once("exit", (c, sig) => resolve(`${c}/${sig}`))),
+      sleep(10_000).then(() => "timeout"),
+    ]);
+    if (result === "timeout" && child.pid !== undefined) process.kill(child.pid, "SIGKILL");
+    assert.equal(result, "7/null", `exit ${result}, output ${JSON.stringify(out)}`);
   });
 
   test("a process that closed its capture exits by itself", async () => {

@@ -41,13 +41,14 @@ describe("diffTiles through the addon", () => {
 
   test("stride padding is ignored", () => {
     const cur = Buffer.from(base);
-    cur[w * 4 + 10] ^= 0xff;  // inside the padding of row 0
+    cur.writeUInt8(cur.readUInt8(w * 4 + 10) ^ 0xff, w * 4 + 10);  // inside the padding of row 0
     assert.equal(diffTiles(base, cur, { width: w, height: h, stride }).dirtyTiles, 0);
   });
 
   test("a one-pixel change in the bottom-right edge tile", () => {
     const cur = Buffer.from(base);
-    cur[(h - 1) * stride + (w - 1) * 4] ^= 1;
+    const at = (h - 1) * stride + (w - 1) * 4;
+    cur.writeUInt8(cur.readUInt8(at) ^ 1, at);
     const r = diffTiles(base, cur, { width: w, height: h, stride });
     // 1921 = 30*64 + 1 and 1079 = 16*64 + 55: the corner tile is 1x55.
     assert.deepEqual(r.rects, [{ x: 1920, y: 1024, width: 1, height: 55 }]);
@@ -59,11 +60,21 @@ describe("diffTiles through the addon", () => {
     assert.deepEqual(r.rects, [{ x: 0, y: 0, width: w, height: h }]);
   });
 
+  test("the fused copy (as capture uses it) reproduces the new frame", () => {
+    const cur = Buffer.from(base);
+    cur.fill(0xee, 5 * stride, 5 * stride + 100);
+    const dst = Buffer.alloc(w * 4 * h);
+    const r = diffTiles(base, cur, { width: w, height: h, stride, dst });
+    assert.equal(r.rects.length, 1);
+    for (let y = 0; y < h; y += 97) assert.ok(dst.subarray(y * w * 4, (y + 1) * w * 4).equals(cur.subarray(y * stride, y * stride + w * 4)));
+  });
+
   test("bad geometry is a TypeError, checked in TS", () => {
     assert.throws(() => diffTiles(base, base, { width: w, height: h, stride: w * 4 - 1 }), TypeError);
     assert.throws(() => diffTiles(base, Buffer.alloc(10), { width: w, height: h, stride }), TypeError);
     assert.throws(() => diffTiles(base, base, { width: w, height: h, stride, tileSize: 0 }), TypeError);
     assert.throws(() => diffTiles(base, base, { width: 1.5, height: h }), TypeError);
+    assert.throws(() => diffTiles(base, base, { width: w, height: h, stride, dst: Buffer.alloc(5) }), TypeError);
   });
 });
 

@@ -1,11 +1,13 @@
 export {};
 
-// The web client. For now: sign in with a token (from the URL fragment or pasted; never a query
-// string), open the signaling WebSocket, say hello, and show the outcome. Streaming comes with the
-// WebRTC stage.
+// The web client: sign in with a token (URL fragment or pasted; never a query string), open the
+// signaling WebSocket, offer to receive video (+ the control and input data channels), show the remote
+// screen with a stats overlay, explain every failure, and reconnect with backoff (not after a refused
+// token).
 
 const PROTOCOL_VERSION = 1;
 const SUBPROTOCOL = "wl-webrtc.v1";
+const TOKEN_KEY = "wl-webrtc-token";
 
 const CLOSE_MESSAGES: Record<number, string> = {
   1001: "The agent is shutting down.",
@@ -21,11 +23,62 @@ const CLOSE_MESSAGES: Record<number, string> = {
   4503: "The agent has too many sessions; try again later.",
 };
 
-const statusEl = document.getElementById("status") as HTMLParagraphElement;
-const form = document.getElementById("signin") as HTMLFormElement;
-const input = document.getElementById("token") as HTMLInputElement;
+type Kind = "info" | "ok" | "error";
+type Failure = "token" | "unreachable" | "refused" | "ice" | "stream" | "closed";
 
-function setStatus(text: string, kind: "info" | "ok" | "error" = "info"): void {
+interface AgentStats {
+  agentTimeMs: number;
+  targetBitrateBps: number;
+  encoderBitrateBps: number;
+  rttMs: number | null;
+  lossFraction: number;
+  width: number;
+  height: number;
+  backend: string;
+  clock: { rtpTimestamp: number; captureTimeMs: number } | null;
+}
+
+interface ViewStats {
+  fps: number;
+  bitrateBps: number;
+  rttMs: number | null;
+  lossPercent: number;
+  decodeMs: number | null;
+  latencyMs: number | null;
+  framesDecoded: number;
+  width: number;
+  height: number;
+}
+
+const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
+const statusEl = $<HTMLParagraphElement>("status");
+const form = $<HTMLFormElement>("signin");
+const input = $<HTMLInputElement>("token");
+const viewer = $<HTMLDivElement>("viewer");
+const video = $<HTMLVideoElement>("screen");
+const statsEl = $<HTMLPreElement>("stats");
+const fitBtn = $<HTMLButtonElement>("fit");
+const fsBtn = $<HTMLButtonElement>("fullscreen");
+const statsBtn = $<HTMLButtonElement>("toggle-stats");
+
+/** State visible to tests and to curious users (window.wl in the console). */
+const wl = {
+  state: "idle" as "idle" | "connecting" | "signaling" | "streaming" | "failed",
+  failure: undefined as Failure | undefined,
+  role: undefined as string | undefined,
+  pc: undefined as RTCPeerConnection | undefined,
+  control: undefined as RTCDataChannel | undefined,
+  input: undefined as RTCDataChannel | undefined,
+  stats: undefined as ViewStats | undefined,
+  agentStats: undefined as AgentStats | undefined,
+  controlMessages: [] as unknown[],
+  reconnects: 0,
+  retryInMs: 0,
+  clockOffsetMs: undefined as number | undefined,
+};
+(window as unknown as { wl: typeof wl }).wl = wl;
+
+function setStatus(text: string, kind: Kind = "info"): void {
   statusEl.textContent = text;
   statusEl.dataset.kind = kind;
 }
@@ -34,53 +87,349 @@ function tokenFromFragment(): string | undefined {
   const params = new URLSearchParams(location.hash.slice(1));
   const t = params.get("token") ?? undefined;
   if (t !== undefined) {
-    sessionStorage.setItem("wl-webrtc-token", t);
+    sessionStorage.setItem(TOKEN_KEY, t);
     // Drop the token from the address bar and history.
     history.replaceState(null, "", location.pathname);
   }
-  return t ?? sessionStorage.getItem("wl-webrtc-token") ?? undefined;
+  return t ?? sessionStorage.getItem(TOKEN_KEY) ?? undefined;
 }
 
-function connect(token: string): void {
-  setStatus("Connecting…");
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${scheme}//${location.host}/signal`, SUBPROTOCOL);
-  ws.onopen = () => ws.send(JSON.stringify({ type: "hello", v: PROTOCOL_VERSION, token, client: { name: "wl-webrtc-web" } }));
-  ws.onmessage = (ev) => {
-    let msg: { type?: string; role?: string; session?: string; message?: string };
+// ---- view controls ----
+
+let fitted = true;
+fitBtn.addEventListener("click", () => {
+  fitted = !fitted;
+  viewer.classList.toggle("native", !fitted);
+  fitBtn.textContent = fitted ? "Native size" : "Fit to window";
+});
+fsBtn.addEventListener("click", () => {
+  if (document.fullscreenElement) void document.exitFullscreen();
+  else void viewer.requestFullscreen().catch((e: unknown) => setStatus(`Fullscreen refused: ${String(e)}`, "error"));
+});
+statsBtn.addEventListener("click", () => {
+  statsEl.hidden = !statsEl.hidden;
+});
+
+// ---- connection ----
+
+let current: Connection | undefined;
+let retryTimer: number | undefined;
+let backoffMs = 1000;
+
+class Connection {
+  readonly ws: WebSocket;
+  pc: RTCPeerConnection | undefined;
+  #pendingRemote: RTCIceCandidateInit[] = [];
+  #haveAnswer = false;
+  #closed = false;
+  #timers: number[] = [];
+  #iceTimer: number | undefined;
+  #restarted = false;
+  #prev: { t: number; frames: number; bytes: number; decodeTime: number; decoded: number } | undefined;
+  #latency: number[] = [];
+
+  constructor(readonly token: string) {
+    wl.state = "connecting";
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    this.ws = new WebSocket(`${scheme}//${location.host}/signal`, SUBPROTOCOL);
+    let opened = false;
+    this.ws.onopen = () => {
+      opened = true;
+      wl.state = "signaling";
+      this.ws.send(JSON.stringify({ type: "hello", v: PROTOCOL_VERSION, token, client: { name: "wl-webrtc-web" } }));
+    };
+    this.ws.onmessage = (ev) => this.#onSignal(String(ev.data));
+    this.ws.onclose = (ev) => {
+      if (this.#closed) return;
+      if (ev.code === 4401) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        form.hidden = false;
+        this.fail("token", `${CLOSE_MESSAGES[4401]}: ${ev.reason.replace(/^unauthorized: /, "")}. Get a new token with \`wl-webrtc token\` and paste it here.`, false);
+        return;
+      }
+      if (!opened || ev.code === 1006) this.fail("unreachable", "The agent is unreachable (is it running, and is this the right address?).", true);
+      else this.fail("closed", CLOSE_MESSAGES[ev.code] ?? `Disconnected (${ev.code}${ev.reason ? `: ${ev.reason}` : ""}).`, ev.code !== 4400 && ev.code !== 4406);
+    };
+  }
+
+  #send(msg: unknown): void {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  #onSignal(text: string): void {
+    let msg: { type?: string; role?: string; session?: string; message?: string; code?: string; sdp?: string; candidate?: RTCIceCandidateInit | null; ref?: string };
     try {
-      msg = JSON.parse(String(ev.data)) as typeof msg;
+      msg = JSON.parse(text) as typeof msg;
     } catch {
       return;
     }
-    if (msg.type === "welcome") setStatus(`Connected as ${msg.role ?? "?"} (session ${msg.session ?? "?"}). Streaming is not available in this build yet.`, "ok");
-    else if (msg.type === "error") setStatus(`Agent error: ${msg.message ?? "unknown"}`, "error");
-  };
-  ws.onclose = (ev) => {
-    if (ev.code === 1000) return;
-    let text = CLOSE_MESSAGES[ev.code] ?? `Disconnected (${ev.code}).`;
-    if (ev.code === 4401) {
-      text = `${text}: ${ev.reason.replace(/^unauthorized: /, "")}. Get a new token with \`wl-webrtc token\`.`;
-      sessionStorage.removeItem("wl-webrtc-token");
-      form.hidden = false;
+    switch (msg.type) {
+      case "welcome":
+        wl.role = msg.role;
+        setStatus(`Connected as ${msg.role ?? "?"}; starting the stream…`, "info");
+        void this.#startPeer(msg.role === "control").catch((e: unknown) => this.fail("stream", `Could not start WebRTC in this browser: ${String(e)}`, true));
+        break;
+      case "answer":
+        void this.#onAnswer(msg.sdp ?? "");
+        break;
+      case "candidate":
+        if (msg.candidate === null || msg.candidate === undefined) return;
+        if (this.#haveAnswer && this.pc) this.pc.addIceCandidate(msg.candidate).catch(() => undefined);
+        else this.#pendingRemote.push(msg.candidate);
+        break;
+      case "error": {
+        const m = msg.message ?? "unknown";
+        if (msg.ref === "offer" || msg.code === "unavailable") {
+          if (/refused|cancel/i.test(m)) this.fail("refused", `Screen sharing was refused on the host (${m}). Someone at the host must allow it.`, true);
+          else this.fail("stream", `The agent cannot stream: ${m}`, true);
+        } else setStatus(`Agent error: ${m}`, "error");
+        break;
+      }
+      case "bye":
+        this.fail("closed", `The agent ended the session: ${String((msg as { reason?: string }).reason ?? "")}`, true);
+        break;
     }
-    if (ev.code === 1006) text = "The agent is unreachable.";
-    setStatus(text, "error");
-  };
+  }
+
+  async #startPeer(control: boolean): Promise<void> {
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    this.pc = pc;
+    wl.pc = pc;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    const ch = pc.createDataChannel("control", { ordered: true });
+    wl.control = ch;
+    wl.controlMessages = [];
+    ch.onmessage = (ev) => this.#onControl(String(ev.data));
+    ch.onopen = () => this.#syncClock();
+    if (control) {
+      const inp = pc.createDataChannel("input", { ordered: true });
+      wl.input = inp;
+    } else wl.input = undefined;
+    pc.ontrack = (ev) => {
+      video.srcObject = ev.streams[0] ?? new MediaStream([ev.track]);
+      void video.play().catch(() => undefined);
+    };
+    pc.onicecandidate = (ev) => this.#send({ type: "candidate", candidate: ev.candidate ? ev.candidate.toJSON() : null });
+    pc.onconnectionstatechange = () => this.#onPcState();
+    pc.onnegotiationneeded = () => undefined; // offers are made explicitly below (first one, ICE restart)
+    await this.#offer(false);
+    this.#timers.push(window.setInterval(() => void this.#pollStats(), 1000));
+    this.#timers.push(window.setInterval(() => this.#syncClock(), 10_000));
+    const onFrame = (_now: number, meta: VideoFrameCallbackMetadata & { rtpTimestamp?: number }): void => {
+      if (this.#closed) return;
+      this.#noteFrame(meta);
+      video.requestVideoFrameCallback(onFrame);
+    };
+    if ("requestVideoFrameCallback" in video) video.requestVideoFrameCallback(onFrame);
+  }
+
+  async #offer(iceRestart: boolean): Promise<void> {
+    const pc = this.pc;
+    if (!pc) return;
+    this.#haveAnswer = false;
+    const offer = await pc.createOffer({ iceRestart });
+    await pc.setLocalDescription(offer);
+    this.#send({ type: "offer", sdp: offer.sdp });
+  }
+
+  async #onAnswer(sdp: string): Promise<void> {
+    const pc = this.pc;
+    if (!pc) return;
+    try {
+      await pc.setRemoteDescription({ type: "answer", sdp });
+      this.#haveAnswer = true;
+      for (const c of this.#pendingRemote.splice(0)) await pc.addIceCandidate(c).catch(() => undefined);
+    } catch (e) {
+      this.fail("stream", `The agent's answer was not accepted: ${String(e)}`, true);
+    }
+  }
+
+  #onPcState(): void {
+    const pc = this.pc;
+    if (!pc || this.#closed) return;
+    const s = pc.connectionState;
+    if (s === "connected") {
+      wl.state = "streaming";
+      wl.failure = undefined;
+      backoffMs = 1000;
+      this.#restarted = false;
+      if (this.#iceTimer !== undefined) clearTimeout(this.#iceTimer);
+      setStatus(`Streaming (${wl.role ?? "?"}).`, "ok");
+    } else if (s === "disconnected") {
+      setStatus("Connection interrupted; waiting for it to come back…", "info");
+      this.#iceTimer = window.setTimeout(() => this.#onIceFailed(), 5000);
+    } else if (s === "failed") this.#onIceFailed();
+  }
+
+  /** A new offer with new ICE credentials (also what #onIceFailed does once). */
+  restartIce(): void {
+    void this.#offer(true).catch(() => undefined);
+  }
+
+  #onIceFailed(): void {
+    if (this.#closed || this.pc?.connectionState === "connected") return;
+    if (!this.#restarted) {
+      // One ICE restart: a new path may exist (network change). Then give up and reconnect.
+      this.#restarted = true;
+      setStatus("Network path lost; restarting ICE…", "info");
+      void this.#offer(true).catch(() => undefined);
+      this.#iceTimer = window.setTimeout(() => this.#onIceFailed(), 10_000);
+      return;
+    }
+    this.fail("ice", "No network path to the agent (ICE failed): UDP may be blocked between here and the host; the agent may need STUN/TURN servers (rtc.stun_servers, rtc.turn_servers).", true);
+  }
+
+  #onControl(text: string): void {
+    let m: { type?: string; stats?: AgentStats; t?: number; agentTimeMs?: number };
+    try {
+      m = JSON.parse(text) as typeof m;
+    } catch {
+      return;
+    }
+    if (wl.controlMessages.length < 200) wl.controlMessages.push(m);
+    if (m.type === "stats" && m.stats) wl.agentStats = m.stats;
+    else if (m.type === "pong" && typeof m.t === "number" && typeof m.agentTimeMs === "number") {
+      const now = Date.now();
+      // NTP-style: the agent's clock minus ours, assuming a symmetric path.
+      const offset = m.agentTimeMs - (m.t + now) / 2;
+      wl.clockOffsetMs = wl.clockOffsetMs === undefined ? offset : 0.7 * wl.clockOffsetMs + 0.3 * offset;
+    }
+  }
+
+  #syncClock(): void {
+    const ch = wl.control;
+    if (ch?.readyState === "open") ch.send(JSON.stringify({ type: "ping", t: Date.now() }));
+  }
+
+  /** End-to-end latency of a shown frame: its capture time (agent clock) to its display time. */
+  #noteFrame(meta: VideoFrameCallbackMetadata & { rtpTimestamp?: number }): void {
+    const clock = wl.agentStats?.clock;
+    if (!clock || meta.rtpTimestamp === undefined || wl.clockOffsetMs === undefined) return;
+    const dRtp = ((meta.rtpTimestamp - clock.rtpTimestamp) | 0) / 90;
+    const captureAgentMs = clock.captureTimeMs + dRtp;
+    const shownAgentMs = performance.timeOrigin + meta.expectedDisplayTime + wl.clockOffsetMs;
+    const l = shownAgentMs - captureAgentMs;
+    if (l > -1000 && l < 60_000) {
+      this.#latency.push(l);
+      if (this.#latency.length > 60) this.#latency.shift();
+    }
+  }
+
+  async #pollStats(): Promise<void> {
+    const pc = this.pc;
+    if (!pc || this.#closed) return;
+    const report = await pc.getStats();
+    let inbound: Record<string, number> | undefined;
+    let rtt: number | null = null;
+    report.forEach((s: Record<string, unknown>) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") inbound = s as Record<string, number>;
+      if (s.type === "candidate-pair" && s.nominated && typeof s.currentRoundTripTime === "number") rtt = s.currentRoundTripTime * 1000;
+    });
+    if (!inbound) return;
+    const now = performance.now();
+    const cur = { t: now, frames: inbound.framesDecoded ?? 0, bytes: inbound.bytesReceived ?? 0, decodeTime: inbound.totalDecodeTime ?? 0, decoded: inbound.framesDecoded ?? 0 };
+    const prev = this.#prev;
+    this.#prev = cur;
+    if (!prev) return;
+    const dt = (cur.t - prev.t) / 1000;
+    const lost = inbound.packetsLost ?? 0, recv = inbound.packetsReceived ?? 0;
+    const dFrames = cur.decoded - prev.decoded;
+    const lat = this.#latency.length > 0 ? [...this.#latency].sort((a, b) => a - b)[Math.floor(this.#latency.length / 2)]! : null;
+    wl.stats = {
+      fps: Math.round((10 * (cur.frames - prev.frames)) / dt) / 10,
+      bitrateBps: Math.round(((cur.bytes - prev.bytes) * 8) / dt),
+      rttMs: rtt,
+      lossPercent: recv + lost > 0 ? Math.round((1000 * lost) / (recv + lost)) / 10 : 0,
+      decodeMs: dFrames > 0 ? Math.round((10000 * (cur.decodeTime - prev.decodeTime)) / dFrames) / 10 : null,
+      latencyMs: lat === null ? null : Math.round(lat),
+      framesDecoded: cur.frames,
+      width: video.videoWidth,
+      height: video.videoHeight,
+    };
+    const st = wl.stats;
+    const a = wl.agentStats;
+    statsEl.textContent = [
+      `${st.width}×${st.height}  ${st.fps} fps`,
+      `bitrate ${(st.bitrateBps / 1e6).toFixed(2)} Mbit/s${a ? ` (target ${(a.targetBitrateBps / 1e6).toFixed(2)})` : ""}`,
+      `RTT ${st.rttMs === null ? "–" : `${Math.round(st.rttMs)} ms`}  loss ${st.lossPercent} %`,
+      `decode ${st.decodeMs === null ? "–" : `${st.decodeMs} ms`}`,
+      `latency ≈ ${st.latencyMs === null ? "–" : `${st.latencyMs} ms`} (capture → display)`,
+      a ? `encoder ${a.backend}` : "",
+    ].filter((l) => l !== "").join("\n");
+  }
+
+  /** Ends this attempt, says why, and schedules a reconnect with backoff when that can help. */
+  fail(kind: Failure, text: string, retry: boolean): void {
+    if (this.#closed) return;
+    this.close();
+    wl.state = "failed";
+    wl.failure = kind;
+    if (!retry) {
+      setStatus(text, "error");
+      return;
+    }
+    const wait = backoffMs;
+    backoffMs = Math.min(30_000, backoffMs * 2);
+    wl.retryInMs = wait;
+    setStatus(`${text} Retrying in ${Math.round(wait / 1000)} s…`, "error");
+    retryTimer = window.setTimeout(() => {
+      retryTimer = undefined;
+      wl.reconnects++;
+      start(this.token);
+    }, wait);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const t of this.#timers) clearInterval(t);
+    if (this.#iceTimer !== undefined) clearTimeout(this.#iceTimer);
+    try {
+      if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "bye", reason: "client closed" }));
+      this.ws.close(1000);
+    } catch {
+      // already closed
+    }
+    this.pc?.close();
+    video.srcObject = null;
+  }
 }
+
+function start(token: string): void {
+  if (retryTimer !== undefined) clearTimeout(retryTimer);
+  retryTimer = undefined;
+  current?.close();
+  setStatus("Connecting…");
+  current = new Connection(token);
+}
+
+/** For tests and the console: drop the current connection (as a reload would) and connect again. */
+(window as unknown as { wlReconnect: () => void }).wlReconnect = () => {
+  const t = sessionStorage.getItem(TOKEN_KEY);
+  if (t) start(t);
+};
+(window as unknown as { wlRestartIce: () => void }).wlRestartIce = () => current?.restartIce();
+(window as unknown as { wlDisconnect: () => void }).wlDisconnect = () => {
+  if (retryTimer !== undefined) clearTimeout(retryTimer);
+  retryTimer = undefined;
+  current?.close();
+  current = undefined;
+  wl.state = "idle";
+};
 
 form.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const t = input.value.trim();
   if (t === "") return;
-  sessionStorage.setItem("wl-webrtc-token", t);
+  sessionStorage.setItem(TOKEN_KEY, t);
   input.value = "";
   form.hidden = true;
-  connect(t);
+  backoffMs = 1000;
+  start(t);
 });
 
 const initial = tokenFromFragment();
-if (initial) connect(initial);
+if (initial) start(initial);
 else {
   form.hidden = false;
   setStatus("Paste a token to connect.");

@@ -87,13 +87,23 @@ class EventChannel final : public EventSink {
     Wake();
   }
 
+  void OnCursorChanged(const CursorInfo& cursor) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cursor_ = cursor;  // keep-latest: only the newest position matters
+    }
+    Wake();
+  }
+
   /** JS thread: everything queued since the last drain. */
-  void Drain(std::deque<StateEvent>* events, std::optional<FrameNote>* frame) {
+  void Drain(std::deque<StateEvent>* events, std::optional<FrameNote>* frame, std::optional<CursorInfo>* cursor) {
     wake_pending_.store(false);  // before reading, so a push racing with us wakes again
     std::lock_guard<std::mutex> lock(mu_);
     events->swap(events_);
     *frame = std::move(frame_);
     frame_.reset();
+    *cursor = std::move(cursor_);
+    cursor_.reset();
   }
 
   void Release() {
@@ -101,6 +111,12 @@ class EventChannel final : public EventSink {
     if (released_) return;
     released_ = true;
     tsfn_.Release();
+  }
+
+  /** The TSFN is gone (released, or torn down with the environment at exit): never touch it again. */
+  void MarkFinalized() {
+    std::lock_guard<std::mutex> lock(tsfn_mu_);
+    released_ = true;
   }
 
  private:
@@ -121,6 +137,7 @@ class EventChannel final : public EventSink {
   std::mutex mu_;
   std::deque<StateEvent> events_;
   std::optional<FrameNote> frame_;
+  std::optional<CursorInfo> cursor_;
   std::atomic<bool> wake_pending_{false};
   std::mutex tsfn_mu_;
   bool released_ = false;
@@ -156,12 +173,26 @@ Napi::Value FormatToJs(Napi::Env env, const NegotiatedFormat& f) {
   return o;
 }
 
+Napi::Object CursorToJs(Napi::Env env, const CursorInfo& c) {
+  Napi::Object cur = Napi::Object::New(env);
+  cur.Set("id", c.id);
+  cur.Set("x", c.x);
+  cur.Set("y", c.y);
+  cur.Set("hotspotX", c.hotspot_x);
+  cur.Set("hotspotY", c.hotspot_y);
+  cur.Set("shapeWidth", c.shape_width);
+  cur.Set("shapeHeight", c.shape_height);
+  cur.Set("shapeSerial", Napi::Number::New(env, static_cast<double>(c.shape_serial)));
+  return cur;
+}
+
 void CallJs(Napi::Env env, Napi::Function callback, std::shared_ptr<EventChannel>* ctx, void* /*data*/) {
   if (env == nullptr || ctx == nullptr) return;  // the TSFN is being torn down
   std::deque<StateEvent> events;
   std::optional<FrameNote> frame;
-  (*ctx)->Drain(&events, &frame);
-  if (events.empty() && !frame) return;
+  std::optional<CursorInfo> cursor;
+  (*ctx)->Drain(&events, &frame, &cursor);
+  if (events.empty() && !frame && !cursor) return;
   Napi::Array out = Napi::Array::New(env);
   uint32_t i = 0;
   for (const StateEvent& e : events) {
@@ -190,6 +221,12 @@ void CallJs(Napi::Env env, Napi::Function callback, std::shared_ptr<EventChannel
     o.Set("coalesced", Napi::Number::New(env, static_cast<double>(frame->coalesced)));
     out.Set(i++, o);
   }
+  if (cursor) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("type", "cursor");
+    o.Set("cursor", CursorToJs(env, *cursor));
+    out.Set(i++, o);
+  }
   // A throwing handler surfaces as an uncaught exception in JS (the TS side uses safeEmit, so this
   // is a bug in the dispatcher itself), never as a C++ exception unwinding into libuv.
   try {
@@ -199,7 +236,12 @@ void CallJs(Napi::Env env, Napi::Function callback, std::shared_ptr<EventChannel
   }
 }
 
-void FinalizeTsfn(Napi::Env, void*, std::shared_ptr<EventChannel>* ctx) { delete ctx; }
+// Runs after Release(), or when the environment is torn down first (process.exit() with a capture
+// still open): in that case the wrapper's destructor must not release the TSFN again.
+void FinalizeTsfn(Napi::Env, void*, std::shared_ptr<EventChannel>* ctx) {
+  (*ctx)->MarkFinalized();
+  delete ctx;
+}
 
 class CaptureWrap final : public Napi::ObjectWrap<CaptureWrap> {
  public:
@@ -239,9 +281,13 @@ class CaptureWrap final : public Napi::ObjectWrap<CaptureWrap> {
       closed_ = true;
       throw Napi::Error::New(env, error);
     }
+    napi_type_tag_object(env, info.This(), &kCaptureTag);  // lets FrameSourceOf recognise us
   }
 
   ~CaptureWrap() override { DoClose(); }
+
+  std::shared_ptr<PipeWireCapture> native() const { return capture_; }
+  static constexpr napi_type_tag kCaptureTag = {0x5b0c2e8f9a7d4c13ull, 0x86f1d2e3a4b5c6d7ull};
 
  private:
   void DoClose() {
@@ -297,16 +343,7 @@ class CaptureWrap final : public Napi::ObjectWrap<CaptureWrap> {
     t.Set("buckets", buckets);
     o.Set("processToAvailable", t);
     if (s.cursor.present) {
-      Napi::Object cur = Napi::Object::New(env);
-      cur.Set("id", s.cursor.id);
-      cur.Set("x", s.cursor.x);
-      cur.Set("y", s.cursor.y);
-      cur.Set("hotspotX", s.cursor.hotspot_x);
-      cur.Set("hotspotY", s.cursor.hotspot_y);
-      cur.Set("shapeWidth", s.cursor.shape_width);
-      cur.Set("shapeHeight", s.cursor.shape_height);
-      cur.Set("shapeSerial", Napi::Number::New(env, static_cast<double>(s.cursor.shape_serial)));
-      o.Set("cursor", cur);
+      o.Set("cursor", CursorToJs(env, s.cursor));
     } else {
       o.Set("cursor", env.Null());
     }
@@ -348,12 +385,19 @@ class CaptureWrap final : public Napi::ObjectWrap<CaptureWrap> {
   }
 
   std::shared_ptr<EventChannel> channel_;
-  std::unique_ptr<PipeWireCapture> capture_;
+  std::shared_ptr<PipeWireCapture> capture_;  // shared with the encoder (FrameSourceOf)
   bool closed_ = false;
 };
 
 }  // namespace
 
 void InitBinding(Napi::Env env, Napi::Object exports) { exports.Set("PipeWireCapture", CaptureWrap::Define(env)); }
+
+std::shared_ptr<LatestFrameSource> FrameSourceOf(Napi::Env env, Napi::Value value) {
+  if (!value.IsObject()) return nullptr;
+  bool tagged = false;
+  if (napi_check_object_type_tag(env, value, &CaptureWrap::kCaptureTag, &tagged) != napi_ok || !tagged) return nullptr;
+  return CaptureWrap::Unwrap(value.As<Napi::Object>())->native();
+}
 
 }  // namespace wl::capture

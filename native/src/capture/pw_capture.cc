@@ -421,20 +421,35 @@ void PipeWireCapture::ReadCursor(struct spa_buffer* buf) {
   if (meta == nullptr || meta->size < sizeof(struct spa_meta_cursor)) return;
   auto* mc = static_cast<struct spa_meta_cursor*>(meta->data);
   if (!spa_meta_cursor_is_valid(mc)) return;
-  std::lock_guard<std::mutex> lock(info_mu_);
-  CursorInfo& c = info_.cursor;
+  CursorInfo changed;
+  {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    CursorInfo& c = info_.cursor;
+    const uint64_t serial_before = c.shape_serial;
+    const bool moved = !c.present || c.x != mc->position.x || c.y != mc->position.y || c.id != mc->id;
+    ReadCursorLocked(mc, meta->size, &c);
+    if (moved || c.shape_serial != serial_before) {
+      changed = c;
+      changed.shape_rgba.clear();  // the sink only needs to know; JS fetches the bitmap on demand
+    }
+  }
+  if (changed.present && !closed_.load()) sink_->OnCursorChanged(changed);
+}
+
+void PipeWireCapture::ReadCursorLocked(const struct spa_meta_cursor* mc, uint32_t meta_size, CursorInfo* out) {
+  CursorInfo& c = *out;
   c.present = true;
   c.id = mc->id;
   c.x = mc->position.x;
   c.y = mc->position.y;
   c.hotspot_x = mc->hotspot.x;
   c.hotspot_y = mc->hotspot.y;
-  if (mc->bitmap_offset == 0 || mc->bitmap_offset + sizeof(struct spa_meta_bitmap) > meta->size) return;
-  auto* bm = SPA_PTROFF(mc, mc->bitmap_offset, struct spa_meta_bitmap);
+  if (mc->bitmap_offset == 0 || mc->bitmap_offset + sizeof(struct spa_meta_bitmap) > meta_size) return;
+  auto* bm = SPA_PTROFF(mc, mc->bitmap_offset, const struct spa_meta_bitmap);
   const uint32_t w = bm->size.width, h = bm->size.height;
   const uint32_t stride = bm->stride > 0 ? static_cast<uint32_t>(bm->stride) : w * 4;
   if (w == 0 || h == 0 || w > kCursorMax || h > kCursorMax || stride < w * 4) return;
-  if (bm->offset + static_cast<uint64_t>(stride) * (h - 1) + w * 4 + mc->bitmap_offset > meta->size) return;
+  if (bm->offset + static_cast<uint64_t>(stride) * (h - 1) + w * 4 + mc->bitmap_offset > meta_size) return;
   const auto* src = SPA_PTROFF(bm, bm->offset, const uint8_t);
   c.shape_width = w;
   c.shape_height = h;

@@ -102,6 +102,8 @@ class EventSink {
   virtual void OnStateChanged(StreamState state, const std::string& message) = 0;
   virtual void OnFormatChanged(const NegotiatedFormat& format) = 0;
   virtual void OnFrameAvailable(const FramePtr& frame) = 0;
+  /** Cursor metadata moved or changed shape (also when the frame itself did not change). */
+  virtual void OnCursorChanged(const CursorInfo& cursor) = 0;
 };
 
 class PipeWireCapture final : public LatestFrameSource {
@@ -135,6 +137,7 @@ class PipeWireCapture final : public LatestFrameSource {
   void HandleFormat(const struct spa_pod* param);
   void ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vector<damage::Rect>* carried, bool* carried_unknown);
   void ReadCursor(struct spa_buffer* buf);
+  static void ReadCursorLocked(const struct spa_meta_cursor* mc, uint32_t meta_size, CursorInfo* out);
   std::shared_ptr<Frame> AcquirePoolFrame();
   void Publish(const std::shared_ptr<Frame>& frame, uint64_t t0);
 

@@ -1,4 +1,4 @@
-// diffTiles(prev, cur, width, height, stride, tileSize): the tile differ on two JS buffers, for the
+// diffTiles(prev, cur, width, height, stride, tileSize[, dst]): the tile differ on two JS buffers, for the
 // bench and tests. The capture stage calls DiffTiles directly (fused with its frame copy).
 #include "damage/damage_binding.h"
 
@@ -31,6 +31,12 @@ Napi::Value DiffTilesJs(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "diffTiles: buffers too small for width/height/stride, or tileSize 0");
   in.prev = prev.Data();
   in.cur = cur.Data();
+  if (info.Length() > 6 && info[6].IsBuffer()) {
+    auto dst = info[6].As<Napi::Buffer<uint8_t>>();
+    if (dst.Length() < static_cast<size_t>(in.width) * 4 * in.height) throw Napi::RangeError::New(env, "diffTiles: dst too small");
+    in.dst = dst.Data();
+    in.dst_stride = static_cast<size_t>(in.width) * 4;
+  }
   std::vector<Rect> rects;
   const uint64_t t0 = NowNs();
   const size_t dirty = DiffTiles(in, &rects);

@@ -29,8 +29,12 @@ class LavcBackend : public Backend {
   /** The frame to send for `in` (default: `in.av` itself). Hardware backends upload or map here. */
   virtual AVFrame* PrepareFrame(const InputFrame& in, std::string* error) { return in.av; }
   virtual void ReleaseHw() {}
-  /** Sets bit_rate / rc_max_rate / rc_buffer_size for `bps` at cfg_.fps (VBV of one frame). */
-  void ApplyRate(AVCodecContext* ctx, uint32_t bps, uint32_t fps) const;
+  /** Sets bit_rate / rc_max_rate / rc_buffer_size so that each frame gets bps / real_fps bits and the
+   *  VBV holds about one frame. The encoder runs at a constant nominal rate (cfg_.fps at open: variable
+   *  frame rate input costs libx264 a frame of delay), so the rate is scaled by nominal / real. */
+  void ApplyRate(AVCodecContext* ctx, uint32_t bps, double real_fps) const;
+  uint32_t nominal_fps_ = 60;
+  double real_fps_ = 60;
 
   EncoderConfig cfg_;
   AVCodecContext* ctx_ = nullptr;

@@ -51,7 +51,7 @@ class NvencBackend final : public LavcBackend {
   bool SetBitrate(uint32_t bps) override {
     if (ctx_ == nullptr) return false;
     cfg_.bitrate_bps = bps;
-    ApplyRate(ctx_, bps, cfg_.fps);  // nvenc's reconfigure: in place (with an IDR), no reopen
+    ApplyRate(ctx_, bps, real_fps_);  // nvenc's reconfigure: in place (with an IDR), no reopen
     return true;
   }
 

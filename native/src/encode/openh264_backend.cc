@@ -37,6 +37,8 @@ class OpenH264Backend final : public Backend {
       enc_ = nullptr;
       return false;
     }
+    int trace = WELS_LOG_ERROR;  // its warnings go to stderr, not our logger
+    enc_->SetOption(ENCODER_OPTION_TRACE_LEVEL, &trace);
     SEncParamExt p;
     std::memset(&p, 0, sizeof(p));
     enc_->GetDefaultParams(&p);
@@ -59,8 +61,9 @@ class OpenH264Backend final : public Backend {
     // Never drop a frame to meet the budget: the pipeline already dropped what it could not encode.
     p.bEnableFrameSkip = false;
     p.bEnableDenoise = false;
-    p.bEnableBackgroundDetection = true;
-    p.bEnableAdaptiveQuant = true;
+    // Screen-content mode has neither (OpenH264 turns them off with a warning).
+    p.bEnableBackgroundDetection = false;
+    p.bEnableAdaptiveQuant = false;
     p.bEnableSceneChangeDetect = false;  // a scene change would insert an IDR
     p.bEnableLongTermReference = false;
     const unsigned cores = config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());

@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "encode/h264.h"
 
 extern "C" {
 #include <libavutil/frame.h>
 #include <libavutil/imgutils.h>
+#include <libavutil/opt.h>
 #include <libswscale/swscale.h>
 }
 
@@ -64,6 +66,7 @@ Pipeline::~Pipeline() {
   Stop();
   if (sws_ != nullptr) sws_freeContext(sws_);
   if (converted_ != nullptr) av_frame_free(&converted_);
+  if (src_frame_ != nullptr) av_frame_free(&src_frame_);
 }
 
 std::unique_ptr<Pipeline> Pipeline::Create(std::shared_ptr<capture::LatestFrameSource> source, const PipelineConfig& config,
@@ -88,7 +91,7 @@ bool Pipeline::OpenFrom(size_t index, const std::string& failed_reason, std::str
     else Emit(std::move(e));
   };
   if (backend_) {
-    if (!failed_reason.empty()) {
+    if (!failed_reason.empty() && index < config_.backends.size()) {
       PipelineEvent fb;
       fb.kind = PipelineEvent::Kind::kFallback;
       fb.from = backend_->Name();
@@ -135,6 +138,8 @@ bool Pipeline::OpenFrom(size_t index, const std::string& failed_reason, std::str
         backend_ = std::move(b);
         backend_index_ = i;
         force_idr_ = true;
+        rc_fps_ = std::max<uint32_t>(config_.encoder.fps, 1);
+        ema_dt_ = 0;
         {
           std::lock_guard<std::mutex> lock(stats_mu_);
           stats_.backend = backend_->Name();
@@ -211,8 +216,14 @@ void Pipeline::ApplyControls() {
     ++stats_.bitrate_changes;
   }
   if (fps != 0 && fps != config_.encoder.fps) {
+    // The frame-rate cap: pacing here; the backend hears the real rate (AdaptRate). Backends that
+    // cannot change rates in place are reopened at the new nominal rate.
     config_.encoder.fps = fps;
-    if (!backend_->SetFramerate(fps)) reopen = true;
+    if (!backend_->Caps().framerate_without_idr) reopen = true;
+    else if (rc_fps_ > fps) {
+      rc_fps_ = fps;
+      backend_->SetFramerate(fps);
+    }
     std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.fps = fps;
   }
@@ -228,6 +239,7 @@ void Pipeline::ApplyControls() {
       e.kind = PipelineEvent::Kind::kError;
       e.reason = err;
       Emit(e);
+      return;
     }
   }
   if (keyframe_.exchange(false)) {
@@ -236,6 +248,26 @@ void Pipeline::ApplyControls() {
     ++stats_.keyframe_requests;
   }
   if (fault_.exchange(false) && backend_) backend_->InjectFault();
+}
+
+// The encoders run at a constant nominal rate (max_fps): variable frame rate input would cost libx264
+// a frame of delay. But a screen changes when it likes, so before each frame the backend hears the
+// rate frames really come at, and gives this frame about bitrate x (time since the previous one):
+// 30 changes per second get the whole bitrate, and the first frame after a pause (or a refresh of a
+// static screen) may spend the bandwidth the pause left unused, up to a floor of max_fps / 6.
+// Steady streams use a smoothed interval so jitter does not reconfigure the encoder on every frame.
+void Pipeline::AdaptRate(uint64_t now, bool refresh) {
+  if (config_.benchmark || !backend_ || !backend_->Caps().framerate_without_idr) return;
+  const double cap = std::max<uint32_t>(config_.encoder.fps, 1);
+  const double floor = std::max(1.0, cap / 6.0);
+  const double dt = last_encode_ns_ != 0 && now > last_encode_ns_ ? static_cast<double>(now - last_encode_ns_) / 1e9 : 1.0 / cap;
+  if (ema_dt_ <= 0) ema_dt_ = dt;
+  const double use = dt > 1.5 * ema_dt_ ? dt : ema_dt_;
+  if (!refresh) ema_dt_ = 0.8 * ema_dt_ + 0.2 * std::min(dt, 4 * ema_dt_);
+  const double fps = std::min(cap, std::max(floor, 1.0 / use));
+  if (std::abs(fps - rc_fps_) / rc_fps_ < 0.15) return;
+  rc_fps_ = fps;
+  backend_->SetFramerate(static_cast<uint32_t>(fps + 0.5));
 }
 
 bool Pipeline::Convert(const capture::Frame& frame, const capture::FramePtr& keep, std::string* error) {
@@ -262,9 +294,21 @@ bool Pipeline::Convert(const capture::Frame& frame, const capture::FramePtr& kee
   if (sws_ == nullptr || sws_src_fmt_ != src || sws_dst_fmt_ != dst || sws_w_ != frame.width || sws_h_ != frame.height) {
     if (sws_ != nullptr) sws_freeContext(sws_);
     // Same size, so no scaling: the flags only choose the chroma filter. Fast bilinear keeps the
-    // SIMD input converters (BGRx -> Y/UV) and averages 2x2 for chroma.
-    sws_ = sws_getContext(w, h, src, w, h, dst, SWS_FAST_BILINEAR, nullptr, nullptr, nullptr);
-    if (sws_ == nullptr) {
+    // SIMD input converters (BGRx -> Y/UV) and averages 2x2 for chroma. Slice threads (swscale's
+    // own, FFmpeg >= 5.0) as many as the encoder's: the conversion is the other half of the work.
+    sws_ = sws_alloc_context();
+    const unsigned threads = config_.encoder.threads ? config_.encoder.threads : std::max(1u, std::thread::hardware_concurrency());
+    av_opt_set_int(sws_, "srcw", w, 0);
+    av_opt_set_int(sws_, "srch", h, 0);
+    av_opt_set_int(sws_, "src_format", src, 0);
+    av_opt_set_int(sws_, "dstw", w, 0);
+    av_opt_set_int(sws_, "dsth", h, 0);
+    av_opt_set_int(sws_, "dst_format", dst, 0);
+    av_opt_set_int(sws_, "sws_flags", SWS_FAST_BILINEAR, 0);
+    av_opt_set_int(sws_, "threads", static_cast<int64_t>(std::min(threads, 8u)), 0);
+    if (sws_init_context(sws_, nullptr, nullptr) < 0) {
+      sws_freeContext(sws_);
+      sws_ = nullptr;
       *error = "swscale cannot convert " + frame.format_name + " to the encoder's format";
       return false;
     }
@@ -293,9 +337,23 @@ bool Pipeline::Convert(const capture::Frame& frame, const capture::FramePtr& kee
     *error = "out of memory for the converted frame";
     return false;
   }
-  const uint8_t* src_planes[1] = {frame.data()};
-  const int src_strides[1] = {static_cast<int>(frame.stride)};
-  sws_scale(sws_, src_planes, src_strides, 0, h, converted_->data, converted_->linesize);
+  // The source frame wraps the capture buffer (kept alive by a reference): sws_scale_frame refs it
+  // rather than copying it.
+  if (src_frame_ == nullptr) src_frame_ = av_frame_alloc();
+  av_frame_unref(src_frame_);
+  src_frame_->format = src;
+  src_frame_->width = w;
+  src_frame_->height = h;
+  src_frame_->buf[0] = av_buffer_create(const_cast<uint8_t*>(frame.data()), frame.pixels.size(), ReleaseCaptureFrame,
+                                        new capture::FramePtr(keep), AV_BUFFER_FLAG_READONLY);
+  src_frame_->data[0] = const_cast<uint8_t*>(frame.data());
+  src_frame_->linesize[0] = static_cast<int>(frame.stride);
+  const int r = sws_scale_frame(sws_, converted_, src_frame_);
+  av_frame_unref(src_frame_);
+  if (r < 0) {
+    *error = "swscale failed: " + AvError(r);
+    return false;
+  }
   return true;
 }
 
@@ -349,6 +407,7 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
     in.pts_90k = pts;
     in.damage = damage;
     in.refresh = refresh;
+    AdaptRate(c1, refresh);
     const bool idr = force_idr_;
     EncodedUnit unit;
     const Status s = backend_->Encode(in, idr, &unit, &err);
@@ -356,6 +415,7 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
     if (s == Status::kOk) {
       last_pts_ = pts;
       force_idr_ = false;
+      last_encode_ns_ = c1;
       std::lock_guard<std::mutex> lock(stats_mu_);
       stats_.convert.Add(static_cast<double>(c1 - c0) / 1e3);
       stats_.encode.Add(static_cast<double>(e1 - c1) / 1e3);
@@ -384,7 +444,9 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
         }
       }
       if (info.has_pps) pps_ = sets.pps;
-      out->keyframe = info.idr || unit.keyframe;
+      // An IDR slice, not the encoder's key flag: with intra refresh libx264 flags recovery points
+      // as key frames, and the rtc stage needs real IDRs (with SPS/PPS) to start a viewer.
+      out->keyframe = info.idr;
       if (out->keyframe && (!info.has_sps || !info.has_pps)) {
         // Every IDR carries SPS and PPS, so a viewer can start from any keyframe.
         out->data.reserve(sps_.size() + pps_.size() + unit.data.size());
@@ -401,6 +463,8 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
       out->height = frame->height;
       out->capture_wall_ms = WallMsOfMono(refresh ? t0 : frame->process_ns);
       out->encode_us = static_cast<double>(e1 - c1) / 1e3;
+      out->convert_us = static_cast<double>(c1 - c0) / 1e3;
+      out->wait_us = static_cast<double>(t0 - std::min(t0, wait_start_ns)) / 1e3;
       out->pts_90k = pts;
       out->backend = backend_->Name();
       const size_t bytes = out->data.size();
@@ -445,7 +509,9 @@ void Pipeline::Run() {
   capture::FramePtr last;                // the last frame encoded (for refreshes)
   uint64_t next_slot_ns = 0;
   uint64_t last_activity_ns = MonoNs();
+  uint32_t refreshes = 0;                // since the last real frame
   constexpr uint64_t kMaxWaitNs = 100'000'000;
+  constexpr uint64_t kRefineNs = 250'000'000;
   while (!stop_.load()) {
     ApplyControls();
     if (!backend_) break;  // every backend failed: the error was reported
@@ -453,8 +519,11 @@ void Pipeline::Run() {
     uint64_t wait = kMaxWaitNs;
     const uint64_t refresh_ns = static_cast<uint64_t>(config_.refresh_interval_ms) * 1'000'000ull;
     if (pending) wait = next_slot_ns > now ? std::min(wait, next_slot_ns - now) : 0;
-    else if (last && refresh_ns > 0) {
-      const uint64_t due = last_activity_ns + refresh_ns;
+    // The first refresh after a change comes sooner (kRefineNs): with a VBV of one frame a big change
+    // arrives coarse, and on a screen that then stays still this pass is what sharpens it.
+    const uint64_t next_refresh_ns = refreshes == 0 ? std::min(refresh_ns, kRefineNs) : refresh_ns;
+    if (!pending && last && refresh_ns > 0) {
+      const uint64_t due = last_activity_ns + next_refresh_ns;
       wait = due > now ? std::min(wait, due - now) : 0;
     }
     capture::LatestFrame lf = source_->WaitLatest(std::chrono::nanoseconds(wait));
@@ -488,9 +557,12 @@ void Pipeline::Run() {
       Emit(e);
       break;
     }
+    // Requests that came while we waited apply to the frame we are about to encode.
+    ApplyControls();
+    if (!backend_) break;
     if (pending && now >= next_slot_ns) {
       const uint64_t fps = std::max<uint32_t>(config_.encoder.fps, 1);
-      next_slot_ns = now + 1'000'000'000ull / fps;
+      next_slot_ns = config_.benchmark ? now : now + 1'000'000'000ull / fps;
       capture::LatestFrame f = std::move(pending);
       pending = capture::LatestFrame();
       if (f.frame->width != config_.encoder.width || f.frame->height != config_.encoder.height) {
@@ -499,10 +571,12 @@ void Pipeline::Run() {
       EncodeFrame(f.frame, &f.damage, false, f.frame->publish_ns);
       last = f.frame;
       last_activity_ns = MonoNs();
-    } else if (!pending && last && refresh_ns > 0 && now >= last_activity_ns + refresh_ns) {
+      refreshes = 0;
+    } else if (!pending && last && refresh_ns > 0 && now >= last_activity_ns + next_refresh_ns) {
       // Nothing changed for refresh_interval_ms: encode the same picture again (a P frame).
       EncodeFrame(last, nullptr, true, now);
       last_activity_ns = MonoNs();
+      ++refreshes;
     }
   }
 }

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -33,6 +34,9 @@ struct PipelineConfig {
   std::vector<std::string> backends;  // priority order
   EncoderConfig encoder;              // width/height: initial; followed frame by frame
   uint32_t refresh_interval_ms = 1000;  // 0: never
+  // Bench only: no max_fps pacing and no real-frame-rate adaptation, so the encoder runs with exactly
+  // the settings the ffmpeg CLI gets (constant nominal rate) and as fast as frames come.
+  bool benchmark = false;
 };
 
 /** µs histogram with fixed buckets (the TS side turns it into a prom-client histogram). */
@@ -79,6 +83,8 @@ struct EncodedOutput {
   uint32_t width = 0, height = 0;
   double capture_wall_ms = 0;
   double encode_us = 0;
+  double wait_us = 0;         // capture publish -> encoder picked it up
+  double convert_us = 0;
   int64_t pts_90k = 0;
   std::string backend;
 };
@@ -124,6 +130,7 @@ class Pipeline {
   void Run();
   bool OpenFrom(size_t index, const std::string& failed_reason, std::string* error, std::vector<PipelineEvent>* events);
   void ApplyControls();
+  void AdaptRate(uint64_t now, bool refresh);
   /** Converts and encodes; handles reinit and fallback. */
   void EncodeFrame(const capture::FramePtr& frame, const std::vector<damage::Rect>* damage, bool refresh, uint64_t wait_start_ns);
   bool Convert(const capture::Frame& frame, const capture::FramePtr& keep, std::string* error);
@@ -146,6 +153,7 @@ class Pipeline {
   size_t backend_index_ = 0;
   bool force_idr_ = true;
   AVFrame* converted_ = nullptr;      // the backend's input (persistent, refcounted)
+  AVFrame* src_frame_ = nullptr;      // wraps the capture buffer for sws_scale_frame
   SwsContext* sws_ = nullptr;
   int sws_src_fmt_ = -1;
   uint32_t sws_w_ = 0, sws_h_ = 0;
@@ -155,6 +163,9 @@ class Pipeline {
   uint64_t out_seq_ = 0;
   std::vector<uint8_t> sps_, pps_;
   std::string plid_;
+  double rc_fps_ = 60;               // the frame rate the backend was last told
+  double ema_dt_ = 0;                // smoothed interval between real frames, s
+  uint64_t last_encode_ns_ = 0;
 
   mutable std::mutex stats_mu_;
   PipelineStats stats_;

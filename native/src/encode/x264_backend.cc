@@ -18,7 +18,7 @@ class X264Backend final : public LavcBackend {
   Capabilities Caps() const override {
     Capabilities c;
     c.bitrate_without_idr = true;   // reconfig_encoder -> x264_encoder_reconfig between frames
-    c.framerate_without_idr = true;  // VBV size only; rate control follows the pts
+    c.framerate_without_idr = true;  // the per-frame budget (bitrate scaled by nominal / real fps)
     c.roi = true;                    // AV_FRAME_DATA_REGIONS_OF_INTEREST -> quant offsets (needs AQ)
     c.intra_refresh = true;
     return c;
@@ -38,12 +38,19 @@ class X264Backend final : public LavcBackend {
     if (cfg_.intra_refresh) av_dict_set(opts, "intra-refresh", "1", 0);
     // ROI needs adaptive quantisation, which ultrafast turns off.
     if (cfg_.damage_roi) av_dict_set(opts, "aq-mode", "1", 0);
-    // zerolatency sets force-cfr (b_vfr_input=0): rate control would assume max_fps. We feed real
-    // capture times instead, so the bitrate holds at whatever rate the screen changes.
-    std::string params = "force-cfr=0:scenecut=0:rc-lookahead=0:sync-lookahead=0:mbtree=0:bframes=0:ref=1:sliced-threads=1";
+    // Constant frame rate input (zerolatency's default): with variable frame rate input (force-cfr=0)
+    // libx264 holds every frame back until the next one arrives, to learn its duration. The real
+    // frame rate reaches rate control through SetFramerate() instead (the pipeline measures it).
+    std::string params = "scenecut=0:rc-lookahead=0:sync-lookahead=0:mbtree=0:bframes=0:ref=1:sliced-threads=1";
     // Intra refresh replaces IDRs by a moving column with a period of keyint frames; keep it short.
+    // x264 writes the lowest profile its tools need: ultrafast has no CABAC, so "main" alone would
+    // still come out as baseline. CABAC is the point of main (10-15 % fewer bits, little CPU).
+    if (cfg_.profile == Profile::kMain) params += ":cabac=1";
     params += cfg_.intra_refresh ? ":keyint=" + std::to_string(std::max(2u, cfg_.fps * 2)) : ":keyint=infinite";
     av_dict_set(opts, "x264-params", params.c_str(), 0);
+    // A quality ceiling: on a static screen the unused budget would otherwise go into ever finer
+    // refreshes of pixels that are already right; at QP 20 (text stays crisp) they become skips.
+    ctx->qmin = 20;
     if (cfg_.intra_refresh) ctx->gop_size = static_cast<int>(std::max(2u, cfg_.fps * 2));
     (void)error;
     return true;

@@ -1,0 +1,438 @@
+import {
+  GenericNack, MediaStreamTrack, PictureLossIndication, ReceiverEstimatedMaxBitrate,
+  RTCPeerConnection, RTCRtpHeaderExtensionParameters, RtcpPayloadSpecificFeedback, RtcpRrPacket, RtcpSrPacket,
+  RtcpTransportLayerFeedback, TransportWideCC, useAbsSendTime, useFIR, useH264, useNACK, usePLI, useREMB,
+  useSdesMid, useTransportWideCC, useTWCC,
+  type RTCDataChannel, type RTCIceServer, type RTCRtpSender, type RtcpPacket, type RtpPacket,
+} from "werift";
+import type { Logger } from "../log/logger.js";
+import type { RtcConfig } from "../config/schema.js";
+import type { EncodedFrame, KeyframeReason } from "../encode/types.js";
+import type { Role } from "../auth/tokens.js";
+import type { CandidateInit } from "../signaling/protocol.js";
+import { TypedEmitter } from "../util/events.js";
+import { InvalidStateError, UnsupportedError, errorMessage } from "../util/errors.js";
+import { AbrController, DelayTracker, twccPacketResults, type TwccFeedback } from "./abr.js";
+import { RtpHistory } from "./history.js";
+import { chooseOfferedH264, keepOnlyVideoPayload, offeredH264, rewriteProfileLevelId } from "./h264.js";
+import {
+  CONTROL_LABEL, INPUT_LABEL, parseControlMessage, type AgentControlMessage, type ViewerStats,
+} from "./control.js";
+
+export const PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+/** werift's own NACK history, in packets (rtpSender.ts RTP_HISTORY_SIZE). */
+const WERIFT_HISTORY = 128;
+/** RTCP payload-specific feedback FMT of FIR (RFC 5104); werift does not export its class. */
+const FIR_FMT = 4;
+
+export interface PeerSessionOptions {
+  id: string;
+  role: Role;
+  config: RtcConfig;
+  /** ICE servers, TURN credentials already resolved. */
+  iceServers: RTCIceServer[];
+  /** What the encoder really produces, as an SDP profile-level-id. */
+  profileLevelId: string;
+  /** The browser's first offer: the H.264 payload type is chosen from it before the connection exists. */
+  firstOffer: string;
+  log: Logger;
+  /** Sends signaling messages to this viewer. */
+  signal: (msg: { type: "answer"; sdp: string } | { type: "candidate"; candidate: CandidateInit | null }) => void;
+  /** What the shared encoder is doing, for stats. */
+  encoderInfo: () => { bitrateBps: number; backend: string; clock: ViewerStats["clock"] };
+}
+
+export type PeerSessionEvents = {
+  /** This viewer needs a keyframe (it joined, lost one, or asked). The stage rate-limits these. */
+  keyframe: [KeyframeReason];
+  /** The ICE/DTLS connection came up (first time, or again after an ICE restart). */
+  connected: [];
+  close: [{ reason: string }];
+};
+
+/**
+ * One viewer: a werift RTCPeerConnection answering the browser's offer (recvonly video + data
+ * channels), sending the shared stream's packets with this viewer's own sequence numbers, answering
+ * NACKs from a history long enough for `nack_history_ms` at the maximum bitrate, turning PLI and FIR
+ * into keyframe requests, and running this viewer's bitrate controller.
+ */
+export class PeerSession extends TypedEmitter<PeerSessionEvents> {
+  readonly id: string;
+  readonly role: Role;
+  readonly abr: AbrController;
+  readonly #o: PeerSessionOptions;
+  readonly #pc: RTCPeerConnection;
+  readonly #track = new MediaStreamTrack({ kind: "video" });
+  readonly #history: RtpHistory<RtpPacket>;
+  readonly #delay = new DelayTracker();
+  readonly #unsubs: (() => void)[] = [];
+  #sender: RTCRtpSender | undefined;
+  #playoutExtId: number | undefined;
+  #playoutPayload: Buffer;
+  #seq = Math.floor(Math.random() * 0x10000);
+  #waitingKeyframe = true;
+  #tokens = 0;
+  #tokensAt = performance.now();
+  #control: RTCDataChannel | undefined;
+  #input: RTCDataChannel | undefined;
+  #statsTimer: NodeJS.Timeout | undefined;
+  #connected = false;
+  #closed = false;
+  #queue: Promise<void> = Promise.resolve();
+  readonly counters = { framesSent: 0, framesDropped: 0, keyframesSent: 0, packetsSent: 0, bytesSent: 0, packetsRetransmitted: 0, nackedTooOld: 0, nacks: 0, plis: 0, firs: 0 };
+  width = 0;
+  height = 0;
+
+  constructor(opts: PeerSessionOptions) {
+    super();
+    this.id = opts.id;
+    this.role = opts.role;
+    this.#o = opts;
+    const c = opts.config;
+    this.abr = new AbrController({ minBps: c.min_bitrate_bps, maxBps: c.max_bitrate_bps, startBps: c.start_bitrate_bps });
+    this.#history = new RtpHistory(RtpHistory.sizeFor(c.nack_history_ms, c.max_bitrate_bps, c.max_payload_bytes));
+    const min = Math.round(c.playout_delay_min_ms / 10), max = Math.round(c.playout_delay_max_ms / 10);
+    this.#playoutPayload = Buffer.from([(min >> 4) & 0xff, ((min & 0xf) << 4) | ((max >> 8) & 0xf), max & 0xff]);
+    this.#pc = new RTCPeerConnection({
+      iceServers: opts.iceServers,
+      icePortRange: c.udp_port_min !== 0 ? [c.udp_port_min, c.udp_port_max] : undefined,
+      bundlePolicy: "max-bundle",
+      codecs: { video: [this.#chooseCodec(opts.firstOffer)], audio: [] },
+      headerExtensions: {
+        video: [useSdesMid(), useTransportWideCC(), useAbsSendTime(), new RTCRtpHeaderExtensionParameters({ uri: PLAYOUT_DELAY_URI })],
+        audio: [],
+      },
+    });
+    this.#pc.onIceCandidate.subscribe((cand) => {
+      if (this.#closed) return;
+      if (!cand) {
+        opts.signal({ type: "candidate", candidate: null });
+        return;
+      }
+      const j = cand.toJSON();
+      opts.signal({ type: "candidate", candidate: { candidate: j.candidate ?? "", sdpMid: j.sdpMid ?? null, sdpMLineIndex: j.sdpMLineIndex ?? null } });
+    });
+    this.#pc.connectionStateChange.subscribe((state) => {
+      opts.log.debug({ viewer: this.id, state }, "peer connection state");
+      if (state === "connected") {
+        if (!this.#connected) {
+          this.#connected = true;
+          this.#waitingKeyframe = true;
+          this.safeEmit("connected");
+          this.safeEmit("keyframe", "new-viewer");
+        }
+      } else if (state === "failed" || state === "disconnected") {
+        // The client decides: it restarts ICE with a new offer, or gives up and hangs up.
+        this.#connected = false;
+      } else if (state === "closed") this.close("peer connection closed");
+    });
+    this.#pc.onDataChannel.subscribe((ch) => this.#onDataChannel(ch));
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  get peerConnection(): RTCPeerConnection {
+    return this.#pc;
+  }
+
+  /** Applies an offer (the first one, or a renegotiation / ICE restart) and sends the answer. */
+  handleOffer(sdp: string): Promise<void> {
+    return this.#serial(async () => {
+      // werift would answer the first offered H.264, whatever its profile: show it only the one chosen.
+      const offer = this.#codecPt === undefined ? sdp : keepOnlyVideoPayload(sdp, this.#codecPt);
+      await this.#pc.setRemoteDescription({ type: "offer", sdp: offer });
+      const video = this.#pc.getTransceivers().find((t) => t.kind === "video");
+      if (!video) throw new UnsupportedError("the offer has no video section: offer to receive video (recvonly)");
+      if (this.#sender === undefined) {
+        video.setDirection("sendonly");
+        await video.sender.replaceTrack(this.#track);
+        this.#attachSender(video.sender);
+      }
+      const answer = await this.#pc.createAnswer();
+      // Announce what the encoder really produces (werift matched the offered string byte for byte).
+      const sdpOut = this.#codecPt === undefined ? answer.sdp : rewriteProfileLevelId(answer.sdp, this.#codecPt, this.#o.profileLevelId);
+      this.#o.signal({ type: "answer", sdp: sdpOut });
+      await this.#pc.setLocalDescription(answer);
+      const ext = Object.entries(this.#pc.extIdUriMap).find(([, uri]) => uri === PLAYOUT_DELAY_URI);
+      this.#playoutExtId = ext ? Number(ext[0]) : undefined;
+    });
+  }
+
+  addCandidate(candidate: CandidateInit | null): Promise<void> {
+    return this.#serial(async () => {
+      if (candidate === null || candidate.candidate === "") return; // end of candidates
+      await this.#pc.addIceCandidate({ candidate: candidate.candidate, sdpMid: candidate.sdpMid ?? undefined, sdpMLineIndex: candidate.sdpMLineIndex ?? undefined });
+    });
+  }
+
+  #codecPt: number | undefined;
+
+  #chooseCodec(offer: string): ReturnType<typeof useH264> {
+    const offered = offeredH264(offer);
+    const chosen = chooseOfferedH264(offered, this.#o.profileLevelId);
+    if (!chosen)
+      throw new UnsupportedError(`the browser offers no H.264 with packetization-mode=1 in the profile the encoder produces (${this.#o.profileLevelId}); offered: ${offered.map((o) => o.profileLevelId).join(", ") || "no H.264"}`);
+    this.#codecPt = chosen.payloadType;
+    return useH264({
+      payloadType: chosen.payloadType,
+      parameters: `level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=${chosen.profileLevelId}`,
+      rtcpFeedback: [useNACK(), usePLI(), useFIR(), useREMB(), useTWCC()],
+    });
+  }
+
+  #attachSender(sender: RTCRtpSender): void {
+    this.#sender = sender;
+    const dtls = sender.dtlsTransport;
+    // All RTCP of the transport: werift routes FIR by the sender SSRC field (the browser's), so it never
+    // reaches sender.onRtcp; looking at the transport catches FIR, PLI, NACK, REMB, RR and transport-cc.
+    const sub = dtls.onRtcp.subscribe((p) => this.#onRtcp(p));
+    this.#unsubs.push(() => sub.unSubscribe());
+    this.#statsTimer = setInterval(() => this.#tick(), 200);
+    this.#statsTimer.unref();
+  }
+
+  #onRtcp(p: RtcpPacket): void {
+    if (this.#closed || !this.#sender) return;
+    const ssrc = this.#sender.ssrc;
+    const now = performance.now();
+    if (p instanceof RtcpPayloadSpecificFeedback) {
+      const f = p.feedback;
+      if (f instanceof PictureLossIndication && f.mediaSsrc === ssrc) {
+        this.counters.plis++;
+        this.safeEmit("keyframe", "pli");
+      } else if (f.count === FIR_FMT && (f as unknown as { fir: { ssrc: number }[] }).fir.some((e) => e.ssrc === ssrc)) {
+        this.counters.firs++;
+        this.safeEmit("keyframe", "fir");
+      } else if (f instanceof ReceiverEstimatedMaxBitrate && f.ssrcFeedbacks.includes(ssrc)) {
+        this.abr.onRemb(Number(f.bitrate), now);
+      }
+    } else if (p instanceof RtcpTransportLayerFeedback) {
+      const f = p.feedback;
+      if (f instanceof GenericNack && f.mediaSourceSsrc === ssrc) this.#onNack(f.lost);
+      else if (f instanceof TransportWideCC) {
+        const r = this.#delay.feedback(twccPacketResults(f as unknown as TwccFeedback), now);
+        if (r) {
+          if (r.queueingDelayMs !== undefined) this.abr.onQueueingDelay(r.queueingDelayMs, now);
+          if (r.count >= 10) this.abr.onLoss(r.loss, now);
+        }
+      }
+    } else if (p instanceof RtcpRrPacket || p instanceof RtcpSrPacket) {
+      for (const rep of p.reports) if (rep.ssrc === ssrc && !this.#twccNegotiated()) this.abr.onLoss(rep.fractionLost / 256, now);
+    }
+  }
+
+  #twccNegotiated(): boolean {
+    return Object.values(this.#pc.extIdUriMap).includes(useTransportWideCC().uri);
+  }
+
+  /** werift answers NACKs for its last 128 packets; older ones (still in our history) are resent here. */
+  #onNack(lost: number[]): void {
+    this.counters.nacks++;
+    const sender = this.#sender;
+    if (!sender) return;
+    const newest = (this.#seq - 1) & 0xffff;
+    for (const seq of lost) {
+      const age = (newest - seq) & 0xffff;
+      if (age < WERIFT_HISTORY) continue; // werift has it and already resent it
+      const pkt = this.#history.get(seq);
+      if (!pkt) {
+        this.counters.nackedTooOld++;
+        continue;
+      }
+      this.counters.packetsRetransmitted++;
+      sender.dtlsTransport.sendRtp(pkt.payload, pkt.header).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Sends one encoded frame, already packetized (shared by all viewers; each packet is copied by werift
+   * as it is sent). Returns whether it was sent. A viewer that has not got a keyframe since it joined or
+   * since a frame was dropped for it gets nothing until the next keyframe: P-frames without their
+   * reference would only be decoded into garbage.
+   */
+  sendFrame(frame: EncodedFrame, packets: readonly RtpPacket[], bytes: number, encoderTargetBps: number): boolean {
+    const sender = this.#sender;
+    if (this.#closed || !this.#connected || !sender) return false;
+    this.width = frame.width;
+    this.height = frame.height;
+    const now = performance.now();
+    const target = this.abr.target;
+    // Per-viewer budget at this viewer's own target: the shared encoder may run faster than this
+    // viewer's path (it follows the fastest viewer). Debt up to 0.5 s of its target is allowed.
+    this.#tokens = Math.min(target * 0.25, this.#tokens + ((now - this.#tokensAt) / 1000) * target);
+    this.#tokensAt = now;
+    if (this.#waitingKeyframe && !frame.keyframe) {
+      this.counters.framesDropped++;
+      return false;
+    }
+    // The viewer the encoder follows is never throttled here: the encoder already keeps to its rate, and
+    // its overshoots (keyframes, VBV) must not cost the fastest viewer frames.
+    const throttled = target < encoderTargetBps * 0.95;
+    if (!throttled) this.#tokens = Math.max(this.#tokens, 0);
+    if (throttled && !frame.keyframe && this.#tokens < -target * 0.5) {
+      this.counters.framesDropped++;
+      this.#waitingKeyframe = true;
+      this.safeEmit("keyframe", "recovery");
+      return false;
+    }
+    if (frame.keyframe) {
+      this.#waitingKeyframe = false;
+      this.counters.keyframesSent++;
+    }
+    this.#tokens -= bytes * 8;
+    const ext = this.#playoutExtId !== undefined ? [{ id: this.#playoutExtId, payload: this.#playoutPayload }] : [];
+    const cache = (sender as unknown as { rtpCache?: (RtpPacket | undefined)[] }).rtpCache;
+    for (const p of packets) {
+      const seq = this.#seq;
+      this.#seq = (seq + 1) & 0xffff;
+      p.header.sequenceNumber = seq;
+      p.header.extensions = ext;
+      // sendRtp copies and rewrites the packet synchronously before its first await.
+      sender.sendRtp(p).catch(() => undefined);
+      this.#delay.sent(sender.dtlsTransport.transportSequenceNumber, now);
+      // Keep what werift really sent (its SSRC, payload type, MID and transport-cc extensions).
+      const sent = cache?.[seq % WERIFT_HISTORY];
+      if (sent && sent.header.sequenceNumber === seq) this.#history.put(seq, sent);
+      this.counters.packetsSent++;
+    }
+    this.counters.framesSent++;
+    this.counters.bytesSent += bytes;
+    return true;
+  }
+
+  /** Sends on the control channel, if open. */
+  sendControl(msg: AgentControlMessage): void {
+    const ch = this.#control;
+    if (!ch || ch.readyState !== "open") return;
+    try {
+      ch.send(JSON.stringify(msg));
+    } catch (err) {
+      this.#o.log.debug({ viewer: this.id, err: errorMessage(err) }, "control channel send failed");
+    }
+  }
+
+  stats(): ViewerStats {
+    const enc = this.#o.encoderInfo();
+    return {
+      agentTimeMs: Date.now(),
+      targetBitrateBps: this.abr.target,
+      encoderBitrateBps: enc.bitrateBps,
+      rttMs: this.abr.rttMs ?? null,
+      lossFraction: this.abr.lossFraction,
+      queueingDelayMs: Math.round(this.abr.queueingDelayMs * 10) / 10,
+      abrState: this.abr.state,
+      framesSent: this.counters.framesSent,
+      framesDropped: this.counters.framesDropped,
+      keyframesSent: this.counters.keyframesSent,
+      packetsSent: this.counters.packetsSent,
+      packetsRetransmitted: this.counters.packetsRetransmitted,
+      nacks: this.counters.nacks,
+      plis: this.counters.plis,
+      firs: this.counters.firs,
+      width: this.width,
+      height: this.height,
+      backend: enc.backend,
+      clock: enc.clock,
+    };
+  }
+
+  #ticks = 0;
+  #tick(): void {
+    if (this.#closed || !this.#sender) return;
+    const now = performance.now();
+    try {
+      const rs = this.#sender.collectStats(Date.now()).find((s) => s.type === "remote-inbound-rtp") as { roundTripTime?: number } | undefined;
+      if (rs?.roundTripTime !== undefined) this.abr.onRtt(rs.roundTripTime * 1000);
+    } catch {
+      // stats are best effort
+    }
+    this.abr.update(now);
+    if (++this.#ticks % 5 === 0) this.sendControl({ type: "stats", stats: this.stats() });
+  }
+
+  #onDataChannel(ch: RTCDataChannel): void {
+    if (ch.label === CONTROL_LABEL && this.#control === undefined) {
+      this.#control = ch;
+      ch.onMessage.subscribe((data) => this.#onControl(data));
+    } else if (ch.label === INPUT_LABEL && this.role === "control" && this.#input === undefined) {
+      this.#input = ch;
+      ch.onMessage.subscribe((data) => {
+        const parsed = typeof data === "string" ? safeJson(data) : undefined;
+        const id = pickId(parsed);
+        if (ch.readyState === "open")
+          ch.send(JSON.stringify({ type: "error", code: "not-implemented", message: "remote input is not implemented in this agent yet", ...(id !== undefined ? { id } : {}) }));
+      });
+    } else {
+      // A view-role session never gets input; unknown labels are not ours.
+      this.#o.log.info({ viewer: this.id, label: ch.label.slice(0, 64), role: this.role }, "data channel refused");
+      ch.close();
+    }
+  }
+
+  #onControl(data: string | Buffer): void {
+    const r = parseControlMessage(data);
+    if (!r.ok) {
+      this.sendControl(r.error);
+      return;
+    }
+    const m = r.msg;
+    const idPart = m.id !== undefined ? { id: m.id } : {};
+    switch (m.type) {
+      case "stats-request":
+        this.sendControl({ type: "stats", stats: this.stats() });
+        break;
+      case "keyframe":
+        this.safeEmit("keyframe", "api");
+        this.sendControl({ type: "ok", ...idPart, ref: m.type });
+        break;
+      case "quality":
+        this.abr.setPreferredMax(m.maxBitrateBps ?? undefined);
+        this.sendControl({ type: "ok", ...idPart, ref: m.type });
+        break;
+      case "ping":
+        this.sendControl({ type: "pong", ...idPart, t: m.t, agentTimeMs: Date.now() });
+        break;
+    }
+  }
+
+  #serial(fn: () => Promise<void>): Promise<void> {
+    if (this.#closed) return Promise.reject(new InvalidStateError("the peer session is closed"));
+    const p = this.#queue.then(fn);
+    this.#queue = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Idempotent: closes the peer connection; emits `close` once. */
+  close(reason = "closed"): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#connected = false;
+    if (this.#statsTimer) clearInterval(this.#statsTimer);
+    for (const u of this.#unsubs) u();
+    this.#history.clear();
+    this.#pc.close().catch(() => undefined);
+    this.safeEmit("close", { reason });
+    this.removeAllListeners();
+  }
+}
+
+function safeJson(s: string): unknown {
+  try {
+    return JSON.parse(s);
+  } catch {
+    return undefined;
+  }
+}
+
+function pickId(v: unknown): string | number | undefined {
+  const id = (v as { id?: unknown } | null | undefined)?.id;
+  if (typeof id === "number" && Number.isInteger(id)) return id;
+  if (typeof id === "string" && id.length <= 64) return id;
+  return undefined;
+}

@@ -1,0 +1,284 @@
+/**
+ * Encode bench: recorded desktop content through our native path and through the ffmpeg CLI with
+ * identical libx264 settings, side by side; then the agent's CPU with a static screen.
+ *
+ *   source scripts/env.sh && npx tsc -p tsconfig.json && node dist/bench/encode.js [--sizes 1280x720,1920x1080,3840x2160] [--frames N]
+ *
+ * (`--runs N`, default 3: each side runs N times, alternating, and the median counts.)
+ * 1. Records real frames from the agent's own headless desktop (sway + portal + PipeWire capture) for
+ *    three kinds of content: a static terminal, scrolling text (a terminal listing files), and a video
+ *    playing in a window (ffplay showing testsrc2), at each size, into raw BGRx files in a temp dir.
+ * 2. Feeds the identical frames (1) to our path: FrameFeeder -> NativeVideoEncoder (swscale BGRx ->
+ *    I420, libx264 through libavcodec, Annex-B out to JS) as fast as it takes them, and (2) to
+ *    `ffmpeg -f rawvideo ... -c:v libx264` with the same preset, tune, profile, VBV, threads and colour
+ *    conversion. Prints ms/frame, fps and the ratio ours/ffmpeg (target <= 1.05).
+ * 3. Measures this process's CPU (capture + encoder threads + JS) on a static screen over 10 s
+ *    (target < 1 % of a core).
+ * The last line is one JSON object with every figure.
+ */
+import { execFile, type ChildProcess } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { promisify } from "node:util";
+
+import type { CaptureStream } from "../agent/capture/capture-stream.js";
+import type { EncodeConfig } from "../agent/config/schema.js";
+import { VideoEncoder } from "../agent/encode/encoder.js";
+import { silentLogger } from "../agent/log/logger.js";
+import { loadAddon } from "../agent/native/addon.js";
+import { startDesktopCapture, type DesktopCapture } from "../test/encode/helpers.js";
+
+const execFileP = promisify(execFile);
+const log = silentLogger();
+
+type Content = "static" | "scrolling" | "video";
+const CONTENTS: Content[] = ["static", "scrolling", "video"];
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+const SIZES = (arg("sizes") ?? "1280x720,1920x1080,3840x2160").split(",").map((s) => s.split("x").map(Number) as [number, number]);
+const FRAMES_OVERRIDE = arg("frames") !== undefined ? Number(arg("frames")) : undefined;
+const THREADS = 2;
+const RUNS = Number(arg("runs") ?? 3);
+
+function median<T extends { msPerFrame: number }>(runs: T[]): T {
+  const sorted = [...runs].sort((a, b) => a.msPerFrame - b.msPerFrame);
+  return sorted[Math.floor(sorted.length / 2)]!;
+}
+const FPS = 60;
+
+function framesFor(w: number): number {
+  if (FRAMES_OVERRIDE !== undefined) return FRAMES_OVERRIDE;
+  return w >= 3840 ? 40 : w >= 1920 ? 90 : 120;
+}
+
+function bitrateKbps(w: number, h: number): number {
+  // 6 Mbit/s for 1080p desktop content (the default), scaled by area.
+  return Math.round((6000 * (w * h)) / (1920 * 1080));
+}
+
+function config(w: number, h: number): EncodeConfig {
+  return {
+    backends: ["x264"],
+    bitrate_kbps: bitrateKbps(w, h),
+    max_fps: FPS,
+    profile: "constrained_baseline",
+    preset: "ultrafast",
+    refresh_interval_ms: 0,
+    intra_refresh: false,
+    damage_roi: false,
+    keyframe_min_interval_ms: 500,
+  };
+}
+
+async function stop(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
+  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  process.kill(child.pid, "SIGTERM");
+  await Promise.race([exited, sleep(3000)]);
+}
+
+/** Records `n` captured frames (each a full copy) into a raw BGRx file. For "static" the one frame is repeated. */
+async function record(capture: CaptureStream, path: string, n: number, w: number, h: number, content: Content): Promise<number> {
+  const fd = openSync(path, "w");
+  let written = 0;
+  try {
+    if (content === "static") {
+      await sleep(800);
+      const f = capture.copyFrame();
+      if (!f || f.width !== w || f.height !== h) throw new Error(`no ${w}x${h} frame to record`);
+      for (let i = 0; i < n; i++) writeSync(fd, f.data);
+      return n;
+    }
+    let lastSeq = -1;
+    const deadline = Date.now() + 60_000;
+    await new Promise<void>((resolve, reject) => {
+      const on = (): void => {
+        const f = capture.copyFrame();
+        if (!f || f.seq === lastSeq || f.width !== w || f.height !== h) return;
+        lastSeq = f.seq;
+        writeSync(fd, f.data);
+        if (++written >= n) {
+          capture.off("frame", on);
+          resolve();
+        } else if (Date.now() > deadline) {
+          capture.off("frame", on);
+          reject(new Error(`recorded only ${written} of ${n} frames of ${content}`));
+        }
+      };
+      capture.on("frame", on);
+    });
+    return written;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+interface RunResult {
+  msPerFrame: number;
+  fps: number;
+  frames: number;
+  kbit: number;
+}
+
+/** Our path: FrameFeeder (native, preloaded) -> NativeVideoEncoder, as fast as it takes frames. */
+async function runOurs(path: string, w: number, h: number, n: number): Promise<RunResult & { convertUs: number; encodeUs: number }> {
+  const addon = loadAddon();
+  const feeder = new addon.FrameFeeder();
+  try {
+    const loaded = feeder.load(path, w, h, "BGRx", n);
+    if (loaded !== n) throw new Error(`loaded ${loaded} of ${n} frames`);
+    const enc = await VideoEncoder.open({ capture: { nativeFrameSource: feeder }, config: config(w, h), log, width: w, height: h, threads: THREADS, benchmark: true });
+    try {
+      let got = 0;
+      let bytes = 0;
+      let t1 = 0;
+      const done = new Promise<void>((resolve) =>
+        enc.on("frame", (f) => {
+          bytes += f.data.length;
+          if (++got === n) {
+            t1 = performance.now();
+            resolve();
+          }
+        }),
+      );
+      const t0 = performance.now();
+      feeder.play(0, 1);
+      await Promise.race([done, sleep(300_000).then(() => Promise.reject(new Error(`ours: ${got} of ${n} frames`)))]);
+      const s = enc.stats();
+      const ms = (t1 - t0) / n;
+      return { msPerFrame: ms, fps: 1000 / ms, frames: n, kbit: (bytes * 8) / 1000, convertUs: s.convert.avgUs, encodeUs: s.encode.avgUs };
+    } finally {
+      enc.close();
+    }
+  } finally {
+    feeder.close();
+  }
+}
+
+/** The same frames through the ffmpeg CLI with identical libx264 settings; its own -benchmark rtime. */
+async function runFfmpeg(path: string, w: number, h: number, n: number, out: string): Promise<RunResult> {
+  const kbps = bitrateKbps(w, h);
+  const args = [
+    "-hide_banner", "-nostdin", "-benchmark", "-y",
+    "-f", "rawvideo", "-pix_fmt", "bgr0", "-s", `${w}x${h}`, "-r", String(FPS), "-i", path,
+    "-frames:v", String(n),
+    // The same conversion as ours: swscale, fast bilinear, BGRx -> I420 BT.709 limited range.
+    "-vf", "scale=out_color_matrix=bt709:out_range=tv:flags=fast_bilinear,format=yuv420p",
+    "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-profile:v", "baseline", "-forced-idr", "1",
+    "-threads", String(THREADS), "-thread_type", "slice",
+    "-b:v", `${kbps}k`, "-maxrate", `${kbps}k`, "-bufsize", `${Math.max(8, Math.round(kbps / FPS))}k`,
+    "-g", String(2 ** 30 - 1), "-bf", "0", "-refs", "1", "-qmin", "20",
+    "-x264-params", "scenecut=0:rc-lookahead=0:sync-lookahead=0:mbtree=0:bframes=0:ref=1:sliced-threads=1:keyint=infinite",
+    "-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709",
+    "-f", "h264", out,
+  ];
+  const t0 = performance.now();
+  const { stderr } = await execFileP("ffmpeg", args, { maxBuffer: 1 << 24 });
+  const wall = performance.now() - t0;
+  const m = /bench: utime=[\d.]+s stime=[\d.]+s rtime=([\d.]+)s/.exec(stderr);
+  const rtimeMs = m ? Number(m[1]) * 1000 : wall;
+  const ms = rtimeMs / n;
+  return { msPerFrame: ms, fps: 1000 / ms, frames: n, kbit: (statSync(out).size * 8) / 1000 };
+}
+
+async function startContent(dc: DesktopCapture, content: Content): Promise<ChildProcess | undefined> {
+  switch (content) {
+    case "static":
+      return dc.desktop.spawnClient("foot", ["-e", "sh", "-c", "ls -la /usr/lib/x86_64-linux-gnu | head -200; exec sleep 1000"]);
+    case "scrolling":
+      return dc.desktop.spawnClient("foot", ["-e", "sh", "-c", "while :; do ls -lR /usr/share; done"]);
+    case "video":
+      // A video playing in a window: ffplay (SDL2 on Wayland, software renderer: no GPU here).
+      return dc.desktop.spawnClient("ffplay", ["-loglevel", "error", "-an", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"], {
+        env: { SDL_VIDEODRIVER: "wayland", SDL_RENDER_DRIVER: "software" },
+      });
+  }
+}
+
+async function staticCpu(dc: DesktopCapture): Promise<{ cpuPercent: number; frames: number; refreshes: number }> {
+  const foot = await startContent(dc, "static");
+  const enc = await VideoEncoder.open({ capture: dc.capture, config: { ...config(1920, 1080), refresh_interval_ms: 1000 }, log });
+  try {
+    await sleep(2000);
+    let frames = 0;
+    let refreshes = 0;
+    enc.on("frame", (f) => {
+      frames++;
+      if (f.refresh === true) refreshes++;
+    });
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    await sleep(10_000);
+    const c = process.cpuUsage(c0);
+    const wall = performance.now() - t0;
+    return { cpuPercent: ((c.user + c.system) / 1000 / wall) * 100, frames, refreshes };
+  } finally {
+    enc.close();
+    await stop(foot);
+  }
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync("/tmp/wl-encode-bench-");
+  const results: Record<string, unknown>[] = [];
+  let cpu: { cpuPercent: number; frames: number; refreshes: number } | undefined;
+  const [w0, h0] = SIZES[0]!;
+  const dc = await startDesktopCapture(w0, h0, 60);
+  try {
+    console.log(`encode bench: libx264 ultrafast zerolatency baseline, ${THREADS} threads, CBR (VBV one frame at ${FPS} fps); recorded desktop frames in ${dir}`);
+    console.log(`${"size".padEnd(10)} ${"content".padEnd(10)} ${"ours ms/f".padStart(10)} ${"ours fps".padStart(9)} ${"ffmpeg ms/f".padStart(12)} ${"ffmpeg fps".padStart(11)} ${"ratio".padStart(6)}  ours kbit / ffmpeg kbit`);
+    for (const [w, h] of SIZES) {
+      if (dc.capture.format?.width !== w || dc.capture.format?.height !== h) {
+        await dc.desktop.setMode(w, h, 60);
+        const deadline = Date.now() + 10_000;
+        while ((dc.capture.format?.width !== w || dc.capture.format?.height !== h) && Date.now() < deadline) await sleep(50);
+      }
+      for (const content of CONTENTS) {
+        const n = framesFor(w);
+        const raw = join(dir, `${w}x${h}-${content}.bgr0`);
+        const client = await startContent(dc, content);
+        let recorded: number;
+        try {
+          await sleep(content === "video" ? 1500 : 700);
+          recorded = await record(dc.capture, raw, n, w, h, content);
+        } finally {
+          await stop(client);
+        }
+        // Alternating runs, the median of each: a 2-core machine is noisy.
+        const oursRuns: Awaited<ReturnType<typeof runOurs>>[] = [];
+        const ffRuns: RunResult[] = [];
+        for (let k = 0; k < RUNS; k++) {
+          oursRuns.push(await runOurs(raw, w, h, recorded));
+          ffRuns.push(await runFfmpeg(raw, w, h, recorded, join(dir, "ffmpeg.h264")));
+        }
+        const ours = median(oursRuns);
+        const ff = median(ffRuns);
+        const ratio = ours.msPerFrame / ff.msPerFrame;
+        console.log(
+          `${`${w}x${h}`.padEnd(10)} ${content.padEnd(10)} ${ours.msPerFrame.toFixed(2).padStart(10)} ${ours.fps.toFixed(1).padStart(9)} ` +
+            `${ff.msPerFrame.toFixed(2).padStart(12)} ${ff.fps.toFixed(1).padStart(11)} ${ratio.toFixed(3).padStart(6)}  ` +
+            `${ours.kbit.toFixed(0)} / ${ff.kbit.toFixed(0)} (ours: convert ${(ours.convertUs / 1000).toFixed(2)} ms, encode ${(ours.encodeUs / 1000).toFixed(2)} ms)`,
+        );
+        results.push({ size: `${w}x${h}`, content, frames: recorded, ours, ffmpeg: ff, ratio });
+        rmSync(raw, { force: true });
+      }
+    }
+    cpu = await staticCpu(dc);
+    console.log(`static screen, 10 s, encoder open (refresh 1 s): agent CPU ${cpu.cpuPercent.toFixed(2)} % of a core; ${cpu.frames} frames (${cpu.refreshes} refresh)`);
+  } finally {
+    await dc.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const worst = Math.max(...results.map((r) => r.ratio as number));
+  console.log(JSON.stringify({ bench: "encode", threads: THREADS, results, worstRatio: worst, ratioTarget: 1.05, staticCpu: cpu, cpuTargetPercent: 1 }));
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exitCode = 1;
+});

@@ -1,0 +1,161 @@
+#include "encode/frame_feeder.h"
+
+#include <time.h>
+
+#include <cstdio>
+#include <cstring>
+
+namespace wl::encode {
+namespace {
+uint64_t MonoNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+}  // namespace
+
+FrameFeeder::~FrameFeeder() { Close(); }
+
+void FrameFeeder::Publish(std::shared_ptr<capture::Frame> f) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    f->seq = ++seq_;
+    f->publish_ns = MonoNs();
+    if (f->process_ns == 0) f->process_ns = f->publish_ns;
+    if (slot_) {
+      // Replaced before anyone took it: merge its damage so the taker sees everything that changed.
+      ++slot_.frames_merged;
+      if (slot_.frame->width != f->width || slot_.frame->height != f->height ||
+          f->damage_source == capture::DamageSource::kFull) {
+        slot_.damage.assign(1, damage::Rect{0, 0, f->width, f->height});
+        slot_.damage_source = capture::DamageSource::kFull;
+      } else {
+        damage::Accumulate(&slot_.damage, f->damage, 64);
+      }
+    } else {
+      slot_.damage = f->damage;
+      slot_.damage_source = f->damage_source;
+      slot_.frames_merged = 0;
+    }
+    slot_.frame = f;
+    latest_ = f;
+  }
+  cv_.notify_all();
+}
+
+void FrameFeeder::Push(const uint8_t* data, uint32_t width, uint32_t height, uint32_t stride, const std::string& format,
+                       std::vector<damage::Rect> rects) {
+  if (closed_.load()) return;
+  auto f = std::make_shared<capture::Frame>();
+  f->width = width;
+  f->height = height;
+  f->stride = width * 4;
+  f->format_name = format;
+  f->pixels.resize(static_cast<size_t>(f->stride) * height);
+  for (uint32_t y = 0; y < height; ++y)
+    std::memcpy(f->pixels.data() + static_cast<size_t>(y) * f->stride, data + static_cast<size_t>(y) * stride, f->stride);
+  if (rects.empty()) {
+    f->damage.assign(1, damage::Rect{0, 0, width, height});
+    f->damage_source = capture::DamageSource::kFull;
+  } else {
+    f->damage = std::move(rects);
+    f->damage_source = capture::DamageSource::kCompositor;
+  }
+  Publish(std::move(f));
+}
+
+size_t FrameFeeder::Load(const std::string& path, uint32_t width, uint32_t height, const std::string& format, size_t count,
+                         std::string* error) {
+  StopPlayer();
+  loaded_.clear();
+  FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) {
+    *error = "cannot open " + path + ": " + std::strerror(errno);
+    return 0;
+  }
+  const size_t bytes = static_cast<size_t>(width) * height * 4;
+  for (size_t i = 0; i < count; ++i) {
+    auto f = std::make_shared<capture::Frame>();
+    f->width = width;
+    f->height = height;
+    f->stride = width * 4;
+    f->format_name = format;
+    f->pixels.resize(bytes);
+    if (std::fread(f->pixels.data(), 1, bytes, file) != bytes) break;
+    f->damage.assign(1, damage::Rect{0, 0, width, height});
+    f->damage_source = capture::DamageSource::kFull;
+    loaded_.push_back(std::move(f));
+  }
+  std::fclose(file);
+  return loaded_.size();
+}
+
+void FrameFeeder::Play(double fps, uint32_t loops) {
+  StopPlayer();
+  stop_player_.store(false);
+  playing_.store(true);
+  played_.store(0);
+  player_ = std::thread([this, fps, loops] {
+    const uint64_t interval = fps > 0 ? static_cast<uint64_t>(1e9 / fps) : 0;
+    uint64_t next = MonoNs();
+    for (uint32_t l = 0; l < loops && !stop_player_.load(); ++l) {
+      for (const auto& src : loaded_) {
+        if (stop_player_.load() || closed_.load()) break;
+        if (interval == 0) {
+          // As fast as the encoder goes: wait until the previous frame was taken.
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait(lock, [&] { return !slot_ || stop_player_.load() || closed_.load(); });
+        } else {
+          const uint64_t now = MonoNs();
+          if (next > now) {
+            timespec ts{static_cast<time_t>((next - now) / 1'000'000'000ull), static_cast<long>((next - now) % 1'000'000'000ull)};
+            nanosleep(&ts, nullptr);
+          }
+          next += interval;
+        }
+        // The loaded frame itself, no copy of its pixels: its header (seq, times) is rewritten, which
+        // is safe because the encoder holds at most the frame before it (Load() needs >= 2 frames
+        // to loop; a single frame is copied).
+        std::shared_ptr<capture::Frame> f = loaded_.size() > 1 ? src : std::make_shared<capture::Frame>(*src);
+        f->process_ns = 0;
+        Publish(std::move(f));
+        played_.fetch_add(1);
+      }
+    }
+    playing_.store(false);
+  });
+}
+
+void FrameFeeder::StopPlayer() {
+  stop_player_.store(true);
+  cv_.notify_all();
+  if (player_.joinable()) player_.join();
+  playing_.store(false);
+}
+
+void FrameFeeder::Close() {
+  if (closed_.exchange(true)) return;
+  cv_.notify_all();
+  StopPlayer();
+  std::lock_guard<std::mutex> lock(mu_);
+  slot_ = capture::LatestFrame();
+}
+
+capture::LatestFrame FrameFeeder::WaitLatest(std::chrono::nanoseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] { return static_cast<bool>(slot_) || closed_.load(); });
+  capture::LatestFrame out = std::move(slot_);
+  slot_ = capture::LatestFrame();
+  lock.unlock();
+  cv_.notify_all();  // a pacing player waits for the slot to empty
+  return out;
+}
+
+capture::LatestFrame FrameFeeder::TryTakeLatest() { return WaitLatest(std::chrono::nanoseconds(0)); }
+
+capture::FramePtr FrameFeeder::PeekLatest() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return latest_;
+}
+
+}  // namespace wl::encode

@@ -1,0 +1,335 @@
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import type { Page } from "playwright-core";
+import { TestBrowser } from "../helpers/browser.js";
+import { startRtcAgent, type RtcFixture } from "./fixture.js";
+import { PortalCancelledError } from "../../agent/portal/errors.js";
+import { readdirSync } from "node:fs";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+
+interface WlState {
+  state: string;
+  failure?: string;
+  role?: string;
+  stats?: { fps: number; framesDecoded: number; width: number; height: number; bitrateBps: number; latencyMs: number | null; decodeMs: number | null };
+  agentStats?: { targetBitrateBps: number };
+  reconnects: number;
+}
+
+// Browser-side globals, typed just enough for page.evaluate callbacks (the test tsconfig has no DOM lib).
+declare const window: { wl: WlState & { pc?: BrowserPc; input?: BrowserDc; control?: BrowserDc; controlMessages: unknown[] }; wlReconnect(): void; wlDisconnect(): void; wlRestartIce(): void };
+interface BrowserDc {
+  readyState: string;
+  send(s: string): void;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: (() => void) | null;
+}
+interface BrowserPc {
+  getStats(): Promise<{ forEach(cb: (s: Record<string, unknown>) => void): void }>;
+  createDataChannel(label: string): BrowserDc;
+  connectionState: string;
+  remoteDescription: { sdp: string } | null;
+  localDescription: { sdp: string } | null;
+}
+
+let browser: TestBrowser;
+let fx: RtcFixture;
+
+before(async () => {
+  fx = await startRtcAgent();
+  browser = await TestBrowser.launch();
+});
+after(async () => {
+  try {
+    await browser?.close();
+  } finally {
+    await fx?.close();
+  }
+});
+
+async function open(role: "view" | "control", f: RtcFixture = fx, token?: string): Promise<Page> {
+  const page = await browser.context.newPage();
+  await page.goto(`${f.httpUrl}/#token=${token ?? (await f.token(role))}`);
+  return page;
+}
+
+async function decoding(page: Page, min = 5): Promise<Record<string, number>> {
+  return until(`more than ${min} frames decoded`, async () => {
+    const s = await inboundVideo(page);
+    return (s.framesDecoded ?? 0) > min ? s : undefined;
+  }, 20_000);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+const wl = (page: Page): Promise<WlState> => page.evaluate(() => JSON.parse(JSON.stringify({ ...window.wl, pc: undefined, control: undefined, input: undefined })) as WlState);
+
+async function inboundVideo(page: Page): Promise<Record<string, number>> {
+  return page.evaluate(async () => {
+    const pc = window.wl.pc;
+    if (!pc) return {};
+    const r = await pc.getStats();
+    let out: Record<string, number> = {};
+    r.forEach((s: Record<string, unknown>) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") out = s as Record<string, number>;
+    });
+    return out;
+  });
+}
+
+async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < end) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
+}
+
+test("Chromium connects, negotiates H.264 and decodes 1280x720 frames", async () => {
+  const page = await open("view");
+  try {
+    const first = await until("frames decoded", async () => {
+      const s = await inboundVideo(page);
+      return (s.framesDecoded ?? 0) > 10 ? s : undefined;
+    });
+    await new Promise((r) => setTimeout(r, 2000));
+    const later = await inboundVideo(page);
+    assert.ok(later.framesDecoded! > first.framesDecoded! + 30, `framesDecoded grows: ${first.framesDecoded} -> ${later.framesDecoded}`);
+    assert.equal(later.frameWidth, 1280);
+    assert.equal(later.frameHeight, 720);
+    const codec = await page.evaluate(async () => {
+      const pc = window.wl.pc!;
+      const r = await pc.getStats();
+      let c = "";
+      r.forEach((s: Record<string, unknown>) => {
+        if (s.type === "codec" && String(s.mimeType).toLowerCase() === "video/h264") c = String(s.sdpFmtpLine);
+      });
+      return { fmtp: c, remote: pc.remoteDescription?.sdp ?? "" };
+    });
+    assert.match(codec.fmtp, /packetization-mode=1/);
+    // The answer announces what x264 really produces (baseline, constraint flags c0, level 3.1 for 720p30).
+    assert.match(codec.remote, new RegExp(`profile-level-id=${fx.source().format!.profileLevelId}`));
+    assert.match(codec.remote, /level-asymmetry-allowed=1/);
+    assert.match(codec.remote, /a=rtcp-fb:\d+ ccm fir/);
+    assert.match(codec.remote, /a=rtcp-fb:\d+ transport-cc/);
+    assert.match(codec.remote, /playout-delay/);
+    const state = await until("overlay stats", async () => {
+      const s = await wl(page);
+      return s.stats && s.stats.fps > 0 && s.state === "streaming" ? s : undefined;
+    });
+    assert.equal(state.stats!.width, 1280);
+    console.log("viewer stats", JSON.stringify(state.stats), "agent target", state.agentStats?.targetBitrateBps);
+  } finally {
+    await page.close();
+  }
+});
+
+test("two viewers share the stream; one leaves and the other goes on without a burst of keyframes", async () => {
+  const a = await open("view");
+  const b = await open("control");
+  try {
+    await decoding(a, 30);
+    await decoding(b, 5);
+    const stage = fx.agent.rtc!;
+    assert.equal(stage.viewerCount, 2);
+    assert.equal(fx.sources.length, 1, "one encoded source for both viewers");
+    assert.ok(fx.source().keyframeRequests.includes("new-viewer"), "a new viewer asks for a keyframe");
+    const gate = stage.keyframeGate!;
+    const aBefore = await inboundVideo(a);
+    await b.close();
+    await until("viewer B gone", async () => stage.viewerCount === 1);
+    const forwardedBefore = gate.forwarded;
+    const requestsBefore = fx.source().keyframeRequests.length;
+    await sleep(3000);
+    const aAfter = await inboundVideo(a);
+    const frames = aAfter.framesDecoded! - aBefore.framesDecoded!;
+    assert.ok(frames > 60, `viewer A kept decoding (${frames} frames in ~3 s)`);
+    assert.equal(gate.forwarded - forwardedBefore, 0, `no keyframe was requested because B left: ${fx.source().keyframeRequests.slice(requestsBefore).join(",")}`);
+    // Keyframes A saw: only the source's own 2 s GOP (at most 2 in 3 s), no burst.
+    const kf = (aAfter.keyFramesDecoded ?? 0) - (aBefore.keyFramesDecoded ?? 0);
+    assert.ok(kf <= 2, `keyframes decoded by A after B left: ${kf}`);
+    assert.equal(aAfter.freezeCount ?? 0, aBefore.freezeCount ?? 0, "no freeze for A");
+  } finally {
+    await a.close();
+    if (!b.isClosed()) await b.close();
+  }
+});
+
+test("data channels: a view session never gets input; control gets 'not implemented'; garbage is answered", async () => {
+  const v = await open("view");
+  const c = await open("control");
+  try {
+    await decoding(v, 1);
+    await decoding(c, 1);
+    const viewInput = await v.evaluate(async () => {
+      const dc = window.wl.pc!.createDataChannel("input");
+      const got: unknown[] = [];
+      dc.onmessage = (ev) => got.push(ev.data);
+      const t0 = Date.now();
+      while (dc.readyState !== "closed" && Date.now() - t0 < 5000) {
+        if (dc.readyState === "open") dc.send(JSON.stringify({ type: "key", code: "KeyA" }));
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return { state: dc.readyState, got };
+    });
+    assert.equal(viewInput.state, "closed", "the agent closes an input channel of a view session");
+    assert.deepEqual(viewInput.got, []);
+    assert.equal(fx.agent.rtc!.viewers.find((p) => p.role === "view") !== undefined, true);
+
+    const replies = await c.evaluate(async () => {
+      const wait = async (dc: BrowserDc, send: string[]): Promise<unknown[]> => {
+        const t0 = Date.now();
+        while (dc.readyState !== "open" && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 50));
+        const got: unknown[] = [];
+        dc.onmessage = (ev) => {
+          const m = JSON.parse(String(ev.data)) as { type: string };
+          if (m.type !== "stats") got.push(m);
+        };
+        for (const m of send) dc.send(m);
+        const t1 = Date.now();
+        while (got.length < send.length && Date.now() - t1 < 5000) await new Promise((r) => setTimeout(r, 50));
+        return got;
+      };
+      const input = await wait(window.wl.input!, [JSON.stringify({ type: "key", id: 7 })]);
+      const control = await wait(window.wl.control!, [
+        "not json",
+        JSON.stringify({ type: "nope", id: 1 }),
+        JSON.stringify({ type: "quality", maxBitrateBps: "fast", id: 2 }),
+        "x".repeat(20_000),
+        JSON.stringify({ type: "quality", maxBitrateBps: 1_000_000, id: 3 }),
+        JSON.stringify({ type: "keyframe", id: 4 }),
+        JSON.stringify({ type: "ping", t: 5, id: 5 }),
+      ]);
+      return { input, control };
+    });
+    assert.deepEqual(replies.input, [{ type: "error", code: "not-implemented", message: "remote input is not implemented in this agent yet", id: 7 }]);
+    const types = replies.control.map((m) => `${(m as { type: string }).type}:${(m as { code?: string; ref?: string }).code ?? (m as { ref?: string }).ref ?? ""}`);
+    assert.deepEqual(types, ["error:bad-json", "error:bad-message", "error:bad-message", "error:too-big", "ok:quality", "ok:keyframe", "pong:"]);
+    const ctl = fx.agent.rtc!.viewers.find((p) => p.role === "control")!;
+    await until("the preference caps the target", async () => ctl.abr.target <= 1_000_000);
+    // The stream goes on after all that.
+    const before = (await inboundVideo(c)).framesDecoded!;
+    await sleep(1000);
+    assert.ok((await inboundVideo(c)).framesDecoded! > before + 10);
+  } finally {
+    await v.close();
+    await c.close();
+  }
+});
+
+test("ICE restart: a new offer with new credentials is answered on the same peer connection; video goes on", async () => {
+  const page = await open("view");
+  try {
+    await decoding(page, 5);
+    const ufrag = (sdp: string | undefined): string | undefined => /a=ice-ufrag:(\S+)/.exec(sdp ?? "")?.[1];
+    const before = await page.evaluate(() => ({ local: window.wl.pc!.localDescription?.sdp, remote: window.wl.pc!.remoteDescription?.sdp }));
+    const viewersBefore = fx.agent.rtc!.viewerCount;
+    await page.evaluate(() => window.wlRestartIce());
+    const after = await until("new remote ufrag", async () => {
+      const d = await page.evaluate(() => ({ local: window.wl.pc!.localDescription?.sdp, remote: window.wl.pc!.remoteDescription?.sdp, state: window.wl.pc!.connectionState }));
+      return ufrag(d.remote) !== ufrag(before.remote) && d.state === "connected" ? d : undefined;
+    });
+    assert.notEqual(ufrag(after.local), ufrag(before.local), "the browser sent new credentials");
+    assert.equal(fx.agent.rtc!.viewerCount, viewersBefore, "same viewer, same peer connection on the agent");
+    const f0 = (await inboundVideo(page)).framesDecoded!;
+    await sleep(1500);
+    assert.ok((await inboundVideo(page)).framesDecoded! > f0 + 20, "frames keep coming after the restart");
+  } finally {
+    await page.close();
+  }
+});
+
+test("bad token: a clear message, the sign-in form, and no reconnect", async () => {
+  const page = await open("view", fx, "not-a-jwt");
+  try {
+    await until("token failure shown", async () => (await wl(page)).failure === "token");
+    await sleep(2500);
+    const s = await wl(page);
+    assert.equal(s.reconnects, 0);
+    const text = await page.locator("#status").textContent();
+    assert.match(text ?? "", /The token was refused: malformed\. Get a new token/);
+    assert.equal(await page.locator("#signin").isVisible(), true);
+  } finally {
+    await page.close();
+  }
+});
+
+test("screen sharing refused on the host: the agent says so and the client explains it", async () => {
+  const refusing = await startRtcAgent({}, {}, () => Promise.reject(new PortalCancelledError("ScreenCast.Start", "screen sharing was refused on the host (the portal dialog was cancelled)")));
+  const page = await open("view", refusing);
+  try {
+    await until("refusal shown", async () => (await wl(page)).failure === "refused");
+    const text = await page.locator("#status").textContent();
+    assert.match(text ?? "", /Screen sharing was refused on the host/);
+    assert.match(text ?? "", /Retrying in \d+ s/);
+  } finally {
+    await page.close();
+    await refusing.close();
+  }
+});
+
+test("agent stopped: the client says the agent is unreachable and retries with backoff", async () => {
+  const f2 = await startRtcAgent();
+  const page = await open("view", f2);
+  try {
+    await decoding(page, 1);
+    await f2.close();
+    await until("unreachable shown", async () => (await wl(page)).failure === "unreachable", 15_000);
+    const text = await page.locator("#status").textContent();
+    assert.match(text ?? "", /The agent is unreachable/);
+    assert.match(text ?? "", /Retrying in \d+ s/);
+    await until("backoff grows", async () => {
+      const s = await wl(page);
+      return s.reconnects >= 2 && (s as unknown as { retryInMs: number }).retryInMs >= 2000;
+    }, 15_000);
+  } finally {
+    await page.close();
+  }
+});
+
+test("20 connect/disconnect cycles return peer connections, fds and memory to baseline", async () => {
+  setFlagsFromString("--expose-gc");
+  const gc = runInNewContext("gc") as () => void;
+  const stage = fx.agent.rtc!;
+  const page = await open("control");
+  const fds = (): number => readdirSync("/proc/self/fd").length;
+  const settle = async (): Promise<{ fds: number; heap: number }> => {
+    await until("no viewers", async () => stage.viewerCount === 0, 10_000);
+    await sleep(500);
+    for (let i = 0; i < 3; i++) {
+      gc();
+      await sleep(100);
+    }
+    return { fds: fds(), heap: process.memoryUsage().heapUsed };
+  };
+  try {
+    const cycle = async (): Promise<void> => {
+      await page.evaluate(() => window.wlReconnect());
+      await until("connected", async () => page.evaluate(() => window.wl.pc?.connectionState === "connected"), 10_000);
+      await page.evaluate(() => window.wlDisconnect());
+    };
+    await decoding(page, 1);
+    await page.evaluate(() => window.wlDisconnect());
+    await cycle(); // warm-up: lazy imports, JIT, first allocations
+    const base = await settle();
+    for (let i = 0; i < 20; i++) await cycle();
+    const end = await settle();
+    console.log(`baseline fds ${base.fds} heap ${(base.heap / 1e6).toFixed(1)} MB; after 20 cycles fds ${end.fds} heap ${(end.heap / 1e6).toFixed(1)} MB`);
+    assert.equal(stage.viewerCount, 0);
+    assert.ok(end.fds <= base.fds + 2, `fds back to baseline: ${base.fds} -> ${end.fds}`);
+    assert.ok(end.heap < base.heap + 8e6, `heap back to baseline: ${base.heap} -> ${end.heap}`);
+    // And the page still streams after all that.
+    await page.evaluate(() => window.wlReconnect());
+    await decoding(page, 1);
+  } finally {
+    await page.close();
+  }
+});

@@ -1,0 +1,173 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { AbrController, DelayTracker, twccPacketResults } from "../../agent/rtc/abr.js";
+import { KeyframeGate } from "../../agent/rtc/keyframe-gate.js";
+import { RtpHistory } from "../../agent/rtc/history.js";
+import { chooseOfferedH264, keepOnlyVideoPayload, offeredH264, parseProfileLevelId, rewriteProfileLevelId, splitAnnexB } from "../../agent/rtc/h264.js";
+import { parseControlMessage } from "../../agent/rtc/control.js";
+import type { KeyframeReason } from "../../agent/encode/types.js";
+
+const opts = { minBps: 300_000, maxBps: 8_000_000, startBps: 2_000_000 };
+
+/** Runs the controller on a 100 ms tick from t0 to t1 with `feed` called before each update. */
+function run(abr: AbrController, t0: number, t1: number, feed: (t: number) => void): number {
+  for (let t = t0; t <= t1; t += 100) {
+    feed(t);
+    abr.update(t);
+  }
+  return abr.target;
+}
+
+test("ABR: sustained 20 % loss backs off within 1 s", () => {
+  const abr = new AbrController(opts);
+  run(abr, 0, 3000, (t) => abr.onLoss(0, t));
+  const before = abr.target;
+  run(abr, 3100, 4000, (t) => abr.onLoss(0.2, t));
+  assert.ok(abr.target < before * 0.8, `${before} -> ${abr.target}`);
+  assert.equal(abr.state === "decrease" || abr.state === "hold", true);
+});
+
+test("ABR: growing queueing delay backs off within 1 s; a standing low delay does not", () => {
+  const abr = new AbrController(opts);
+  run(abr, 0, 2000, (t) => abr.onQueueingDelay(5, t));
+  const before = abr.target;
+  let d = 5;
+  run(abr, 2100, 3000, (t) => abr.onQueueingDelay((d += 15), t));
+  assert.ok(abr.target < before * 0.8, `delay growing to ${d} ms: ${before} -> ${abr.target}`);
+  const calm = new AbrController(opts);
+  run(calm, 0, 5000, (t) => calm.onQueueingDelay(10, t));
+  assert.ok(calm.target > opts.startBps, "10 ms of standing delay is not congestion");
+});
+
+test("ABR: probes upward gradually (<= ~8 %/s) after a hold, up to max, and REMB/preferences cap it", () => {
+  const abr = new AbrController(opts);
+  run(abr, 0, 1000, (t) => abr.onLoss(0.3, t));
+  const low = abr.target;
+  // Hold for a second after the last decrease.
+  const afterHold = run(abr, 1100, 2000, (t) => abr.onLoss(0, t));
+  assert.ok(afterHold <= low * 1.03, `no real increase during the hold: ${low} -> ${afterHold}`);
+  const a = run(abr, 2100, 7100, (t) => abr.onLoss(0, t));
+  assert.ok(a > afterHold * 1.2 && a < afterHold * 1.6, `5 s of probing: ${afterHold} -> ${a}`);
+  run(abr, 7200, 60_000, (t) => abr.onLoss(0, t));
+  assert.equal(abr.target, opts.maxBps);
+  abr.onRemb(1_000_000, 60_100);
+  abr.update(60_100);
+  assert.equal(abr.target, 1_000_000);
+  abr.setPreferredMax(500_000);
+  abr.update(60_200);
+  assert.equal(abr.target, 500_000);
+  abr.setPreferredMax(undefined);
+  run(abr, 60_300, 70_000, (t) => abr.onLoss(0, t));
+  assert.equal(abr.target >= opts.minBps, true);
+});
+
+test("ABR: never below min; moderate loss (2-10 %) holds", () => {
+  const abr = new AbrController(opts);
+  run(abr, 0, 20_000, (t) => abr.onLoss(0.5, t));
+  assert.equal(abr.target, opts.minBps);
+  const h = new AbrController(opts);
+  const t = run(h, 0, 5000, (x) => h.onLoss(0.05, x));
+  assert.equal(t, opts.startBps);
+});
+
+test("transport-cc: arrival times from run-length and status-vector chunks; queueing delay above the base", () => {
+  const fb = {
+    baseSequenceNumber: 65534,
+    packetStatusCount: 5,
+    referenceTime: 10,
+    packetChunks: [{ symbolList: [1, 0, 1] }, { runLength: 2, packetStatus: 2 }],
+    recvDeltas: [{ delta: 1000 }, { delta: 2000 }, { delta: 30_000 }, { delta: -1000 }],
+  };
+  const r = twccPacketResults(fb);
+  assert.deepEqual(r.map((x) => [x.sequenceNumber, x.received]), [[65534, true], [65535, false], [0, true], [1, true], [2, true]]);
+  assert.deepEqual(r.filter((x) => x.received).map((x) => x.receivedAtMs), [641, 643, 673, 672]);
+  const dt = new DelayTracker();
+  for (let s = 0; s < 10; s++) dt.sent(s, 1000 + s * 10);
+  // First packets arrive 50 ms after sending (base), later ones 80 ms: 30 ms of queue.
+  const a = dt.feedback([0, 1, 2].map((s) => ({ sequenceNumber: s, received: true, receivedAtMs: 1050 + s * 10 })), 0);
+  assert.equal(a?.queueingDelayMs, 0);
+  const b = dt.feedback([{ sequenceNumber: 3, received: true, receivedAtMs: 1110 }, { sequenceNumber: 4, received: false, receivedAtMs: 0 }], 100);
+  assert.equal(b?.queueingDelayMs, 30);
+  assert.equal(b?.loss, 0.5);
+  assert.equal(dt.feedback([{ sequenceNumber: 999, received: true, receivedAtMs: 1 }], 200), undefined);
+});
+
+test("keyframe gate: merges requests inside the interval, forwards one when it ends, withdraws for a viewer who left", async () => {
+  let now = 0;
+  const got: KeyframeReason[] = [];
+  const g = new KeyframeGate({ minIntervalMs: 100, request: (r) => got.push(r), now: () => now });
+  g.request("new-viewer", "a");
+  assert.deepEqual(got, ["new-viewer"]);
+  now = 10;
+  for (let i = 0; i < 50; i++) g.request("pli", "b");
+  assert.equal(g.pending, true);
+  assert.deepEqual(got, ["new-viewer"]);
+  now = 100;
+  await new Promise((r) => setTimeout(r, 150));
+  assert.deepEqual(got, ["new-viewer", "pli"]);
+  now = 300;
+  g.noteKeyframe();
+  now = 320;
+  g.request("fir", "c");
+  g.withdraw("c");
+  assert.equal(g.pending, false);
+  await new Promise((r) => setTimeout(r, 150));
+  assert.deepEqual(got, ["new-viewer", "pli"], "a viewer who left costs no keyframe");
+  now = 500;
+  g.request("api", "d");
+  assert.deepEqual(got, ["new-viewer", "pli", "api"]);
+  g.close();
+});
+
+test("RTP history keeps the newest packets by 16-bit sequence number, across the wrap", () => {
+  const size = RtpHistory.sizeFor(500, 8_000_000, 1200);
+  assert.ok(size >= 416, `500 ms at 8 Mbit/s: ${size} packets`);
+  const h = new RtpHistory<number>(size);
+  assert.equal(h.capacity, 1024);
+  for (let i = 0; i < 3000; i++) h.put((65000 + i) & 0xffff, i);
+  assert.equal(h.get((65000 + 2999) & 0xffff), 2999);
+  assert.equal(h.get((65000 + 2999 - 1023) & 0xffff), 2999 - 1023);
+  assert.equal(h.get((65000 + 2999 - 1024) & 0xffff), undefined);
+});
+
+test("H.264: profile-level-id parsing and the offered payload type that fits the encoder", () => {
+  assert.deepEqual(parseProfileLevelId("42e01f"), { profile: "constrained-baseline", level: 31 });
+  assert.deepEqual(parseProfileLevelId("42c02a"), { profile: "constrained-baseline", level: 42 });
+  assert.deepEqual(parseProfileLevelId("42001f"), { profile: "baseline", level: 31 });
+  assert.deepEqual(parseProfileLevelId("4d0028"), { profile: "main", level: 40 });
+  assert.deepEqual(parseProfileLevelId("640c1f"), { profile: "constrained-high", level: 31 });
+  assert.deepEqual(parseProfileLevelId("42f00b"), { profile: "constrained-baseline", level: 9 });
+  assert.equal(parseProfileLevelId("zz"), undefined);
+  const sdp = [
+    "v=0", "m=video 9 UDP/TLS/RTP/SAVPF 96 102 103 108 116", "a=rtpmap:96 VP8/90000", "a=rtcp-fb:96 nack",
+    "a=rtpmap:102 H264/90000", "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+    "a=rtpmap:103 rtx/90000", "a=fmtp:103 apt=102",
+    "a=rtpmap:108 H264/90000", "a=rtcp-fb:108 nack pli", "a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+    "a=rtpmap:116 H264/90000", "a=fmtp:116 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f",
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel", "a=rtpmap:1 foo",
+  ].join("\r\n");
+  const offered = offeredH264(sdp);
+  assert.deepEqual(offered.map((o) => o.payloadType), [102, 108, 116]);
+  assert.equal(chooseOfferedH264(offered, "42c02a")?.payloadType, 108, "constrained baseline 4.2 from x264 fits 42e01f");
+  assert.equal(chooseOfferedH264(offered, "4d0032")?.payloadType, 116);
+  assert.equal(chooseOfferedH264(offered, "640c1f"), undefined, "no constrained high offered");
+  const only = keepOnlyVideoPayload(sdp, 108);
+  assert.match(only, /^m=video 9 UDP\/TLS\/RTP\/SAVPF 108$/m);
+  assert.doesNotMatch(only, /a=rtpmap:102|a=fmtp:103|a=rtcp-fb:96/);
+  assert.match(only, /a=rtcp-fb:108 nack pli/);
+  assert.match(only, /a=rtpmap:1 foo/, "other sections untouched");
+  assert.match(rewriteProfileLevelId(only, 108, "42c02a"), /a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42c02a/);
+  const nals = splitAnnexB(Buffer.from([0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5]));
+  assert.deepEqual(nals.map((n) => [...n]), [[0x67, 1, 2], [0x68, 3], [0x65, 4, 5]]);
+});
+
+test("control channel: every kind of garbage is an error answer, never an exception", () => {
+  const bad: (string | Buffer)[] = ["", "null", "[]", "{", '{"type":1}', '{"type":"quality","maxBitrateBps":-5}', '{"type":"ping"}', '{"type":"x","id":{"a":1}}', Buffer.from("{}"), "a".repeat(17_000), '{"__proto__":{"type":"keyframe"}}'];
+  for (const b of bad) {
+    const r = parseControlMessage(b);
+    assert.equal(r.ok, false, String(b).slice(0, 40));
+    if (!r.ok) assert.equal(r.error.type, "error");
+  }
+  const ok = parseControlMessage('{"type":"ping","t":5,"id":"a"}');
+  assert.deepEqual(ok, { ok: true, msg: { type: "ping", t: 5, id: "a" } });
+});
