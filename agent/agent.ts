@@ -7,6 +7,8 @@ import { loadOrCreateSecret } from "./auth/secret.js";
 import { SignalingServer } from "./signaling/server.js";
 import { VERSION } from "./version.js";
 import { openSharedDesktop, type SharedDesktop } from "./desktop/index.js";
+import { DesktopVideoSource } from "./encode/desktop-source.js";
+import { EncodeMetrics } from "./encode/metrics.js";
 import { RtcStage, type VideoSourceFactory } from "./rtc/stage.js";
 
 export interface AgentOptions {
@@ -73,8 +75,16 @@ export class Agent {
     const signaling = this.#signaling;
     this.#metricsServer?.addReadinessCheck("signaling", () => ({ ok: !signaling.closed, detail: "signaling server is closed" }));
     await this.#openDesktop();
-    if (this.#videoSource)
-      this.#rtc = await RtcStage.open({ config: config.rtc, signaling, openSource: this.#videoSource, metrics: this.metrics, log: log.child({ stage: "rtc" }), env: this.#env });
+    // The desktop's video: capture + encoder, opened on the first viewer (unless a test supplies a source).
+    const desktop = this.#desktop;
+    let openSource = this.#videoSource;
+    if (!openSource && desktop) {
+      const encodeMetrics = new EncodeMetrics([this.metrics.registry]);
+      const sourceLog = log.child({ stage: "source" });
+      openSource = () => DesktopVideoSource.open({ config, desktop, log: sourceLog, metrics: encodeMetrics });
+    }
+    if (openSource)
+      this.#rtc = await RtcStage.open({ config: config.rtc, signaling, openSource, metrics: this.metrics, log: log.child({ stage: "rtc" }), env: this.#env });
   }
 
   /** Finds the desktop to share: the user's Wayland session, or (by config, or when none is found) our own. */

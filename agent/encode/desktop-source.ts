@@ -1,0 +1,108 @@
+import type { Config } from "../config/schema.js";
+import type { Logger } from "../log/logger.js";
+import type { SharedDesktop } from "../desktop/index.js";
+import { DesktopCapture } from "../capture/desktop-capture.js";
+import { TypedEmitter } from "../util/events.js";
+import { WlError, errorMessage } from "../util/errors.js";
+import { VideoEncoder } from "./encoder.js";
+import type { EncodeMetrics } from "./metrics.js";
+import type { EncodedSourceEvents, EncodedVideoSource, H264Format, KeyframeReason } from "./types.js";
+
+export interface DesktopVideoSourceOptions {
+  config: Config;
+  desktop: SharedDesktop;
+  log: Logger;
+  metrics?: EncodeMetrics;
+}
+
+/**
+ * The shared desktop as H.264: the portal + PipeWire capture feeding the native encoder, whose thread
+ * reads the capture mailbox directly. The rtc stage opens one when the first viewer arrives and closes
+ * it after the last leaves. Closing stops the encoder, then the capture stream, then the portal session.
+ */
+export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implements EncodedVideoSource {
+  readonly capture: DesktopCapture;
+  readonly encoder: VideoEncoder;
+  readonly #log: Logger;
+  #closing: Promise<void> | undefined;
+  #closed = false;
+
+  private constructor(capture: DesktopCapture, encoder: VideoEncoder, log: Logger) {
+    super();
+    this.capture = capture;
+    this.encoder = encoder;
+    this.#log = log;
+    encoder.on("frame", (f) => this.safeEmit("frame", f));
+    encoder.on("format", (f) => this.safeEmit("format", f));
+    encoder.on("error", (e) => this.safeEmit("error", e));
+    encoder.on("close", () => void this.close());
+    capture.on("ended", (e) => {
+      this.safeEmit("error", new WlError("capture-ended", `screen capture ended (${e.reason}): ${e.message}`));
+      void this.close();
+    });
+  }
+
+  static async open(opts: DesktopVideoSourceOptions): Promise<DesktopVideoSource> {
+    const { config, desktop, log } = opts;
+    const capture = await DesktopCapture.open({ capture: config.capture, stateDir: config.state_dir, busAddress: desktop.env.DBUS_SESSION_BUS_ADDRESS, log });
+    let encoder: VideoEncoder;
+    try {
+      encoder = await VideoEncoder.open({ capture: capture.stream, config: config.encode, log: log.child({ stage: "encode" }), ...(opts.metrics ? { metrics: opts.metrics } : {}) });
+    } catch (err) {
+      await capture.close();
+      throw err;
+    }
+    const source = new DesktopVideoSource(capture, encoder, log);
+    if (desktop.headless) void source.#nudge(desktop);
+    return source;
+  }
+
+  /**
+   * A compositor sends a new cast its first frame only when something changes: on our own idle
+   * headless desktop a viewer would wait for nothing. A one-pixel cursor move there and back makes
+   * sway redraw, so the first viewer sees the screen at once. (On the user's session the user is there.)
+   */
+  async #nudge(desktop: SharedDesktop): Promise<void> {
+    const headless = desktop.headless;
+    if (!headless) return;
+    await new Promise((r) => setTimeout(r, 50));
+    if (this.#closing || this.capture.stream.closed || this.capture.stream.stats().counters.framesReceived > 0) return;
+    try {
+      await headless.swaymsg("seat", "-", "cursor", "move", "1", "0");
+      await headless.swaymsg("seat", "-", "cursor", "move", "-1", "0");
+    } catch (err) {
+      this.#log.debug({ err: errorMessage(err) }, "could not nudge the headless desktop");
+    }
+  }
+
+  get format(): H264Format | null {
+    return this.encoder.closed ? null : this.encoder.format;
+  }
+
+  get targetBitrate(): number {
+    return this.encoder.targetBitrate;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  requestKeyframe(reason: KeyframeReason): void {
+    if (!this.encoder.closed) this.encoder.requestKeyframe(reason);
+  }
+
+  setTargetBitrate(bps: number): void {
+    if (!this.encoder.closed) this.encoder.setTargetBitrate(bps);
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.encoder.close();
+      await this.capture.close();
+      this.#closed = true;
+      this.safeEmit("close");
+      this.removeAllListeners();
+    })();
+    return this.#closing;
+  }
+}
