@@ -5,4 +5,4 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 "$here/setup.sh"
 source "$here/env.sh"
-exec node "$WL_ROOT/dist/agent/cli/main.js" serve "$@"
+exec node "$WL_ROOT/dist/agent/cli/main.js" serve --print-url "$@"
