@@ -45,6 +45,12 @@ cp -r docs "$stage/usr/share/doc/wl-webrtc/"
 cp config/wl-webrtc.toml "$stage/usr/share/doc/wl-webrtc/config.example.toml"
 
 size_kb="$(du -sk "$stage/usr" | cut -f1)"
+# Library packages: whatever the addon really links, looked up with dpkg (as dpkg-shlibdeps would).
+addon=native/build/Release/wl_webrtc.node
+libdeps="$(objdump -p "$addon" | awk '/NEEDED/{print $2}' | while read -r name; do
+  so="$(ldd "$addon" | awk -v n="$name" '$1 == n {print $3}')"
+  if [ -n "$so" ]; then dpkg -S "$(readlink -f "$so")" 2>/dev/null || dpkg -S "$so" 2>/dev/null || true; fi
+done | cut -d: -f1 | sort -u | paste -sd, | sed 's/,/, /g')"
 cat > "$stage/DEBIAN/control" <<CTRL
 Package: wl-webrtc
 Version: $version
@@ -53,7 +59,7 @@ Maintainer: wl-webrtc developers <dev@wl-webrtc.invalid>
 Installed-Size: $size_kb
 Section: net
 Priority: optional
-Depends: libc6, libstdc++6, libpipewire-0.3-0, libavcodec59, libavutil57, libswscale6, dbus, pipewire, xdg-desktop-portal
+Depends: ${libdeps}, dbus, pipewire, xdg-desktop-portal
 Recommends: wireplumber, xdg-desktop-portal-wlr | xdg-desktop-portal-gnome | xdg-desktop-portal-kde
 Suggests: sway
 Homepage: https://example.invalid/wl-webrtc
@@ -66,5 +72,6 @@ CTRL
 
 mkdir -p "$out"
 deb="$out/wl-webrtc_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+# gzip: xz takes minutes on the bundled Node.js for a few MB less.
+dpkg-deb --root-owner-group -Zgzip --build "$stage" "$deb" >/dev/null
 echo "$deb"
