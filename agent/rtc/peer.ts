@@ -79,7 +79,12 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
   #connected = false;
   #closed = false;
   #queue: Promise<void> = Promise.resolve();
-  readonly counters = { framesSent: 0, framesDropped: 0, keyframesSent: 0, packetsSent: 0, bytesSent: 0, packetsRetransmitted: 0, nackedTooOld: 0, nacks: 0, plis: 0, firs: 0 };
+  readonly counters = { framesSent: 0, framesDropped: 0, keyframesSent: 0, packetsSent: 0, bytesSent: 0, packetsRetransmitted: 0, bytesRetransmitted: 0, nackedTooOld: 0, nackedSkipped: 0, nacks: 0, plis: 0, firs: 0 };
+  /** When each history slot's packet was last resent (performance.now() ms; 0: never). */
+  #resentAt: Float64Array;
+  /** Retransmission budget (bytes), refilled at half this viewer's target. */
+  #rtxTokens = 0;
+  #rtxTokensAt = performance.now();
   width = 0;
   height = 0;
 
@@ -91,6 +96,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     const c = opts.config;
     this.abr = new AbrController({ minBps: c.min_bitrate_bps, maxBps: c.max_bitrate_bps, startBps: c.start_bitrate_bps });
     this.#history = new RtpHistory(RtpHistory.sizeFor(c.nack_history_ms, c.max_bitrate_bps, c.max_payload_bytes));
+    this.#resentAt = new Float64Array(this.#history.capacity);
     const min = Math.round(c.playout_delay_min_ms / 10), max = Math.round(c.playout_delay_max_ms / 10);
     this.#playoutPayload = Buffer.from([(min >> 4) & 0xff, ((min & 0xf) << 4) | ((max >> 8) & 0xf), max & 0xff]);
     this.#pc = new RTCPeerConnection({
@@ -231,21 +237,37 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     return Object.values(this.#pc.extIdUriMap).includes(useTransportWideCC().uri);
   }
 
-  /** werift answers NACKs for its last 128 packets; older ones (still in our history) are resent here. */
+  /**
+   * All NACKs are answered here, from our history (werift's own answering is switched off in sendFrame).
+   * werift resends every NACKed packet every time it is NACKed, without limit: on a congested link
+   * (tbf, 5 -> 2 Mbit/s) that tripled the offered load with resends that were dropped again and cut the
+   * target to the minimum. Like libwebrtc, a packet is not resent again within about half an RTT (a
+   * duplicate NACK), and resends are limited to half the viewer's target.
+   */
   #onNack(lost: number[]): void {
     this.counters.nacks++;
     const sender = this.#sender;
     if (!sender) return;
-    const newest = (this.#seq - 1) & 0xffff;
+    const now = performance.now();
+    const budgetBps = this.abr.target / 2 / 8;
+    this.#rtxTokens = Math.min(budgetBps * 0.25, this.#rtxTokens + ((now - this.#rtxTokensAt) / 1000) * budgetBps);
+    this.#rtxTokensAt = now;
+    const minGapMs = Math.max(10, (this.abr.rttMs ?? 50) / 2);
     for (const seq of lost) {
-      const age = (newest - seq) & 0xffff;
-      if (age < WERIFT_HISTORY) continue; // werift has it and already resent it
       const pkt = this.#history.get(seq);
       if (!pkt) {
         this.counters.nackedTooOld++;
         continue;
       }
+      const slot = seq & (this.#history.capacity - 1);
+      if (now - this.#resentAt[slot]! < minGapMs || this.#rtxTokens < pkt.payload.length) {
+        this.counters.nackedSkipped++;
+        continue;
+      }
+      this.#resentAt[slot] = now;
+      this.#rtxTokens -= pkt.payload.length;
       this.counters.packetsRetransmitted++;
+      this.counters.bytesRetransmitted += pkt.payload.length;
       sender.dtlsTransport.sendRtp(pkt.payload, pkt.header).catch(() => undefined);
     }
   }
@@ -275,7 +297,8 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     // its overshoots (keyframes, VBV) must not cost the fastest viewer frames.
     const throttled = target < encoderTargetBps * 0.95;
     if (!throttled) this.#tokens = Math.max(this.#tokens, 0);
-    if (throttled && !frame.keyframe && this.#tokens < -target * 0.5) {
+    // The pacer's backlog is bounded too (a sudden cut of the target leaves bytes queued at the old rate).
+    if (throttled && !frame.keyframe && (this.#tokens < -target * 0.5 || this.#pacedBytes * 8 > target)) {
       this.counters.framesDropped++;
       this.#waitingKeyframe = true;
       this.safeEmit("keyframe", "recovery");
@@ -286,24 +309,75 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
       this.counters.keyframesSent++;
     }
     this.#tokens -= bytes * 8;
-    const ext = this.#playoutExtId !== undefined ? [{ id: this.#playoutExtId, payload: this.#playoutPayload }] : [];
-    const cache = (sender as unknown as { rtpCache?: (RtpPacket | undefined)[] }).rtpCache;
-    for (const p of packets) {
-      const seq = this.#seq;
-      this.#seq = (seq + 1) & 0xffff;
-      p.header.sequenceNumber = seq;
-      p.header.extensions = ext;
-      // sendRtp copies and rewrites the packet synchronously before its first await.
-      sender.sendRtp(p).catch(() => undefined);
-      this.#delay.sent(sender.dtlsTransport.transportSequenceNumber, now);
-      // Keep what werift really sent (its SSRC, payload type, MID and transport-cc extensions).
-      const sent = cache?.[seq % WERIFT_HISTORY];
-      if (sent && sent.header.sequenceNumber === seq) this.#history.put(seq, sent);
-      this.counters.packetsSent++;
-    }
     this.counters.framesSent++;
     this.counters.bytesSent += bytes;
+    if (throttled || this.#paced.length > 0) {
+      // A throttled viewer gets frames sized for the fastest viewer's rate: sent as one burst, a frame
+      // overflows a slow link's bottleneck queue (seen: 30 % of every frame lost on a 1.5 Mbit/s tbf with
+      // a 100 ms queue, loss > 10 % cut the target to the minimum, 1 fps). Paced at a little over its
+      // target, the queue stays short. Packets keep their order; the token bucket bounds the backlog.
+      for (const p of packets) {
+        this.#paced.push(p);
+        this.#pacedBytes += p.payload.length;
+      }
+      this.#drainPaced();
+      return true;
+    }
+    for (const p of packets) this.#sendPacket(sender, p, now);
     return true;
+  }
+
+  /** Packets waiting for this viewer's pacer (shared objects: the header is set when each one is sent). */
+  #paced: RtpPacket[] = [];
+  #pacedHead = 0;
+  #pacedBytes = 0;
+  #paceCredit = 0;
+  #paceAt = 0;
+  #paceTimer: NodeJS.Timeout | undefined;
+
+  #drainPaced(): void {
+    const sender = this.#sender;
+    if (this.#closed || !sender) return;
+    const now = performance.now();
+    const rate = (this.abr.target * 1.25) / 8; // bytes per second
+    if (this.#paceTimer === undefined) this.#paceAt = now; // idle until now: no credit saved up
+    this.#paceTimer = undefined;
+    // At most ~2 packets of credit: a short burst, never a whole frame.
+    this.#paceCredit = Math.min(this.#paceCredit + ((now - this.#paceAt) / 1000) * rate, 2500);
+    this.#paceAt = now;
+    while (this.#pacedHead < this.#paced.length && this.#paceCredit > 0) {
+      const p = this.#paced[this.#pacedHead++]!;
+      this.#paceCredit -= p.payload.length + 40;
+      this.#pacedBytes -= p.payload.length;
+      this.#sendPacket(sender, p, now);
+    }
+    if (this.#pacedHead >= this.#paced.length) {
+      this.#paced = [];
+      this.#pacedHead = 0;
+      this.#pacedBytes = 0;
+      return;
+    }
+    this.#paceTimer = setTimeout(() => this.#drainPaced(), 5);
+  }
+
+  #sendPacket(sender: RTCRtpSender, p: RtpPacket, now: number): void {
+    const seq = this.#seq;
+    this.#seq = (seq + 1) & 0xffff;
+    p.header.sequenceNumber = seq;
+    p.header.extensions = this.#playoutExtId !== undefined ? [{ id: this.#playoutExtId, payload: this.#playoutPayload }] : [];
+    // sendRtp copies and rewrites the packet synchronously before its first await.
+    sender.sendRtp(p).catch(() => undefined);
+    this.#delay.sent(sender.dtlsTransport.transportSequenceNumber, now);
+    // Keep what werift really sent (its SSRC, payload type, MID and transport-cc extensions).
+    const cache = (sender as unknown as { rtpCache?: (RtpPacket | undefined)[] }).rtpCache;
+    const sent = cache?.[seq % WERIFT_HISTORY];
+    if (sent && sent.header.sequenceNumber === seq) {
+      this.#history.put(seq, sent);
+      this.#resentAt[seq & (this.#history.capacity - 1)] = 0;
+      // Take NACK answering over from werift (it finds nothing in its cache): see #onNack.
+      cache![seq % WERIFT_HISTORY] = undefined;
+    }
+    this.counters.packetsSent++;
   }
 
   /** Sends on the control channel, if open. */
@@ -414,6 +488,8 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#closed = true;
     this.#connected = false;
     if (this.#statsTimer) clearInterval(this.#statsTimer);
+    if (this.#paceTimer) clearTimeout(this.#paceTimer);
+    this.#paced = [];
     for (const u of this.#unsubs) u();
     this.#history.clear();
     this.#pc.close().catch(() => undefined);

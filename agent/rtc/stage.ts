@@ -28,8 +28,26 @@ export interface RtcStageOptions {
   sourceLingerMs?: number;
 }
 
+/** One frame's timing through the stage (benches); all wall clock ms (performance.timeOrigin + now). */
+export interface FrameSentTrace {
+  seq: number;
+  rtpTimestamp: number;
+  keyframe: boolean;
+  bytes: number;
+  /** PipeWire delivered the source frame (EncodedFrame.captureTimeMs). */
+  captureTimeMs: number;
+  /** The encoded frame reached JavaScript (EncodedFrame.readyTimeMs). */
+  readyTimeMs: number;
+  /** The last RTP packet to the last viewer was encrypted and handed to the socket (werift does both synchronously). */
+  sentTimeMs: number;
+  /** Viewers the frame went to. */
+  viewers: number;
+}
+
 export type RtcStageEvents = {
   viewer: [PeerSession];
+  /** Emitted only while someone listens (benches): the cost when unused is one listenerCount() per frame. */
+  frameSent: [FrameSentTrace];
   close: [];
 };
 
@@ -239,7 +257,14 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     if (this.#peers.size === 0 || !this.#packetizer) return;
     const packets = this.#packetizer.packetize(f.data, f.rtpTimestamp >>> 0);
     const encoderTarget = src.targetBitrate;
-    for (const p of this.#peers.values()) p.sendFrame(f, packets, f.data.length, encoderTarget);
+    let sentTo = 0;
+    for (const p of this.#peers.values()) if (p.sendFrame(f, packets, f.data.length, encoderTarget)) sentTo++;
+    if (this.listenerCount("frameSent") > 0) {
+      this.safeEmit("frameSent", {
+        seq: f.seq, rtpTimestamp: f.rtpTimestamp >>> 0, keyframe: f.keyframe, bytes: f.data.length,
+        captureTimeMs: f.captureTimeMs, readyTimeMs: f.readyTimeMs, sentTimeMs: performance.timeOrigin + performance.now(), viewers: sentTo,
+      });
+    }
   }
 
   #requestKeyframe(reason: KeyframeReason, viewer: string): void {
