@@ -59,6 +59,10 @@ if ! [ -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
   cp package-lock.json "$stamp"
 fi
 
-echo "setup: building"
-npm run --silent build
+echo "setup: building (log: .build.log)"
+if ! npm run --silent build > .build.log 2>&1; then
+  tail -n 60 .build.log >&2
+  echo "setup: the build failed; the whole log is in .build.log" >&2
+  exit 1
+fi
 echo "setup: done"

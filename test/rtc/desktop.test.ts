@@ -62,6 +62,9 @@ test("a browser receives 30 s of the 1080p desktop: frames keep decoding at the 
       return (s.framesDecoded ?? 0) > 0 ? s : undefined;
     }, 15_000);
     const firstFrameMs = Date.now() - t0;
+    // What the user sees: the video, and no sign-in form over it.
+    assert.equal(await page.locator("#signin").isVisible(), false, "the sign-in form is hidden while streaming");
+    assert.equal(await page.locator("#screen").isVisible(), true);
     let prev = first.framesDecoded!;
     const samples: number[] = [];
     for (let i = 0; i < 6; i++) {
