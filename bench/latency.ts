@@ -1,0 +1,190 @@
+/**
+ * Glass-to-glass latency of the whole pipeline on real parts (issue 5).
+ *   node dist/bench/latency.js [--seconds 60] [--fps 30,60] [--bitrate-kbps 6000]
+ *
+ * Source: Chromium (kiosk, software rendering) inside the agent's headless sway shows
+ * bench/pages/counter.html, which paints a frame counter as a block pattern on every rAF and records the
+ * rAF's wall-clock time. Agent: capture (xdpw + PipeWire) -> x264 -> werift; its rtc stage's `frameSent`
+ * trace gives, per frame, when PipeWire delivered it and when its last RTP packet was handed to the socket.
+ * Receiver: a second, headless Chromium running the web client; a requestVideoFrameCallback reader copies a
+ * 1280x2 rect of each decoded frame (VideoFrame.copyTo), decodes the counter and keeps the frame's
+ * receiveTime and expectedDisplayTime. Frames are joined by counter (paint) and RTP timestamp (agent).
+ * All times are wall-clock ms (pages: performance.timeOrigin + t; agent: the same in Node; native capture
+ * time: CLOCK_REALTIME); the offsets of each clock to Date.now() are printed.
+ *
+ * Segments: paint -> capture (source app + sway + xdpw: not ours), capture -> sent (ours: encoder + rtc),
+ * sent -> received (loopback + Chromium's jitter buffer up to the last packet), received -> presented
+ * (decode + Chromium's compositor tick), total = paint -> presented.
+ * Targets at 1080p60: capture->sent p50 <= 8 ms, p99 <= 20 ms; total p95 <= 1.5 x total p50; received
+ * fps >= 55; received->presented p50 <= 10 ms. Last line: one JSON object.
+ */
+import { startTestAgent } from "../test/helpers/agent.js";
+import { TestBrowser } from "../test/helpers/browser.js";
+import type { FrameSentTrace } from "../agent/rtc/stage.js";
+import type { DesktopVideoSource } from "../agent/encode/desktop-source.js";
+import { framesDecoded, nodeClockOffsetMs, openSourcePage, pageClockOffsetMs, RECEIVER_SCRIPT } from "./pages/harness.js";
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : def;
+}
+const seconds = Number(arg("seconds", "60"));
+const rates = arg("fps", "30,60").split(",").map(Number);
+const bitrateKbps = Number(arg("bitrate-kbps", "6000"));
+const WARMUP_S = 3;
+
+export interface Pcts {
+  p50: number;
+  p95: number;
+  p99: number;
+  n: number;
+}
+function pcts(xs: number[]): Pcts {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  const at = (q: number): number => (s.length ? Math.round(s[Math.min(s.length - 1, Math.floor(q * s.length))]! * 10) / 10 : NaN);
+  return { p50: at(0.5), p95: at(0.95), p99: at(0.99), n: s.length };
+}
+const loadavg = async (): Promise<number> => Number((await import("node:os")).loadavg()[0]!.toFixed(2));
+
+type Rec = [number, number, number, number, number, number];
+
+async function run(fps: number): Promise<Record<string, unknown>> {
+  const t = await startTestAgent({
+    desktop: { mode: "headless", width: 1920, height: 1080, refresh_hz: fps },
+    encode: { backends: ["x264"], max_fps: fps, bitrate_kbps: bitrateKbps },
+    rtc: { start_bitrate_bps: bitrateKbps * 1000 },
+    metrics: { enabled: false },
+  });
+  let browser: TestBrowser | undefined;
+  let src: Awaited<ReturnType<typeof openSourcePage>> | undefined;
+  try {
+    const desktop = t.agent.desktop?.headless;
+    if (!desktop) throw new Error("the agent has no headless desktop");
+    src = await openSourcePage(desktop);
+    browser = await TestBrowser.launch();
+    const page = await browser.context.newPage();
+    const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 3600, subject: "latency-bench" });
+    await page.goto(`${t.httpUrl}/#token=${token}`);
+    const end = Date.now() + 20_000;
+    while ((await framesDecoded(page)) === 0) {
+      if (Date.now() > end) throw new Error("no decoded frame within 20 s");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    if (!(await page.evaluate(RECEIVER_SCRIPT))) throw new Error("the receiving page has no video with requestVideoFrameCallback");
+
+    const traces = new Map<number, FrameSentTrace>();
+    const rtc = t.agent.rtc!;
+    rtc.on("frameSent", (tr) => traces.set(tr.rtpTimestamp, tr));
+    await new Promise((r) => setTimeout(r, WARMUP_S * 1000));
+    await page.evaluate("window.wlBench.records = []; window.wlBench.frames = 0; window.wlBench.readMs = 0");
+    const offsets0 = { node: nodeClockOffsetMs(), source: await pageClockOffsetMs(src.page), receiver: await pageClockOffsetMs(page) };
+    const source = rtc.source as DesktopVideoSource;
+    const pipe = (): { captured: number; encoded: number; dropped: Record<string, number>; encodeUsSum: number; convertUsSum: number; waitUsSum: number } => {
+      const e = source.encoder.stats();
+      return { captured: source.capture.stream.stats().counters.framesReceived, encoded: e.framesEncoded, dropped: { ...e.dropped }, encodeUsSum: e.encode.sumUs, convertUsSum: e.convert.sumUs, waitUsSum: e.wait.sumUs };
+    };
+    const p0 = pipe();
+    const dec0 = await framesDecoded(page);
+    const load0 = await loadavg();
+    const t0 = performance.now();
+    const sent0 = traces.size;
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    const dt = (performance.now() - t0) / 1000;
+    const dec1 = await framesDecoded(page);
+    const p1 = pipe();
+    const encoded = p1.encoded - p0.encoded;
+    const pipeline = {
+      capturedFps: Math.round(((p1.captured - p0.captured) / dt) * 10) / 10,
+      encodedFps: Math.round((encoded / dt) * 10) / 10,
+      encoderDropped: Object.fromEntries(Object.keys(p1.dropped).map((k) => [k, p1.dropped[k]! - p0.dropped[k]!])),
+      encodeMsPerFrame: Math.round(((p1.encodeUsSum - p0.encodeUsSum) / 1000 / Math.max(1, encoded)) * 100) / 100,
+      convertMsPerFrame: Math.round(((p1.convertUsSum - p0.convertUsSum) / 1000 / Math.max(1, encoded)) * 100) / 100,
+      // How long the encoder thread sat idle before each frame came (not part of any frame's latency).
+      waitMsPerFrame: Math.round(((p1.waitUsSum - p0.waitUsSum) / 1000 / Math.max(1, encoded)) * 100) / 100,
+    };
+    const sentFrames = traces.size - sent0;
+    const bench = (await page.evaluate("({ records: window.wlBench.records, frames: window.wlBench.frames, readMs: window.wlBench.readMs, error: window.wlBench.error })")) as { records: Rec[]; frames: number; readMs: number; error?: string };
+    const paints = (await src.page.evaluate("window.paints")) as (number | null)[];
+    const offsets1 = { node: nodeClockOffsetMs(), source: await pageClockOffsetMs(src.page), receiver: await pageClockOffsetMs(page) };
+    const load1 = await loadavg();
+
+    const seg = { paintToCapture: [] as number[], captureToSent: [] as number[], sentToReceived: [] as number[], receivedToPresented: [] as number[], receivedToSubmitted: [] as number[], total: [] as number[] };
+    let unreadable = 0;
+    let unmatched = 0;
+    for (const [counter, rtp, received, submitted, presented] of bench.records) {
+      if (counter < 0) {
+        unreadable++;
+        continue;
+      }
+      const paint = paints[counter];
+      const tr = traces.get(rtp >>> 0);
+      if (typeof paint !== "number" || !tr) {
+        unmatched++;
+        continue;
+      }
+      seg.paintToCapture.push(tr.captureTimeMs - paint);
+      seg.captureToSent.push(tr.sentTimeMs - tr.captureTimeMs);
+      seg.sentToReceived.push(received - tr.sentTimeMs);
+      seg.receivedToPresented.push(presented - received);
+      seg.receivedToSubmitted.push(submitted - received);
+      seg.total.push(presented - paint);
+    }
+    // The agent's own split of capture -> sent over every frame sent (not only those the reader saw).
+    const all = [...traces.values()];
+    const captureToReady = pcts(all.map((x) => x.readyTimeMs - x.captureTimeMs));
+    const readyToSent = pcts(all.map((x) => x.sentTimeMs - x.readyTimeMs));
+
+    const res = {
+      fps,
+      seconds: Math.round(dt),
+      total: pcts(seg.total),
+      paintToCapture: pcts(seg.paintToCapture),
+      captureToSent: pcts(seg.captureToSent),
+      sentToReceived: pcts(seg.sentToReceived),
+      receivedToPresented: pcts(seg.receivedToPresented),
+      receivedToSubmitted: pcts(seg.receivedToSubmitted),
+      captureToReady,
+      readyToSent,
+      receivedFps: Math.round(((dec1 - dec0) / dt) * 10) / 10,
+      rvfcFps: Math.round((bench.frames / dt) * 10) / 10,
+      sentFps: Math.round((sentFrames / dt) * 10) / 10,
+      pipeline,
+      readerMsPerFrame: Math.round((bench.readMs / Math.max(1, bench.frames)) * 100) / 100,
+      unreadable,
+      unmatched,
+      clockOffsetsMs: { start: offsets0, end: offsets1 },
+      loadavg: { start: load0, end: load1 },
+      ...(bench.error ? { readerError: bench.error } : {}),
+    };
+    const f = (p: Pcts): string => `p50 ${p.p50} p95 ${p.p95} p99 ${p.p99} (n=${p.n})`;
+    console.log(`# 1080p${fps}, ${res.seconds} s, load ${load0} -> ${load1}`);
+    console.log(`  total (paint -> presented) ${f(res.total)}`);
+    console.log(`  paint -> capture (source app + sway + portal) ${f(res.paintToCapture)}`);
+    console.log(`  capture -> sent (ours) ${f(res.captureToSent)}  [capture -> encoded in JS ${f(captureToReady)}; JS -> sent ${f(readyToSent)}]`);
+    console.log(`  sent -> received ${f(res.sentToReceived)}`);
+    console.log(`  received -> presented ${f(res.receivedToPresented)}  [received -> submitted ${f(res.receivedToSubmitted)}]`);
+    console.log(`  fps: sent ${res.sentFps}, decoded ${res.receivedFps}, rVFC ${res.rvfcFps}; reader ${res.readerMsPerFrame} ms/frame; unreadable ${unreadable}, unmatched ${unmatched}`);
+    console.log(`  pipeline: captured ${pipeline.capturedFps} fps, encoded ${pipeline.encodedFps} fps, (encoder idle ${pipeline.waitMsPerFrame}) convert ${pipeline.convertMsPerFrame} + x264 ${pipeline.encodeMsPerFrame} ms/frame, encoder drops ${JSON.stringify(pipeline.encoderDropped)}`);
+    console.log(`  clock offsets to Date.now() (ms): ${JSON.stringify(res.clockOffsetsMs)}`);
+    await page.close();
+    return res;
+  } finally {
+    await browser?.close();
+    await src?.close();
+    await t.close();
+  }
+}
+
+const results: Record<string, unknown>[] = [];
+for (const fps of rates) results.push(await run(fps));
+const r60 = results.find((r) => r.fps === 60) as { captureToSent: Pcts; total: Pcts; receivedFps: number; receivedToPresented: Pcts } | undefined;
+const targets = r60
+  ? {
+      captureToSentP50: { value: r60.captureToSent.p50, target: 8, ok: r60.captureToSent.p50 <= 8 },
+      captureToSentP99: { value: r60.captureToSent.p99, target: 20, ok: r60.captureToSent.p99 <= 20 },
+      noBacklogP95OverP50: { value: Math.round((r60.total.p95 / r60.total.p50) * 100) / 100, target: 1.5, ok: r60.total.p95 <= 1.5 * r60.total.p50 },
+      receivedFps: { value: r60.receivedFps, target: 55, ok: r60.receivedFps >= 55 },
+      receivedToPresentedP50: { value: r60.receivedToPresented.p50, target: 10, ok: r60.receivedToPresented.p50 <= 10 },
+    }
+  : undefined;
+console.log(JSON.stringify({ bench: "latency", seconds, bitrateKbps, results, targets1080p60: targets }));

@@ -1,0 +1,180 @@
+/**
+ * Shared by bench/latency.ts, bench/cost.ts and test/rtc/pipeline.test.ts: a Chromium page on the
+ * captured desktop (counter.html, kiosk, inside the agent's headless sway) and a reader injected into
+ * the receiving web client page that decodes the counter from each decoded frame.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium, type Browser, type Page } from "playwright-core";
+import type { HeadlessDesktop } from "../../agent/desktop/headless.js";
+import { CHROMIUM } from "../../test/helpers/browser.js";
+
+/** bench/pages/counter.html in the source tree (this file runs from dist/bench/pages/). */
+export const COUNTER_PAGE = fileURLToPath(new URL("../../../bench/pages/counter.html", import.meta.url));
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === "object" && a ? a.port : 0));
+    });
+  });
+}
+
+export interface SourcePage {
+  page: Page;
+  pid: number;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts Chromium as a Wayland client of the desktop (fullscreen kiosk: page pixel (x, y) is screen pixel
+ * (x, y)) showing counter.html, and connects to it over CDP. Killed by its pid on close.
+ */
+export async function openSourcePage(desktop: HeadlessDesktop, query = ""): Promise<SourcePage> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "wl-src-chromium-"));
+  const child = await desktop.spawnClient(CHROMIUM, [
+    "--ozone-platform=wayland", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check", "--test-type",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--kiosk",
+    "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
+    `--remote-debugging-port=${port}`, "--remote-debugging-address=127.0.0.1", `--user-data-dir=${dir}`,
+    `file://${COUNTER_PAGE}${query}`,
+  ], { name: "source-chromium" });
+  const kill = (): void => {
+    try {
+      if (child.pid !== undefined) process.kill(child.pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  };
+  let browser: Browser | undefined;
+  try {
+    const end = Date.now() + 20_000;
+    for (;;) {
+      try {
+        browser = await chromium.connectOverCDP(`http://127.0.0.1:${port}`, { timeout: 2000 });
+        break;
+      } catch (err) {
+        if (Date.now() > end || child.exitCode !== null) throw new Error(`source Chromium on the desktop did not start: ${String(err)}`, { cause: err });
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+    let page: Page | undefined;
+    while (!page) {
+      page = browser.contexts()[0]?.pages().find((p) => p.url().includes("counter.html"));
+      if (!page) {
+        if (Date.now() > end) throw new Error("counter page not found in the source Chromium");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    await page.waitForFunction("window.counter > 10", undefined, { timeout: 15_000 });
+    const b = browser;
+    return {
+      page,
+      pid: child.pid!,
+      close: async () => {
+        await b.close().catch(() => undefined);
+        kill();
+        if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once("exit", r));
+        rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+      },
+    };
+  } catch (err) {
+    await browser?.close().catch(() => undefined);
+    kill();
+    rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    throw err;
+  }
+}
+
+/**
+ * Injected into the receiving page (the web client): on every requestVideoFrameCallback, copies only a
+ * 1280x2 rect of the decoded frame across the pattern (VideoFrame.copyTo, ~0.2 ms; a full readback is
+ * ~20 ms at 1080p) and records the counter with the frame's metadata. `window.wlBench.mark()` reads the
+ * mean luma of the mark square (counter.html setMark) as well, for the pipeline test: markSeenAt (receive time)
+ * and markSeenDecodedAt (the rVFC time) of the first frame that shows it.
+ * Records: [counter|-1, rtpTimestamp, receiveTime, presentationTime, expectedDisplayTime, callbackNow], the
+ * times as wall-clock ms (performance.timeOrigin + t).
+ */
+export const RECEIVER_SCRIPT = `(() => {
+  if (window.wlBench) return true;
+  const video = document.querySelector("video");
+  if (!video || !("requestVideoFrameCallback" in video)) return false;
+  const T0 = performance.timeOrigin;
+  const B = { records: [], frames: 0, readMs: 0, watchMark: false, markSeenAt: 0, markSeenDecodedAt: 0, markLuma: 0 };
+  window.wlBench = B;
+  async function luma(vf, rect) {
+    const buf = new Uint8Array(vf.allocationSize({ rect }));
+    const layout = await vf.copyTo(buf, { rect });
+    const f = vf.format || "";
+    if (f.startsWith("I4") || f.startsWith("NV12")) return { buf, off: layout[0].offset, stride: layout[0].stride, step: 1 };
+    return { buf, off: layout[0].offset + 1, stride: layout[0].stride, step: 4 }; // RGBx/BGRx: green
+  }
+  async function onFrame(now, meta) {
+    video.requestVideoFrameCallback(onFrame);
+    B.frames++;
+    let vf;
+    try {
+      vf = new VideoFrame(video);
+      const t = performance.now();
+      let counter = -1;
+      if (vf.codedWidth >= 1280) {
+        const l = await luma(vf, { x: 0, y: 20, width: 1280, height: 2 });
+        let v = 0, ok = true;
+        for (let i = 0; i < 16; i++) {
+          const a = l.buf[l.off + (i * 40 + 20) * l.step] > 128 ? 1 : 0;
+          const b = l.buf[l.off + ((i + 16) * 40 + 20) * l.step] > 128 ? 1 : 0;
+          if (a === b) { ok = false; break; }
+          v = (v << 1) | a;
+        }
+        if (ok) counter = v;
+      }
+      if (B.watchMark) {
+        const m = await luma(vf, { x: 480, y: 480, width: 40, height: 40 });
+        let s = 0;
+        for (let y = 0; y < 40; y++) for (let x = 0; x < 40; x++) s += m.buf[m.off + y * m.stride + x * m.step];
+        B.markLuma = s / 1600;
+        if (B.markLuma > 128 && !B.markSeenAt) {
+          B.markSeenAt = T0 + (meta.receiveTime ?? now);
+          B.markSeenDecodedAt = T0 + now;
+        }
+      }
+      B.readMs += performance.now() - t;
+      B.records.push([counter, meta.rtpTimestamp ?? -1, T0 + (meta.receiveTime ?? NaN), T0 + meta.presentationTime, T0 + meta.expectedDisplayTime, T0 + now]);
+    } catch (e) {
+      B.error = String(e);
+    } finally {
+      if (vf) vf.close();
+    }
+  }
+  video.requestVideoFrameCallback(onFrame);
+  return true;
+})()`;
+
+/** `Date.now() - (performance.timeOrigin + performance.now())` in a page: how far its clock is from the wall clock. */
+export async function pageClockOffsetMs(page: Page): Promise<number> {
+  return page.evaluate("Date.now() - (performance.timeOrigin + performance.now())");
+}
+
+/** The same in this process. */
+export function nodeClockOffsetMs(): number {
+  return Date.now() - (performance.timeOrigin + performance.now());
+}
+
+/** framesDecoded of the page's inbound video (0 before the peer connection has any). */
+export async function framesDecoded(page: Page): Promise<number> {
+  return page.evaluate(`(async () => {
+    const pc = window.wl && window.wl.pc;
+    if (!pc) return 0;
+    let f = 0, r;
+    try { r = await pc.getStats(); } catch { return 0; }
+    r.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") f = Number(s.framesDecoded || 0); });
+    return f;
+  })()`);
+}
