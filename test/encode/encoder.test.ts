@@ -176,9 +176,16 @@ describe("encoding fed frames", { timeout: 120_000 }, () => {
     try {
       // Pushed back to back (~1 ms apart), far faster than 1080p encodes on one thread.
       for (let i = 0; i < 40; i++) f.push(frames[i % 4]!, W, H, W * 4, "BGRx", null);
-      await sleep(500);
+      // Until the last frame was taken and its unit reached JS (a loaded 2-core machine is slow).
+      const deadline = performance.now() + 10_000;
+      let s = enc.stats();
+      while ((s.framesIn + s.dropped.busy < 40 || c.frames.length < s.framesEncoded) && performance.now() < deadline) {
+        await sleep(50);
+        s = enc.stats();
+      }
+      await sleep(100);
       const out = c.stop();
-      const s = enc.stats();
+      s = enc.stats();
       assert.ok(s.dropped.busy > 0, `busy drops ${s.dropped.busy}`);
       assert.equal(s.framesIn + s.dropped.busy, 40, "every pushed frame was either taken or counted as dropped");
       assert.ok(out.length < 40 && out.length === s.framesEncoded);

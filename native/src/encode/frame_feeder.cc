@@ -137,8 +137,12 @@ void FrameFeeder::Close() {
   if (closed_.exchange(true)) return;
   cv_.notify_all();
   StopPlayer();
+  // Loaded frames can be gigabytes (4K bench): free them now, not when the JS wrapper is collected.
+  loaded_.clear();
+  loaded_.shrink_to_fit();
   std::lock_guard<std::mutex> lock(mu_);
   slot_ = capture::LatestFrame();
+  latest_.reset();
 }
 
 capture::LatestFrame FrameFeeder::WaitLatest(std::chrono::nanoseconds timeout) {

@@ -18,7 +18,7 @@ std::string AvError(int err) {
 
 void LavcBackend::ApplyRate(AVCodecContext* ctx, uint32_t bps, double real_fps) const {
   const double real = std::max(1.0, real_fps);
-  const double scaled = static_cast<double>(bps) * static_cast<double>(nominal_fps_) / real;
+  const double scaled = rate_gain_ * static_cast<double>(bps) * static_cast<double>(nominal_fps_) / real;
   ctx->bit_rate = static_cast<int64_t>(scaled);
   ctx->rc_max_rate = static_cast<int64_t>(scaled);
   // A VBV of about one frame at the real rate: no frame may take much longer than a frame interval to send.

@@ -34,6 +34,8 @@ class LavcBackend : public Backend {
    *  frame rate input costs libx264 a frame of delay), so the rate is scaled by nominal / real. */
   void ApplyRate(AVCodecContext* ctx, uint32_t bps, double real_fps) const;
   uint32_t nominal_fps_ = 60;
+  // Bitrate and VBV rate handed to the encoder per bit of target (see X264Backend).
+  double rate_gain_ = 1.0;
   double real_fps_ = 60;
 
   EncoderConfig cfg_;

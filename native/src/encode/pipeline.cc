@@ -62,12 +62,7 @@ void Histogram::Add(double us) {
 Pipeline::Pipeline(std::shared_ptr<capture::LatestFrameSource> source, const PipelineConfig& config, PipelineSink* sink)
     : source_(std::move(source)), config_(config), sink_(sink) {}
 
-Pipeline::~Pipeline() {
-  Stop();
-  if (sws_ != nullptr) sws_freeContext(sws_);
-  if (converted_ != nullptr) av_frame_free(&converted_);
-  if (src_frame_ != nullptr) av_frame_free(&src_frame_);
-}
+Pipeline::~Pipeline() { Stop(); }
 
 std::unique_ptr<Pipeline> Pipeline::Create(std::shared_ptr<capture::LatestFrameSource> source, const PipelineConfig& config,
                                            PipelineSink* sink, std::string* error, std::vector<PipelineEvent>* open_events) {
@@ -182,10 +177,15 @@ void Pipeline::Start() {
 }
 
 void Pipeline::Stop() {
-  stop_.store(true);
-  stop_cv_.notify_all();
+  stop_.store(true);  // the thread sees it within one WaitLatest timeout (<= 100 ms)
   if (thread_.joinable()) thread_.join();
+  // Everything that owns threads (the encoder's slice threads, swscale's) goes now, not at GC.
   if (backend_) backend_->Close();
+  if (sws_ != nullptr) sws_freeContext(sws_);
+  sws_ = nullptr;
+  if (converted_ != nullptr) av_frame_free(&converted_);
+  if (src_frame_ != nullptr) av_frame_free(&src_frame_);
+  converted_from_ = nullptr;
 }
 
 PipelineStats Pipeline::Stats() const {
@@ -278,6 +278,13 @@ bool Pipeline::Convert(const capture::Frame& frame, const capture::FramePtr& kee
   }
   const AVPixelFormat dst = backend_->InputFormat();
   const int w = static_cast<int>(frame.width), h = static_cast<int>(frame.height);
+  // A refresh re-encodes the frame converted last time: the converted picture is still there.
+  if (converted_ != nullptr && converted_from_ == &frame && converted_seq_ == frame.seq && converted_->format == dst &&
+      converted_->width == w && converted_->height == h) {
+    return true;
+  }
+  converted_from_ = &frame;
+  converted_seq_ = frame.seq;
   if (dst == src) {
     // NVENC takes 32-bit RGB as it is: hand it the capture buffer itself, kept alive by a reference.
     if (converted_ == nullptr) converted_ = av_frame_alloc();
@@ -310,6 +317,7 @@ bool Pipeline::Convert(const capture::Frame& frame, const capture::FramePtr& kee
       sws_freeContext(sws_);
       sws_ = nullptr;
       *error = "swscale cannot convert " + frame.format_name + " to the encoder's format";
+      converted_from_ = nullptr;
       return false;
     }
     // BT.709 limited range, as the encoders' VUI announces.
@@ -329,12 +337,14 @@ bool Pipeline::Convert(const capture::Frame& frame, const capture::FramePtr& kee
     converted_->height = h;
     if (av_frame_get_buffer(converted_, 64) < 0) {
       *error = "out of memory for the converted frame";
+      converted_from_ = nullptr;
       return false;
     }
   }
   // Persistent buffer; only if the encoder still references the last one is a new one allocated.
   if (av_frame_make_writable(converted_) < 0) {
     *error = "out of memory for the converted frame";
+      converted_from_ = nullptr;
     return false;
   }
   // The source frame wraps the capture buffer (kept alive by a reference): sws_scale_frame refs it
@@ -352,6 +362,7 @@ bool Pipeline::Convert(const capture::Frame& frame, const capture::FramePtr& kee
   av_frame_unref(src_frame_);
   if (r < 0) {
     *error = "swscale failed: " + AvError(r);
+      converted_from_ = nullptr;
     return false;
   }
   return true;
@@ -424,7 +435,8 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
     if (s == Status::kOk && !unit.data.empty()) {
       auto out = std::make_unique<EncodedOutput>();
       h264::ParameterSets sets;
-      const h264::AuInfo info = h264::Inspect(unit.data.data(), unit.data.size(), &sets);
+      // Only key units can hold an IDR or parameter sets: P frames (nearly all of them) are not scanned.
+      const h264::AuInfo info = unit.keyframe ? h264::Inspect(unit.data.data(), unit.data.size(), &sets) : h264::AuInfo{};
       if (info.has_sps) {
         const std::string plid = h264::ProfileLevelId(sets.sps.data(), sets.sps.size());
         sps_ = sets.sps;

@@ -141,8 +141,6 @@ class Pipeline {
   PipelineSink* const sink_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
-  std::mutex stop_mu_;
-  std::condition_variable stop_cv_;
   std::atomic<bool> keyframe_{false};
   std::atomic<uint32_t> pending_bitrate_{0};
   std::atomic<uint32_t> pending_fps_{0};
@@ -154,6 +152,8 @@ class Pipeline {
   bool force_idr_ = true;
   AVFrame* converted_ = nullptr;      // the backend's input (persistent, refcounted)
   AVFrame* src_frame_ = nullptr;      // wraps the capture buffer for sws_scale_frame
+  const capture::Frame* converted_from_ = nullptr;  // what converted_ holds (refreshes reuse it)
+  uint64_t converted_seq_ = 0;
   SwsContext* sws_ = nullptr;
   int sws_src_fmt_ = -1;
   uint32_t sws_w_ = 0, sws_h_ = 0;
