@@ -25,6 +25,9 @@ Usage:
       Ask the portal for the screen, capture for N seconds (default 5), print fps, size, format, buffer
       type and damage; --json: the last line is one JSON object. --animate: on a headless desktop, run a
       terminal that scrolls text.
+  wl-webrtc probe [--json] [--config FILE]
+      What this machine can do: the native addon, the H.264 encoders (each available or why not, and
+      which one [encode] backends would pick).
   wl-webrtc config check [FILE]
       Validate a configuration file (default: $XDG_CONFIG_HOME/wl-webrtc/config.toml) and print the
       effective configuration.
@@ -59,6 +62,8 @@ async function main(argv: string[]): Promise<number> {
       return configCommand(rest);
     case "capture-test":
       return captureTestCommand(rest);
+    case "probe":
+      return probeCommand(rest);
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}`);
   }
@@ -165,6 +170,22 @@ async function configCommand(args: string[]): Promise<number> {
   process.stderr.write(`${file ?? "no configuration file found; defaults"}: ok\n`);
   process.stdout.write(renderConfig(config));
   return ExitCode.ok;
+}
+
+async function probeCommand(args: string[]): Promise<number> {
+  const { values } = parse(args, { json: { type: "boolean" }, config: { type: "string", short: "c" } });
+  if (values.help) return help();
+  const { config } = loadConfig(values.config as string | undefined);
+  const { probeEncoders, formatProbes, firstAvailable } = await import("../encode/probe.js");
+  const probes = probeEncoders();
+  const chosen = firstAvailable(probes, config.encode.backends);
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify({ encoders: probes, chosen: chosen ?? null, priority: config.encode.backends })}\n`);
+  } else {
+    process.stdout.write(`${formatProbes(probes)}\n`);
+    process.stdout.write(chosen ? `encoder: ${chosen} (first available of [encode] backends = ${JSON.stringify(config.encode.backends)})\n` : `encoder: none of ${JSON.stringify(config.encode.backends)} is available here\n`);
+  }
+  return chosen ? ExitCode.ok : ExitCode.unsupported;
 }
 
 async function captureTestCommand(args: string[]): Promise<number> {

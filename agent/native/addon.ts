@@ -26,6 +26,7 @@ const DEBIAN_PACKAGE_OF: Record<string, string> = {
   "libswscale.so.6": "libswscale6",
   "libx264.so.164": "libx264-164",
   "libva.so.2": "libva2",
+  "libopenh264.so.7": "libopenh264-7",
   "libstdc++.so.6": "libstdc++6",
 };
 

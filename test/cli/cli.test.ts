@@ -157,3 +157,15 @@ function isZombie(pid: number): boolean {
     return true;
   }
 }
+
+test("probe names every encoder backend, says why the unavailable ones are, and which one would be used", () => {
+  const r = run("probe", "--json", "--config", cfg);
+  assert.equal(r.status, 0, r.stderr);
+  const j = JSON.parse(r.stdout) as { encoders: { name: string; available: boolean; reason: string }[]; chosen: string | null };
+  assert.deepEqual(j.encoders.map((e) => e.name).sort(), ["nvenc", "openh264", "vaapi", "x264"]);
+  for (const e of j.encoders) assert.ok(e.reason.length > 0, `${e.name} has a reason`);
+  assert.ok(j.encoders.find((e) => e.name === "x264")?.available, "libx264 is installed by setup");
+  assert.ok(j.chosen !== null && j.encoders.find((e) => e.name === j.chosen)?.available);
+  const human = run("probe", "--config", cfg);
+  assert.match(human.stdout, /^encoder: \w+/m);
+});
