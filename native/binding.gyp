@@ -6,6 +6,8 @@
   #   capture_source_test  the encoder-facing LatestFrameSource against real PipeWire (run by
   #                        test/capture/pipewire.test.ts)
   #   pw_video_producer    a real PipeWire video source for the capture integration tests
+  #   convert_test         C++ unit tests of the encoder's damage-aware colour conversion (run by
+  #                        test/encode/convert.test.ts)
   "variables": {
     "pw_cflags": "<!(pkg-config --cflags libpipewire-0.3)",
     "pw_libs": "<!(pkg-config --libs libpipewire-0.3)",
@@ -30,6 +32,7 @@
         "src/damage/damage_binding.cc",
         "src/damage/tiles.cc",
         "src/encode/backend.cc",
+        "src/encode/convert.cc",
         "src/encode/encode_binding.cc",
         "src/encode/frame_feeder.cc",
         "src/encode/h264.cc",
@@ -56,6 +59,13 @@
       "sources": ["test/capture_source_test.cc", "src/capture/pw_capture.cc", "src/damage/tiles.cc"],
       "cflags_cc": ["<@(pw_cflags)"],
       "libraries": ["<@(pw_libs)"],
+    },
+    {
+      "target_name": "convert_test",
+      "type": "executable",
+      "sources": ["test/convert_test.cc", "src/encode/convert.cc"],
+      "cflags_cc": ["<@(enc_cflags)"],
+      "libraries": ["<@(enc_libs)"],
     },
     {
       "target_name": "pw_video_producer",

@@ -12,7 +12,6 @@ extern "C" {
 #include <libavutil/frame.h>
 #include <libavutil/imgutils.h>
 #include <libavutil/opt.h>
-#include <libswscale/swscale.h>
 }
 
 namespace wl::encode {
@@ -31,22 +30,6 @@ double WallMsOfMono(uint64_t mono_ns) {
   return now_wall_ms - static_cast<double>(static_cast<int64_t>(MonoNs() - mono_ns)) / 1e6;
 }
 
-AVPixelFormat AvFormatOf(const std::string& spa) {
-  // SPA names are byte order in memory; FFmpeg's "0"/"A" formats are too.
-  if (spa == "BGRx") return AV_PIX_FMT_BGR0;
-  if (spa == "RGBx") return AV_PIX_FMT_RGB0;
-  if (spa == "xRGB") return AV_PIX_FMT_0RGB;
-  if (spa == "xBGR") return AV_PIX_FMT_0BGR;
-  if (spa == "BGRA") return AV_PIX_FMT_BGRA;
-  if (spa == "RGBA") return AV_PIX_FMT_RGBA;
-  if (spa == "ARGB") return AV_PIX_FMT_ARGB;
-  if (spa == "ABGR") return AV_PIX_FMT_ABGR;
-  return AV_PIX_FMT_NONE;
-}
-
-// Keeps a capture frame alive while libavcodec holds a buffer that points into it (NVENC path).
-void ReleaseCaptureFrame(void* opaque, uint8_t* /*data*/) { delete static_cast<capture::FramePtr*>(opaque); }
-
 }  // namespace
 
 void Histogram::Add(double us) {
@@ -60,7 +43,9 @@ void Histogram::Add(double us) {
 }
 
 Pipeline::Pipeline(std::shared_ptr<capture::LatestFrameSource> source, const PipelineConfig& config, PipelineSink* sink)
-    : source_(std::move(source)), config_(config), sink_(sink) {}
+    : source_(std::move(source)), config_(config), sink_(sink) {
+  converter_.SetThreads(config_.encoder.threads);
+}
 
 Pipeline::~Pipeline() { Stop(); }
 
@@ -132,6 +117,8 @@ bool Pipeline::OpenFrom(size_t index, const std::string& failed_reason, std::str
         plid_ = h264::ProfileLevelId(sps_.data(), sps_.size());
         backend_ = std::move(b);
         backend_index_ = i;
+        // A new backend (switch, fallback, reopen) starts from a fully converted picture.
+        converter_.Invalidate();
         force_idr_ = true;
         rc_fps_ = std::max<uint32_t>(config_.encoder.fps, 1);
         ema_dt_ = 0;
@@ -181,11 +168,7 @@ void Pipeline::Stop() {
   if (thread_.joinable()) thread_.join();
   // Everything that owns threads (the encoder's slice threads, swscale's) goes now, not at GC.
   if (backend_) backend_->Close();
-  if (sws_ != nullptr) sws_freeContext(sws_);
-  sws_ = nullptr;
-  if (converted_ != nullptr) av_frame_free(&converted_);
-  if (src_frame_ != nullptr) av_frame_free(&src_frame_);
-  converted_from_ = nullptr;
+  converter_.Reset();
 }
 
 PipelineStats Pipeline::Stats() const {
@@ -270,106 +253,8 @@ void Pipeline::AdaptRate(uint64_t now, bool refresh) {
   backend_->SetFramerate(static_cast<uint32_t>(fps + 0.5));
 }
 
-bool Pipeline::Convert(const capture::Frame& frame, const capture::FramePtr& keep, std::string* error) {
-  const AVPixelFormat src = AvFormatOf(frame.format_name);
-  if (src == AV_PIX_FMT_NONE) {
-    *error = "unsupported capture format " + frame.format_name;
-    return false;
-  }
-  const AVPixelFormat dst = backend_->InputFormat();
-  const int w = static_cast<int>(frame.width), h = static_cast<int>(frame.height);
-  // A refresh re-encodes the frame converted last time: the converted picture is still there.
-  if (converted_ != nullptr && converted_from_ == &frame && converted_seq_ == frame.seq && converted_->format == dst &&
-      converted_->width == w && converted_->height == h) {
-    return true;
-  }
-  converted_from_ = &frame;
-  converted_seq_ = frame.seq;
-  if (dst == src) {
-    // NVENC takes 32-bit RGB as it is: hand it the capture buffer itself, kept alive by a reference.
-    if (converted_ == nullptr) converted_ = av_frame_alloc();
-    av_frame_unref(converted_);
-    converted_->format = src;
-    converted_->width = w;
-    converted_->height = h;
-    converted_->buf[0] = av_buffer_create(const_cast<uint8_t*>(frame.data()), frame.pixels.size(), ReleaseCaptureFrame,
-                                          new capture::FramePtr(keep), AV_BUFFER_FLAG_READONLY);
-    converted_->data[0] = const_cast<uint8_t*>(frame.data());
-    converted_->linesize[0] = static_cast<int>(frame.stride);
-    return true;
-  }
-  if (sws_ == nullptr || sws_src_fmt_ != src || sws_dst_fmt_ != dst || sws_w_ != frame.width || sws_h_ != frame.height) {
-    if (sws_ != nullptr) sws_freeContext(sws_);
-    // Same size, so no scaling: the flags only choose the chroma filter. Fast bilinear keeps the
-    // SIMD input converters (BGRx -> Y/UV) and averages 2x2 for chroma. Slice threads (swscale's
-    // own, FFmpeg >= 5.0) as many as the encoder's: the conversion is the other half of the work.
-    sws_ = sws_alloc_context();
-    const unsigned threads = config_.encoder.threads ? config_.encoder.threads : std::max(1u, std::thread::hardware_concurrency());
-    av_opt_set_int(sws_, "srcw", w, 0);
-    av_opt_set_int(sws_, "srch", h, 0);
-    av_opt_set_int(sws_, "src_format", src, 0);
-    av_opt_set_int(sws_, "dstw", w, 0);
-    av_opt_set_int(sws_, "dsth", h, 0);
-    av_opt_set_int(sws_, "dst_format", dst, 0);
-    av_opt_set_int(sws_, "sws_flags", SWS_FAST_BILINEAR, 0);
-    av_opt_set_int(sws_, "threads", static_cast<int64_t>(std::min(threads, 8u)), 0);
-    if (sws_init_context(sws_, nullptr, nullptr) < 0) {
-      sws_freeContext(sws_);
-      sws_ = nullptr;
-      *error = "swscale cannot convert " + frame.format_name + " to the encoder's format";
-      converted_from_ = nullptr;
-      return false;
-    }
-    // BT.709 limited range, as the encoders' VUI announces.
-    sws_setColorspaceDetails(sws_, sws_getCoefficients(SWS_CS_DEFAULT), 1, sws_getCoefficients(SWS_CS_ITU709), 0, 0,
-                             1 << 16, 1 << 16);
-    sws_src_fmt_ = src;
-    sws_dst_fmt_ = dst;
-    sws_w_ = frame.width;
-    sws_h_ = frame.height;
-    if (converted_ != nullptr) av_frame_free(&converted_);
-  }
-  if (converted_ == nullptr || converted_->format != dst || converted_->width != w || converted_->height != h) {
-    if (converted_ != nullptr) av_frame_free(&converted_);
-    converted_ = av_frame_alloc();
-    converted_->format = dst;
-    converted_->width = w;
-    converted_->height = h;
-    if (av_frame_get_buffer(converted_, 64) < 0) {
-      *error = "out of memory for the converted frame";
-      converted_from_ = nullptr;
-      return false;
-    }
-  }
-  // Persistent buffer; only if the encoder still references the last one is a new one allocated.
-  if (av_frame_make_writable(converted_) < 0) {
-    *error = "out of memory for the converted frame";
-      converted_from_ = nullptr;
-    return false;
-  }
-  // The source frame wraps the capture buffer (kept alive by a reference): sws_scale_frame refs it
-  // rather than copying it.
-  if (src_frame_ == nullptr) src_frame_ = av_frame_alloc();
-  av_frame_unref(src_frame_);
-  src_frame_->format = src;
-  src_frame_->width = w;
-  src_frame_->height = h;
-  src_frame_->buf[0] = av_buffer_create(const_cast<uint8_t*>(frame.data()), frame.pixels.size(), ReleaseCaptureFrame,
-                                        new capture::FramePtr(keep), AV_BUFFER_FLAG_READONLY);
-  src_frame_->data[0] = const_cast<uint8_t*>(frame.data());
-  src_frame_->linesize[0] = static_cast<int>(frame.stride);
-  const int r = sws_scale_frame(sws_, converted_, src_frame_);
-  av_frame_unref(src_frame_);
-  if (r < 0) {
-    *error = "swscale failed: " + AvError(r);
-      converted_from_ = nullptr;
-    return false;
-  }
-  return true;
-}
-
-void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<damage::Rect>* damage, bool refresh,
-                           uint64_t wait_start_ns) {
+void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<damage::Rect>* damage, bool full_damage,
+                           bool refresh, uint64_t wait_start_ns) {
   const uint64_t t0 = MonoNs();
   // A size change: reopen the same backend for the new size (ok | reinit | error, the reinit step).
   if (frame->width != config_.encoder.width || frame->height != config_.encoder.height) {
@@ -385,6 +270,8 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
       e.kind = PipelineEvent::Kind::kError;
       e.reason = err;
       Emit(e);
+      // Taken but not converted: the next frame's damage is relative to this one.
+      converter_.Invalidate();
       std::lock_guard<std::mutex> lock(stats_mu_);
       ++stats_.dropped_failed;
       return;
@@ -393,7 +280,8 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
   for (int attempt = 0; attempt < 8 && backend_; ++attempt) {
     std::string err;
     const uint64_t c0 = MonoNs();
-    if (!Convert(*frame, frame, &err)) {
+    // Only the rows the damage covers are converted again; refreshes (no damage) reuse the picture.
+    if (!converter_.Convert(*frame, frame, backend_->InputFormat(), damage, full_damage, &err)) {
       PipelineEvent e;
       e.kind = PipelineEvent::Kind::kError;
       e.reason = err;
@@ -404,10 +292,11 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
     }
     const uint64_t c1 = MonoNs();
     InputFrame in;
-    in.av = converted_;
+    AVFrame* const picture = converter_.Picture();
+    in.av = picture;
     for (int pl = 0; pl < 3; ++pl) {
-      in.planes[pl] = converted_->data[pl];
-      in.strides[pl] = converted_->linesize[pl];
+      in.planes[pl] = picture->data[pl];
+      in.strides[pl] = picture->linesize[pl];
     }
     // 90 kHz from the capture time (CLOCK_MONOTONIC of PipeWire's process callback); a refresh is
     // stamped now. Strictly increasing, as encoders and RTP want.
@@ -580,13 +469,13 @@ void Pipeline::Run() {
       if (f.frame->width != config_.encoder.width || f.frame->height != config_.encoder.height) {
         f.damage_source = capture::DamageSource::kFull;
       }
-      EncodeFrame(f.frame, &f.damage, false, f.frame->publish_ns);
+      EncodeFrame(f.frame, &f.damage, f.damage_source == capture::DamageSource::kFull, false, f.frame->publish_ns);
       last = f.frame;
       last_activity_ns = MonoNs();
       refreshes = 0;
     } else if (!pending && last && refresh_ns > 0 && now >= last_activity_ns + next_refresh_ns) {
       // Nothing changed for refresh_interval_ms: encode the same picture again (a P frame).
-      EncodeFrame(last, nullptr, true, now);
+      EncodeFrame(last, nullptr, false, true, now);
       last_activity_ns = MonoNs();
       ++refreshes;
     }

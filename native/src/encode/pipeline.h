@@ -25,8 +25,7 @@
 
 #include "capture/frame.h"
 #include "encode/backend.h"
-
-struct SwsContext;
+#include "encode/convert.h"
 
 namespace wl::encode {
 
@@ -132,8 +131,9 @@ class Pipeline {
   void ApplyControls();
   void AdaptRate(uint64_t now, bool refresh);
   /** Converts and encodes; handles reinit and fallback. */
-  void EncodeFrame(const capture::FramePtr& frame, const std::vector<damage::Rect>* damage, bool refresh, uint64_t wait_start_ns);
-  bool Convert(const capture::Frame& frame, const capture::FramePtr& keep, std::string* error);
+  /** `full_damage`: the damage source said everything changed (convert every row). */
+  void EncodeFrame(const capture::FramePtr& frame, const std::vector<damage::Rect>* damage, bool full_damage, bool refresh,
+                   uint64_t wait_start_ns);
   void Emit(PipelineEvent e);
 
   const std::shared_ptr<capture::LatestFrameSource> source_;
@@ -150,14 +150,8 @@ class Pipeline {
   std::unique_ptr<Backend> backend_;
   size_t backend_index_ = 0;
   bool force_idr_ = true;
-  AVFrame* converted_ = nullptr;      // the backend's input (persistent, refcounted)
-  AVFrame* src_frame_ = nullptr;      // wraps the capture buffer for sws_scale_frame
-  const capture::Frame* converted_from_ = nullptr;  // what converted_ holds (refreshes reuse it)
-  uint64_t converted_seq_ = 0;
-  SwsContext* sws_ = nullptr;
-  int sws_src_fmt_ = -1;
-  uint32_t sws_w_ = 0, sws_h_ = 0;
-  int sws_dst_fmt_ = -1;
+  // The backend's input picture: persistent, converted only where the damage says (refreshes reuse it).
+  Converter converter_;
   int64_t last_pts_ = -1;
   uint64_t base_ns_ = 0;
   uint64_t out_seq_ = 0;
