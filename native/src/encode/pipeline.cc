@@ -475,6 +475,10 @@ void Pipeline::Run() {
       refreshes = 0;
     } else if (!pending && last && refresh_ns > 0 && now >= last_activity_ns + next_refresh_ns) {
       // Nothing changed for refresh_interval_ms: encode the same picture again (a P frame).
+      // The first refresh after a change converts the whole frame again (~2 ms at 1080p, once per burst
+      // of changes): conversion trusts the compositor's damage, and this bounds what an under-reporting
+      // compositor could leave stale to kRefineNs, at no cost on a static screen.
+      if (refreshes == 0) converter_.Invalidate();
       EncodeFrame(last, nullptr, false, true, now);
       last_activity_ns = MonoNs();
       ++refreshes;
