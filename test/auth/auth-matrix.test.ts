@@ -7,7 +7,7 @@ import { SignJWT, base64url } from "jose";
 import { startTestAgent, type TestAgent } from "../helpers/agent.js";
 import { hello, TestClient } from "../helpers/ws-client.js";
 import { CloseCode } from "../../agent/signaling/protocol.js";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 
 let t: TestAgent;
@@ -28,6 +28,7 @@ before(async () => {
 });
 after(async () => {
   await t.close();
+  rmSync(keyDir, { recursive: true, force: true });
 });
 
 const now = () => Math.floor(Date.now() / 1000);

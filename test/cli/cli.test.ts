@@ -1,7 +1,7 @@
-import { test } from "node:test";
+import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync, statSync, readFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync, statSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -11,6 +11,7 @@ import { CloseCode } from "../../agent/signaling/protocol.js";
 
 const MAIN = fileURLToPath(new URL("../../agent/cli/main.js", import.meta.url));
 const home = mkdtempSync(join(tmpdir(), "wl-cli-"));
+after(() => rmSync(home, { recursive: true, force: true }));
 const env = { ...process.env, XDG_CONFIG_HOME: join(home, "config"), XDG_STATE_HOME: join(home, "state"), WL_WEBRTC_SECRET: "" };
 const cfg = join(home, "test.toml");
 writeFileSync(cfg, '[server]\nport = 0\n[metrics]\nport = 0\n[desktop]\nmode = "none"\n');

@@ -1,6 +1,6 @@
-import { test } from "node:test";
+import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync, readFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse as parseToml } from "smol-toml";
@@ -9,6 +9,7 @@ import { ConfigError } from "../../agent/util/errors.js";
 
 const repoConfig = new URL("../../../config/wl-webrtc.toml", import.meta.url);
 const dir = mkdtempSync(join(tmpdir(), "wl-config-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
 let n = 0;
 function file(text: string): string {
   const f = join(dir, `c${n++}.toml`);

@@ -1,7 +1,7 @@
-import { test } from "node:test";
+import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -11,6 +11,7 @@ import { Agent } from "../../agent/agent.js";
 import { createLogger, silentLogger } from "../../agent/log/logger.js";
 
 const dir = mkdtempSync(join(tmpdir(), "wl-tls-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
 const cert = join(dir, "cert.pem");
 const key = join(dir, "key.pem");
 execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert], { stdio: "ignore" });
