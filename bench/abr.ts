@@ -30,7 +30,7 @@ const term = await t.agent.desktop!.headless!.spawnClient("foot", BUSY_TERMINAL,
 const browser = await NsBrowser.launch(link);
 const txBytes = (): number => Number(readFileSync(`/sys/class/net/${link.hostIf}/statistics/tx_bytes`, "utf8"));
 
-interface Sample { t: number; payload: number; target: number; enc: number; tbfSent: number; tbfDropped: number; tbfBytes: number; tbfBacklog: number }
+interface Sample { t: number; payload: number; target: number; enc: number; cap: number; qd: number; kf: number; tbfSent: number; tbfDropped: number; tbfBytes: number; tbfBacklog: number }
 const results: Record<string, unknown> = {};
 try {
   const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 600, subject: "bench" });
@@ -59,7 +59,7 @@ try {
   const sample = async (): Promise<Sample> => {
     const q = await link.qdiscStats("down");
     // Resends count as sent: under congestion they are a large part of what the link is offered.
-    return { t: performance.now(), payload: peer.counters.bytesSent + peer.counters.bytesRetransmitted, target: peer.abr.target, enc: src.targetBitrate, tbfSent: q.sentPackets, tbfDropped: q.dropped, tbfBytes: q.sentBytes, tbfBacklog: q.backlogBytes };
+    return { t: performance.now(), payload: peer.counters.bytesSent + peer.counters.bytesRetransmitted, target: peer.abr.target, enc: src.targetBitrate, cap: peer.abr.capacityBps ?? 0, qd: peer.abr.queueingDelayMs, kf: peer.counters.keyframesSent, tbfSent: q.sentPackets, tbfDropped: q.dropped, tbfBytes: q.sentBytes, tbfBacklog: q.backlogBytes };
   };
   /**
    * Send rate over the last second ending at sample i, bit/s, as offered to the link: what the tbf sent,
@@ -134,6 +134,11 @@ try {
       rateTrace: s.filter((_, i) => i % 4 === 0).map((_, k) => round((rateAt(s, k * 4) ?? 0) / 1e6, 1)).join(" "),
       targetTrace: s.filter((_, i) => i % 4 === 0).map((x) => round(x.target / 1e6, 1)).join(" "),
       agentRateTrace: s.filter((_, i) => i % 4 === 0).map((_, k) => round(agentRateAt(s, k * 4) / 1e6, 1)).join(" "),
+      capacityTrace: s.filter((_, i) => i % 4 === 0).map((x) => round(x.cap / 1e6, 1)).join(" "),
+      queueMsTrace: s.filter((_, i) => i % 4 === 0).map((x) => Math.round(x.qd)).join(" "),
+      // The first 4 s at full resolution (250 ms): target/encoder target Mbit/s, queueing delay ms, tbf drops.
+      headTrace: s.slice(1, 17).map((x, k) => `${round(x.target / 1e6, 1)}/${round(x.enc / 1e6, 1)}/${Math.round(x.qd)}/${x.tbfDropped - s[k]!.tbfDropped}`).join(" "),
+      keyframes: s[s.length - 1]!.kf - s[0]!.kf,
       dropTrace: s.filter((_, i) => i % 4 === 0 && i > 0).map((x, k) => x.tbfDropped - s[k * 4]!.tbfDropped).join(" "),
     };
     results[name] = r;
@@ -154,6 +159,10 @@ try {
     endMbps: round((rateAt(s, s.length - 1) ?? 0) / 1e6),
     rateTrace: s.filter((_, i) => i % 4 === 0).map((_, k) => round((rateAt(s, k * 4) ?? 0) / 1e6, 1)).join(" "),
     targetTrace: s.filter((_, i) => i % 4 === 0).map((x) => round(x.target / 1e6, 1)).join(" "),
+    capacityTrace: s.filter((_, i) => i % 4 === 0).map((x) => round(x.cap / 1e6, 1)).join(" "),
+    queueMsTrace: s.filter((_, i) => i % 4 === 0).map((x) => Math.round(x.qd)).join(" "),
+    keyframes: s[s.length - 1]!.kf - s[0]!.kf,
+    fineTrace: s.map((x) => `${round(x.target / 1e6, 1)}/${Math.round(x.qd)}/${x.kf - s[0]!.kf}`).join(" "),
   };
   results.raise2to5 = raised;
   console.log(`raise2to5: ${JSON.stringify(raised)}`);

@@ -1,28 +1,59 @@
 /**
  * Per-viewer adaptive bitrate: pure logic, fed with what the browser reports (RTCP receiver reports,
- * REMB, transport-cc feedback) and read for that viewer's target. No timers, no I/O: tests drive it with
- * synthetic feedback and a fake clock.
+ * REMB, transport-cc feedback, digested by `DelayTracker`) and read for that viewer's target. No timers,
+ * no I/O: tests drive it with synthetic feedback and a fake clock.
  *
- * Rules (a simplified cousin of GCC, tuned for a screen whose encoder is shared; see docs/streaming.md):
- * - loss above 10 % (from transport-cc, or RTCP RR when transport-cc is not negotiated): target *= 1 - loss/2;
- * - queueing delay above `delayThresholdMs` and still growing: target *= 0.85;
- *   decreases are at least `decreaseSpacingMs` apart, so one congestion event is not counted thrice, but
- *   sustained congestion cuts within a second (about x0.6 per second at worst from delay alone);
- * - REMB, when the browser sends it, is a ceiling;
- * - otherwise, after `holdMs` without congestion, probe upward by `increasePerSecond` (multiplicative),
- *   never above max.
+ * Rules (a cousin of GCC, tuned for a screen whose encoder is shared; see docs/streaming.md):
+ * - Congestion from delay: the *standing* queueing delay (the smallest of each feedback report, so a
+ *   frame's own burst through the bottleneck is not read as congestion) is above `delayThresholdMs` and
+ *   not clearly falling (a queue pinned at its limit wobbles), or above `delayTrendFloorMs` and rising
+ *   faster than `delayTrendMsPerS` (least-squares slope of the last second: the trend shows a queue
+ *   growing before it is long). Congestion from loss: above 10 % over the last second.
+ * - Decrease on delay: to 0.85 x the rate the receiver really got (transport-cc, last 500 ms), which is
+ *   the bottleneck's rate while its queue is not empty; it does not compound while the queue drains, and
+ *   loss at that time (the queue's overflow) adds nothing. A queue that has not fallen 1 s after a cut:
+ *   target x 0.9. Without an acked rate: target x 0.85. Loss without a standing queue: target x
+ *   (1 - loss/2). Decreases are at least `decreaseSpacingMs` apart.
+ * - Increase, `holdMs` after the last congestion and once the standing queue is short: towards
+ *   `capacityUse` x the path's capacity, measured by the dispersion of each frame's packets at the
+ *   receiver (`onCapacity`: a frame sent as a burst leaves the bottleneck at the bottleneck's rate),
+ *   exponentially with a time constant of `approachMs` (at most doubling per second), so the goal is
+ *   never crossed; from above too,
+ *   unless more arrived than the samples say. This tests the link without exceeding it: the rate settles
+ *   under a limit and climbs within seconds when the limit is raised. Without capacity samples (no
+ *   transport-cc, a near-static screen sending small frames): the blind probe of old,
+ *   `increasePerSecond` multiplicative.
+ * - Rates about the link become targets divided by the encoder's measured overshoot (`onSendRate`).
+ * - REMB, when the browser sends it, and the viewer's preference are ceilings.
  */
 export interface AbrOptions {
   minBps: number;
   maxBps: number;
   startBps: number;
+  /** Standing queueing delay that is congestion unless it falls (ms). */
   delayThresholdMs?: number;
+  /** Standing queueing delay above which a fast-rising trend is congestion already (ms). */
+  delayTrendFloorMs?: number;
+  /** Rise of the standing queueing delay that is congestion (ms per second). */
+  delayTrendMsPerS?: number;
   decreaseSpacingMs?: number;
   holdMs?: number;
+  /** Blind increase without capacity samples, fraction per second. */
   increasePerSecond?: number;
+  /** Fraction of the measured capacity the target approaches (and never exceeds by increasing). */
+  capacityUse?: number;
+  /** Time constant of the approach to that goal (ms). */
+  approachMs?: number;
 }
 
 export type AbrState = "start" | "increase" | "hold" | "decrease";
+
+/** Multiplicative decrease (GCC's beta). */
+const BETA = 0.85;
+/** A standing queue that has not started to fall this long after a cut calls for another cut (ms). */
+const STUCK_MS = 1000;
+/** Fastest increase towards a measured capacity, fraction per second. */
+const MAX_INCREASE_PER_S = 1;
 
 export class AbrController {
   readonly #o: Required<AbrOptions>;
@@ -30,16 +61,29 @@ export class AbrController {
   #state: AbrState = "start";
   #lastUpdate: number | undefined;
   #lastDecrease = -Infinity;
+  #lastCongested = -Infinity;
+  #lastQueueCongested = -Infinity;
+  #levelAtDecrease = 0;
   #loss = 0;
   #lossAt = -Infinity;
   #remb: number | undefined;
   #rembAt = -Infinity;
   #delay: { t: number; d: number }[] = [];
+  #acked: number | undefined;
+  #ackedAt = -Infinity;
+  #capacity: { t: number; bps: number }[] = [];
+  /** Targets of the last 1.5 s, to tell a steady target from a transition. */
+  #targets: { t: number; bps: number }[] = [];
+  /** What the encoder really sends per bit of target (EWMA over steady periods), 1 = exact. */
+  #utilization = 1;
   #rttMs: number | undefined;
   #preferredMax: number | undefined;
 
   constructor(opts: AbrOptions) {
-    this.#o = { delayThresholdMs: 40, decreaseSpacingMs: 300, holdMs: 1000, increasePerSecond: 0.08, ...opts };
+    this.#o = {
+      delayThresholdMs: 15, delayTrendFloorMs: 8, delayTrendMsPerS: 60, decreaseSpacingMs: 300, holdMs: 1000,
+      increasePerSecond: 0.08, capacityUse: 0.93, approachMs: 400, ...opts,
+    };
     this.#target = clamp(opts.startBps, opts.minBps, opts.maxBps);
   }
 
@@ -59,9 +103,27 @@ export class AbrController {
     return this.#rttMs;
   }
 
-  /** Smoothed queueing delay (ms above the path's base delay), from transport-cc. */
+  /** Smoothed standing queueing delay (ms above the path's base delay), from transport-cc. */
   get queueingDelayMs(): number {
     return this.#smoothedDelay();
+  }
+
+  /**
+   * A standing queue (congestion from delay) seen within `holdMs` of the last update: a bottleneck's queue
+   * is full, and whatever is added to it (resends) only keeps it full. Loss alone is not that.
+   */
+  get queueCongested(): boolean {
+    return (this.#lastUpdate ?? -Infinity) - this.#lastQueueCongested < this.#o.holdMs;
+  }
+
+  /** The receive rate transport-cc acknowledged lately (bit/s), if fresh. */
+  get ackedBps(): number | undefined {
+    return this.#acked;
+  }
+
+  /** The path's capacity from frame dispersion (median of the last samples, bit/s), if known. */
+  get capacityBps(): number | undefined {
+    return this.#capacityNow(this.#lastUpdate ?? 0);
   }
 
   /** Loss seen by the receiver over the last interval, 0..1 (RR fractionLost/256, or transport-cc). */
@@ -81,11 +143,49 @@ export class AbrController {
     this.#rembAt = now;
   }
 
-  /** One queueing-delay sample (ms), e.g. per transport-cc feedback. */
+  /** One standing queueing-delay sample (ms), e.g. per transport-cc feedback. */
   onQueueingDelay(ms: number, now: number): void {
     if (!Number.isFinite(ms)) return;
     this.#delay.push({ t: now, d: Math.max(0, ms) });
     while (this.#delay.length > 0 && this.#delay[0]!.t < now - 1000) this.#delay.shift();
+  }
+
+  /** The rate the receiver got lately (bit/s), from transport-cc arrival times. */
+  onAckedRate(bps: number, now: number): void {
+    if (!Number.isFinite(bps) || bps <= 0) return;
+    this.#acked = bps;
+    this.#ackedAt = now;
+  }
+
+  /**
+   * What this viewer really sent lately (media, bit/s, as on the wire). An encoder that overshoots its
+   * target (x264 on busy content: up to ~15 %) would overfill a link the target fits; rates about the
+   * link are divided by this overshoot before they become the target. Measured only while the target
+   * was steady (an encoder lags a change by a few hundred ms); undershoot is not compensated (a static
+   * screen would drive the target up blind).
+   */
+  onSendRate(bps: number, now: number): void {
+    if (!Number.isFinite(bps) || bps <= 0 || this.#targets.length < 2) return;
+    if (this.#targets[0]!.t > now - 1400) return;
+    let lo = Infinity, hi = 0;
+    for (const x of this.#targets) {
+      lo = Math.min(lo, x.bps);
+      hi = Math.max(hi, x.bps);
+    }
+    if (hi > lo * 1.05) return;
+    this.#utilization += 0.15 * (clamp(bps / this.#target, 0.5, 2) - this.#utilization);
+  }
+
+  /** The encoder's measured overshoot factor applied to the target (1 .. 1.3). */
+  get overshoot(): number {
+    return clamp(this.#utilization, 1, 1.3);
+  }
+
+  /** One capacity sample (bit/s): the rate at which a burst of packets (a frame) arrived. */
+  onCapacity(bps: number, now: number): void {
+    if (!Number.isFinite(bps) || bps <= 0) return;
+    this.#capacity.push({ t: now, bps });
+    while (this.#capacity.length > 0 && (this.#capacity[0]!.t < now - 1500 || this.#capacity.length > 64)) this.#capacity.shift();
   }
 
   /** A ceiling chosen by the viewer (quality preference); undefined removes it. */
@@ -100,26 +200,69 @@ export class AbrController {
     const o = this.#o;
     const lossFresh = now - this.#lossAt < 1500;
     const loss = lossFresh ? this.#loss : 0;
-    const delayHigh = this.#smoothedDelay() > o.delayThresholdMs && this.#delaySlope() >= 0;
+    const level = this.#smoothedDelay();
+    const slope = this.#delaySlope();
+    // A queue pinned at a bottleneck's limit (dropping) wobbles around a flat slope: only a clear fall
+    // (draining) clears the level rule.
+    const delayHigh = (level > o.delayThresholdMs && slope > -o.delayTrendMsPerS / 2) || (level > o.delayTrendFloorMs && slope > o.delayTrendMsPerS);
     const canDecrease = now - this.#lastDecrease >= o.decreaseSpacingMs;
+    const acked = now - this.#ackedAt < 1000 ? this.#acked : undefined;
 
+    if (loss > 0.1 || delayHigh) this.#lastCongested = now;
+    if (delayHigh) this.#lastQueueCongested = now;
     if ((loss > 0.1 || delayHigh) && canDecrease) {
-      const byLoss = loss > 0.1 ? 1 - loss / 2 : 1;
-      const byDelay = delayHigh ? 0.85 : 1;
-      this.#target *= Math.min(byLoss, byDelay);
-      this.#lastDecrease = now;
+      // While the bottleneck's queue is not empty, what arrives is its rate: go just under it. Loss with a
+      // full queue is that queue's overflow, already answered so; compounding it would cut far under the
+      // link (seen: 5 -> 2 Mbit/s ended at 0.6).
+      let next = delayHigh && acked !== undefined ? (BETA * acked) / this.overshoot
+        : Math.min(loss > 0.1 ? this.#target * (1 - loss / 2) : Infinity, delayHigh ? this.#target * BETA : Infinity);
+      // The queue is not draining well after a cut (the sender makes more than its target, or the path
+      // shrank again): cut the target itself. An encoder follows a new target within ~0.5 s.
+      if (delayHigh && next >= this.#target && now - this.#lastDecrease >= STUCK_MS && level >= this.#levelAtDecrease * 0.9) next = this.#target * 0.9;
+      if (next < this.#target) {
+        this.#levelAtDecrease = level;
+        this.#target = next;
+        this.#lastDecrease = now;
+      }
       this.#state = "decrease";
-    } else if (loss > 0.02 || delayHigh || now - this.#lastDecrease < o.holdMs) {
+    } else if (loss > 0.02 || level > o.delayThresholdMs || now - this.#lastCongested < o.holdMs) {
+      // Congested, still draining a queue, or less than holdMs since the last congestion: no increase.
       if (this.#state !== "decrease" || canDecrease) this.#state = "hold";
     } else {
-      this.#target *= 1 + o.increasePerSecond * dt;
-      this.#state = "increase";
+      const cap = this.#capacityNow(now);
+      const before = this.#target;
+      if (cap === undefined) {
+        this.#target *= 1 + o.increasePerSecond * dt;
+        this.#state = "increase";
+      } else {
+        const goal = (cap * o.capacityUse) / this.overshoot;
+        // Approach the goal exponentially, so it is never crossed; from above too (a path measured
+        // narrower, an encoder found to overshoot), unless the path demonstrably carried more than the
+        // samples say: a starved sender spreads its own bursts (seen at load 10 on 2 cores: 1.2-2.5 read
+        // for a 5 Mbit/s link while 4 arrived), and following that down would ratchet the target away.
+        const believable = acked === undefined || cap >= 0.95 * acked;
+        if (goal > this.#target || believable) this.#target += (goal - this.#target) * Math.min(1, (dt * 1000) / o.approachMs);
+        // Still gradual on a path far faster than the target (a LAN): at most doubling per second.
+        this.#target = Math.min(this.#target, before * (1 + MAX_INCREASE_PER_S * dt));
+        this.#state = goal > this.#target * 1.01 ? "increase" : goal < this.#target * 0.99 ? "decrease" : "hold";
+      }
     }
     let ceiling = o.maxBps;
     if (this.#remb !== undefined && now - this.#rembAt < 3000) ceiling = Math.min(ceiling, this.#remb);
     if (this.#preferredMax !== undefined) ceiling = Math.min(ceiling, this.#preferredMax);
     this.#target = clamp(this.#target, o.minBps, Math.max(o.minBps, ceiling));
+    this.#targets.push({ t: now, bps: this.#target });
+    while (this.#targets.length > 0 && this.#targets[0]!.t < now - 1500) this.#targets.shift();
     return this.target;
+  }
+
+  /** Median of the newest capacity samples; at least 5 of them, else unknown. */
+  #capacityNow(now: number): number | undefined {
+    // The newest 15 samples (half a second at 30 fps) of the last 1.5 s: a changed path shows within ~0.3 s.
+    const fresh = this.#capacity.filter((c) => c.t >= now - 1500).slice(-15).map((c) => c.bps);
+    if (fresh.length < 5) return undefined;
+    fresh.sort((a, b) => a - b);
+    return fresh[Math.floor(fresh.length / 2)];
   }
 
   #smoothedDelay(): number {
@@ -128,7 +271,7 @@ export class AbrController {
     return recent.reduce((s, x) => s + x.d, 0) / recent.length;
   }
 
-  /** Least-squares slope of the delay samples of the last second, ms per second. */
+  /** Least-squares slope of the delay samples of the last second, ms per second (the delay's trend). */
   #delaySlope(): number {
     const n = this.#delay.length;
     if (n < 3) return 0;
@@ -146,50 +289,190 @@ export class AbrController {
   }
 }
 
+/** What one transport-cc feedback tells about the path. */
+export interface FeedbackSummary {
+  /**
+   * Standing queueing delay (ms): the smallest excess one-way delay among the packets it reports. The
+   * largest would mostly measure the frame's own burst draining through the bottleneck.
+   */
+  queueingDelayMs: number | undefined;
+  /** Excess delay of the last received packet it reports (ms). */
+  lastQueueingDelayMs: number | undefined;
+  /** Lost among the packets it reports, 0..1. */
+  loss: number;
+  /** Lost among the packets reported over the last `lossWindowMs` (a single report of ~30 packets is noisy). */
+  recentLoss: number;
+  /** Packets that `recentLoss` is made of. */
+  recentCount: number;
+  /** Packets it reports that we know. */
+  count: number;
+  /** Receive rate over the last `ackWindowMs` of arrivals (bit/s), once that window is long enough. */
+  ackedBps: number | undefined;
+  /** Arrival rates of the bursts (frames) it completed (bit/s): capacity samples. */
+  capacityBps: number[];
+}
+
 /**
- * Turns transport-cc feedback into queueing delay and loss: remembers when each transport-wide sequence
- * number was sent, and compares with when the browser says it arrived. The one-way delay includes an
- * unknown clock offset, so the queueing delay is the delay above the smallest one seen in `baseWindowMs`.
+ * Turns transport-cc feedback into what the controller needs: queueing delay, loss, the acknowledged
+ * receive rate, and capacity samples. It remembers when each transport-wide sequence number was sent,
+ * how big it was and which burst (frame) it belonged to, and compares with when the browser says it
+ * arrived. The one-way delay includes an unknown clock offset, so the queueing delay is the delay above
+ * the smallest one seen in `baseWindowMs`.
+ *
+ * Capacity from dispersion: a frame handed to the socket as a burst queues at the bottleneck and leaves
+ * it at the bottleneck's rate, so the arrival rate of its later packets is the path's capacity (the first
+ * half is skipped: a token bucket or an idle link lets the head through faster). A burst sent slower than
+ * it could arrive (a paced viewer) only shows its own send rate: the sample is min(arrival, send) rate,
+ * a lower bound then.
  */
 export class DelayTracker {
   static readonly SIZE = 8192;
+  /** Smallest burst (packets) whose dispersion is a capacity sample. */
+  static readonly MIN_BURST = 6;
   readonly #sentAt = new Float64Array(DelayTracker.SIZE);
+  readonly #arrivedAt = new Float64Array(DelayTracker.SIZE);
+  readonly #bytes = new Int32Array(DelayTracker.SIZE);
+  readonly #group = new Int32Array(DelayTracker.SIZE);
   readonly #seqs = new Int32Array(DelayTracker.SIZE).fill(-1);
   readonly #baseWindowMs: number;
+  readonly #ackWindowMs: number;
   #mins: { t: number; d: number }[] = [];
+  #acks: { at: number; bytes: number }[] = [];
+  #ackNewest = -Infinity;
+  /** Bursts sent lately: first and last wide sequence number (unwrapped through `#unwrap`). */
+  #groups = new Map<number, { first: number; last: number; sentAt: number }>();
+  #lastGroup = -1;
 
-  constructor(baseWindowMs = 10_000) {
+  readonly #lossWindowMs: number;
+  #reports: { t: number; known: number; lost: number }[] = [];
+
+  constructor(baseWindowMs = 10_000, ackWindowMs = 500, lossWindowMs = 1000) {
     this.#baseWindowMs = baseWindowMs;
+    this.#ackWindowMs = ackWindowMs;
+    this.#lossWindowMs = lossWindowMs;
   }
 
-  sent(wideSeq: number, atMs: number): void {
+  /** A packet was sent: its wide sequence number, send time, size (bytes) and burst id (-1: none). */
+  sent(wideSeq: number, atMs: number, bytes = 0, group = -1): void {
     const i = wideSeq % DelayTracker.SIZE;
     this.#seqs[i] = wideSeq;
     this.#sentAt[i] = atMs;
+    this.#arrivedAt[i] = NaN;
+    this.#bytes[i] = bytes;
+    this.#group[i] = group;
+    if (group < 0) return;
+    const g = this.#groups.get(group);
+    if (g) g.last = wideSeq;
+    else {
+      this.#groups.set(group, { first: wideSeq, last: wideSeq, sentAt: atMs });
+      this.#lastGroup = group;
+      // Forget bursts nobody reported on (feedback lost): a few seconds' worth is plenty.
+      for (const [k, v] of this.#groups) {
+        if (v.sentAt >= atMs - 3000) break;
+        this.#groups.delete(k);
+      }
+    }
   }
 
   /**
-   * Feedback for a run of packets. Returns the queueing delay of the last received packet (ms) and the
-   * loss fraction among the packets it reports, or undefined when it covered nothing we know.
+   * Feedback for a run of packets. Returns what it tells (see FeedbackSummary), or undefined when it
+   * covered nothing we know.
    */
-  feedback(results: readonly { sequenceNumber: number; received: boolean; receivedAtMs: number }[], nowMs: number): { queueingDelayMs: number | undefined; loss: number; count: number } | undefined {
+  feedback(results: readonly { sequenceNumber: number; received: boolean; receivedAtMs: number }[], nowMs: number): FeedbackSummary | undefined {
     let known = 0, lost = 0;
-    let last: number | undefined;
+    let last: number | undefined, least: number | undefined;
     for (const r of results) {
       const i = r.sequenceNumber % DelayTracker.SIZE;
       if (this.#seqs[i] !== r.sequenceNumber) continue;
       known++;
       if (!r.received) {
         lost++;
+        // A burst with a lost packet says nothing reliable about its dispersion.
+        this.#groups.delete(this.#group[i]!);
         continue;
       }
+      this.#arrivedAt[i] = r.receivedAtMs;
       const d = r.receivedAtMs - this.#sentAt[i]!;
       last = d;
+      least = least === undefined ? d : Math.min(least, d);
       this.#noteDelay(d, nowMs);
+      this.#noteAck(r.receivedAtMs, this.#bytes[i]!);
     }
     if (known === 0) return undefined;
+    this.#reports.push({ t: nowMs, known, lost });
+    while (this.#reports.length > 0 && this.#reports[0]!.t < nowMs - this.#lossWindowMs) this.#reports.shift();
+    let recentCount = 0, recentLost = 0;
+    for (const r of this.#reports) {
+      recentCount += r.known;
+      recentLost += r.lost;
+    }
     const base = this.#base();
-    return { queueingDelayMs: last === undefined || base === undefined ? undefined : last - base, loss: lost / known, count: known };
+    const capacityBps: number[] = [];
+    for (const g of [...this.#groups.keys()]) {
+      const c = this.#burstRate(g);
+      if (c !== undefined) capacityBps.push(c);
+    }
+    return {
+      queueingDelayMs: least === undefined || base === undefined ? undefined : least - base,
+      lastQueueingDelayMs: last === undefined || base === undefined ? undefined : last - base,
+      loss: lost / known,
+      count: known,
+      recentLoss: recentLost / recentCount,
+      recentCount,
+      ackedBps: this.#ackedRate(),
+      capacityBps,
+    };
+  }
+
+  /** The capacity sample of a burst once every packet of it is reported received (then it is forgotten). */
+  #burstRate(group: number): number | undefined {
+    const g = this.#groups.get(group);
+    // The newest burst may still grow (a paced viewer's frame is sent over several ticks).
+    if (!g || group === this.#lastGroup) return undefined;
+    const n = ((g.last - g.first) & 0xffff) + 1;
+    if (n > 2048) {
+      this.#groups.delete(group);
+      return undefined;
+    }
+    const idx: number[] = [];
+    for (let k = 0; k < n; k++) {
+      const seq = (g.first + k) & 0xffff;
+      const i = seq % DelayTracker.SIZE;
+      if (this.#seqs[i] !== seq || this.#group[i] !== group) continue; // another stream's packet in between
+      if (Number.isNaN(this.#arrivedAt[i]!)) return undefined; // not all reported yet (or lost)
+      idx.push(i);
+    }
+    this.#groups.delete(group);
+    if (idx.length < DelayTracker.MIN_BURST) return undefined;
+    const from = Math.floor(idx.length / 2);
+    let bytes = 0;
+    for (let k = from + 1; k < idx.length; k++) bytes += this.#bytes[idx[k]!]!;
+    const a = this.#arrivedAt[idx[from]!]!, b = this.#arrivedAt[idx[idx.length - 1]!]!;
+    const s = this.#sentAt[idx[from]!]!, e = this.#sentAt[idx[idx.length - 1]!]!;
+    if (bytes === 0) return undefined;
+    // A spread under 0.5 ms is below what the feedback's clock (0.25 ms) resolves: a path at least that fast.
+    const arrival = (bytes * 8) / (Math.max(b - a, 0.5) / 1000);
+    const send = e - s > 0 ? (bytes * 8) / ((e - s) / 1000) : Infinity;
+    return Math.min(arrival, send);
+  }
+
+  #noteAck(at: number, bytes: number): void {
+    this.#acks.push({ at, bytes });
+    this.#ackNewest = Math.max(this.#ackNewest, at);
+    while (this.#acks.length > 0 && this.#acks[0]!.at < this.#ackNewest - this.#ackWindowMs) this.#acks.shift();
+  }
+
+  #ackedRate(): number | undefined {
+    if (this.#acks.length < 2) return undefined;
+    let lo = Infinity, hi = -Infinity, bytes = 0;
+    for (const a of this.#acks) {
+      lo = Math.min(lo, a.at);
+      hi = Math.max(hi, a.at);
+      bytes += a.bytes;
+    }
+    // A window shorter than half its length says little (a lone frame arrives at the bottleneck's rate).
+    if (hi - lo < this.#ackWindowMs / 2) return undefined;
+    return (bytes * 8) / ((hi - lo) / 1000);
   }
 
   #noteDelay(d: number, now: number): void {

@@ -113,10 +113,16 @@ test("5 % loss towards the browser: NACKs repair, PLIs bring keyframes, video ke
     // Every PLI is followed by a keyframe (the gate merges them: at most one per second).
     if (report.plis > 0) assert.ok(report.keyframesSent > 0 && report.keyFramesDecoded > 0, "PLIs lead to keyframes");
 
-    // A 1.5 s blackout loses more than the NACK history holds: the browser must ask for a keyframe (PLI),
-    // the keyframe gate lets one through, and the picture comes back.
+    // A 1.5 s blackout loses more than retransmission can repair: a keyframe must be asked for (by the
+    // browser's PLI, or by the agent itself when resends stay over budget: Chromium sometimes keeps
+    // NACKing instead), the keyframe gate lets one through, and the picture comes back.
     const k0 = await viewerSample(page);
     const kf0 = peer.counters.keyframesSent;
+    let recoveryRequests = 0;
+    const onKeyframe = (reason: string) => {
+      if (reason === "recovery") recoveryRequests++;
+    };
+    peer.on("keyframe", onKeyframe);
     await linkA.loss("down", 100);
     await sleep(1500);
     await linkA.loss("down", 0);
@@ -127,8 +133,9 @@ test("5 % loss towards the browser: NACKs repair, PLIs bring keyframes, video ke
     }, 10_000);
     const recoverMs = Math.round(performance.now() - back);
     console.log(`# 1.5 s blackout: ${delta(k0, resumed, "pliCount")} PLIs, ${peer.counters.keyframesSent - kf0} keyframes sent, decoding again ${recoverMs} ms after it ended (polled every 200 ms)`);
-    assert.ok(delta(k0, resumed, "pliCount") > 0, "the browser sent PLIs");
-    assert.ok(peer.counters.keyframesSent > kf0, "a keyframe answered them");
+    peer.off("keyframe", onKeyframe);
+    assert.ok(delta(k0, resumed, "pliCount") > 0 || recoveryRequests > 0, "a keyframe was asked for (browser PLI or the agent's own recovery)");
+    assert.ok(peer.counters.keyframesSent > kf0, "a keyframe answered");
     assert.ok(recoverMs < 5000, `picture back after ${recoverMs} ms`);
 
     // Clean again: a few seconds to drain, then no loss and no freeze.

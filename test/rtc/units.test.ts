@@ -8,6 +8,8 @@ import { parseControlMessage } from "../../agent/rtc/control.js";
 import type { KeyframeReason } from "../../agent/encode/types.js";
 
 const opts = { minBps: 300_000, maxBps: 8_000_000, startBps: 2_000_000 };
+/** AbrController's default share of a measured capacity that the target approaches. */
+const USE = 0.93;
 
 /** Runs the controller on a 100 ms tick from t0 to t1 with `feed` called before each update. */
 function run(abr: AbrController, t0: number, t1: number, feed: (t: number) => void): number {
@@ -39,7 +41,7 @@ test("ABR: growing queueing delay backs off within 1 s; a standing low delay doe
   assert.ok(calm.target > opts.startBps, "10 ms of standing delay is not congestion");
 });
 
-test("ABR: probes upward gradually (<= ~8 %/s) after a hold, up to max, and REMB/preferences cap it", () => {
+test("ABR: without capacity samples, probes upward gradually (<= ~8 %/s) after a hold, up to max, and REMB/preferences cap it", () => {
   const abr = new AbrController(opts);
   run(abr, 0, 1000, (t) => abr.onLoss(0.3, t));
   const low = abr.target;
@@ -59,6 +61,120 @@ test("ABR: probes upward gradually (<= ~8 %/s) after a hold, up to max, and REMB
   abr.setPreferredMax(undefined);
   run(abr, 60_300, 70_000, (t) => abr.onLoss(0, t));
   assert.equal(abr.target >= opts.minBps, true);
+});
+
+test("ABR: delay congestion cuts to 0.85 x the acknowledged rate, once while the queue drains; a queue that does not drain cuts again", () => {
+  /** The link drops from 8 to 5 Mbit/s at 1 s; the sender follows a new target 500 ms later. */
+  const scenario = (drains: boolean): { abr: AbrController; trace: number[] } => {
+    const abr = new AbrController({ ...opts, startBps: 8_000_000 });
+    run(abr, 0, 1000, (t) => {
+      abr.onQueueingDelay(2, t);
+      abr.onAckedRate(8_000_000, t);
+    });
+    let d = 2;
+    let cutAt: number | undefined;
+    const trace: number[] = [];
+    run(abr, 1100, 3000, (t) => {
+      if (cutAt === undefined && abr.target < 8_000_000) cutAt = t;
+      // Growing 30 ms per 100 ms up to the queue's 100 ms limit; draining at 150 ms/s once the sender
+      // sends 0.85 x the link (or never, when it keeps overshooting).
+      if (drains && cutAt !== undefined && t >= cutAt + 500) d = Math.max(0, d - 15);
+      else d = Math.min(100, d + 30);
+      abr.onQueueingDelay(d, t);
+      // While the queue is not empty, the bottleneck's rate arrives.
+      abr.onAckedRate(d > 0 ? 5_000_000 : 4_250_000, t);
+      trace.push(abr.target);
+    });
+    return { abr, trace };
+  };
+  const { abr, trace } = scenario(true);
+  const firstCut = trace.findIndex((x) => x < 8_000_000);
+  assert.ok(firstCut >= 0 && firstCut <= 3, `backs off within 400 ms of the queue growing: ${trace.join(" ")}`);
+  assert.equal(abr.target, Math.round(0.85 * 5_000_000), `just under what the bottleneck delivers, once: ${trace.join(" ")}`);
+  const stuck = scenario(false);
+  assert.ok(stuck.abr.target < 0.85 * 0.9 * 5_000_000 + 1, `a queue that stays full cuts further: ${stuck.trace.join(" ")}`);
+});
+
+test("ABR: an encoder that overshoots its target gets a lower target for the same link", () => {
+  const abr = new AbrController(opts);
+  run(abr, 0, 10_000, (t) => {
+    abr.onQueueingDelay(1, t);
+    for (const k of [0.95, 1, 1.05]) abr.onCapacity(5_000_000 * k, t);
+    // The encoder sends 15 % more than its target.
+    abr.onSendRate(abr.target * 1.15, t);
+  });
+  const expected = (USE * 5_000_000) / 1.15;
+  assert.ok(Math.abs(abr.target - expected) < 0.04 * expected, `${abr.target} vs ${expected} (overshoot ${abr.overshoot.toFixed(2)})`);
+  assert.ok(abr.target * 1.15 <= 0.95 * 5_000_000, "what is really sent stays under the capacity");
+});
+
+test("ABR: with capacity samples, climbs fast to just under the capacity and stays there; a raised capacity is reached within seconds", () => {
+  const abr = new AbrController(opts);
+  const feed = (cap: number) => (t: number): void => {
+    abr.onQueueingDelay(1, t);
+    abr.onLoss(0, t);
+    // A frame every 33 ms; a few samples per 100 ms tick, with +-10 % noise around the capacity.
+    for (const k of [0.9, 1, 1.1]) abr.onCapacity(cap * k, t);
+  };
+  const trace: number[] = [];
+  run(abr, 0, 3000, (t) => {
+    feed(5_000_000)(t);
+    trace.push(abr.target);
+  });
+  // From 2 to ~USE x 5 Mbit/s well within 3 s (8 %/s would need > 10 s), never above USE x capacity.
+  assert.ok(abr.target >= (USE - 0.02) * 5_000_000, `after 3 s: ${abr.target}`);
+  assert.ok(trace.every((x) => x <= USE * 5_000_000 + 1), `never over the goal: max ${Math.max(...trace)}`);
+  // Steady: 30 s more at the same capacity stays under it (no probing overshoot).
+  let max = 0, min = Infinity;
+  run(abr, 3100, 33_000, (t) => {
+    feed(5_000_000)(t);
+    max = Math.max(max, abr.target);
+    min = Math.min(min, abr.target);
+  });
+  assert.ok(max <= USE * 5_000_000 + 1 && min >= (USE - 0.02) * 5_000_000, `steady between ${min} and ${max}`);
+  // The path narrows to 2 Mbit/s (frames arrive slower): the target follows down to just under it.
+  run(abr, 33_100, 37_000, (t) => feed(2_000_000)(t));
+  assert.ok(abr.target <= USE * 2_000_000 * 1.03 && abr.target >= 0.85 * 2_000_000, `narrowed: ${abr.target}`);
+  // Samples lower than what demonstrably arrives (a starved sender spreading its own bursts) do not pull
+  // the target down.
+  const starved = new AbrController({ ...opts, startBps: 4_000_000 });
+  run(starved, 0, 5000, (t) => {
+    starved.onQueueingDelay(1, t);
+    starved.onAckedRate(4_000_000, t);
+    for (const k of [0.9, 1, 1.1]) starved.onCapacity(2_000_000 * k, t);
+  });
+  assert.equal(starved.target, 4_000_000);
+  // Raised again from 2 to 5 Mbit/s: 90 % of the goal within 3 s.
+  const low = new AbrController({ ...opts, startBps: 1_800_000 });
+  run(low, 0, 2000, (t) => {
+    low.onQueueingDelay(1, t);
+    for (const k of [0.95, 1, 1.05]) low.onCapacity(2_000_000 * k, t);
+  });
+  assert.ok(low.target <= USE * 2_000_000 + 1, `at 2 Mbit/s: ${low.target}`);
+  let reached: number | undefined;
+  run(low, 2100, 10_000, (t) => {
+    low.onQueueingDelay(1, t);
+    // Samples of the new capacity arrive as frames cross the raised link.
+    for (const k of [0.95, 1, 1.05]) low.onCapacity(5_000_000 * k, t);
+    if (reached === undefined && low.target >= 0.9 * USE * 5_000_000) reached = t - 2100;
+  });
+  assert.ok(reached !== undefined && reached <= 3000, `reached in ${reached} ms`);
+});
+
+test("ABR: a capacity that is not there (congestion despite the samples) still backs off and holds", () => {
+  const abr = new AbrController(opts);
+  let d = 0;
+  run(abr, 0, 1000, (t) => {
+    abr.onCapacity(10_000_000, t);
+    abr.onQueueingDelay(0, t);
+  });
+  const before = abr.target;
+  run(abr, 1100, 2000, (t) => {
+    for (let i = 0; i < 3; i++) abr.onCapacity(10_000_000, t);
+    abr.onQueueingDelay((d += 12), t);
+    abr.onAckedRate(3_000_000, t);
+  });
+  assert.ok(abr.target <= 0.85 * 3_000_000 + 1, `${before} -> ${abr.target}`);
 });
 
 test("ABR: never below min; moderate loss (2-10 %) holds", () => {
@@ -90,6 +206,36 @@ test("transport-cc: arrival times from run-length and status-vector chunks; queu
   assert.equal(b?.queueingDelayMs, 30);
   assert.equal(b?.loss, 0.5);
   assert.equal(dt.feedback([{ sequenceNumber: 999, received: true, receivedAtMs: 1 }], 200), undefined);
+});
+
+test("transport-cc: the standing queue is the least delay of a report; bursts give capacity samples; acked rate", () => {
+  const dt = new DelayTracker();
+  // Frame 1 (group 1): 12 packets of 1000 bytes handed to the socket at once (t = 0); a 2 Mbit/s
+  // bottleneck with a token bucket lets the first 3 through at once, then one every 4 ms.
+  const arrive = (k: number): number => 20 + (k < 3 ? 0 : (k - 2) * 4);
+  for (let k = 0; k < 12; k++) dt.sent(k, 0, 1000, 1);
+  // Frame 2 starts (group 1 is complete from the sender's side).
+  dt.sent(12, 33, 1000, 2);
+  const a = dt.feedback(Array.from({ length: 12 }, (_, k) => ({ sequenceNumber: k, received: true, receivedAtMs: arrive(k) })), 60);
+  assert.equal(a?.queueingDelayMs, 0);
+  assert.equal(a?.lastQueueingDelayMs, arrive(11) - 20, "the last packet waited behind its own frame");
+  assert.equal(a?.capacityBps.length, 1);
+  assert.ok(Math.abs(a!.capacityBps[0]! - 2_000_000) < 1, `dispersion of the frame's later packets: ${a!.capacityBps[0]}`);
+  // A paced burst (1 packet per 8 ms: 1 Mbit/s) on the same link: the sample is its send rate.
+  for (let k = 0; k < 8; k++) dt.sent(13 + k, 100 + 8 * k, 1000, 3);
+  dt.sent(21, 200, 1000, 4);
+  const b = dt.feedback(Array.from({ length: 9 }, (_, k) => ({ sequenceNumber: 12 + k, received: true, receivedAtMs: 120 + (k === 0 ? -67 : 4 + 8 * (k - 1)) })), 230);
+  assert.ok(Math.abs(b!.capacityBps[0]! - 1_000_000) < 1, `paced: ${b!.capacityBps.join(",")}`);
+  // A burst with a lost packet gives no sample.
+  for (let k = 0; k < 8; k++) dt.sent(22 + k, 300, 1000, 5);
+  dt.sent(30, 333, 1000, 6);
+  const c = dt.feedback(Array.from({ length: 8 }, (_, k) => ({ sequenceNumber: 22 + k, received: k !== 5, receivedAtMs: 320 + 4 * k })), 360);
+  assert.deepEqual(c?.capacityBps, []);
+  // Acked rate: over the last 500 ms of arrivals, 1000 bytes every 4 ms = 2 Mbit/s.
+  const e = new DelayTracker();
+  for (let k = 0; k < 200; k++) e.sent(k, k * 4, 1000);
+  const r = e.feedback(Array.from({ length: 200 }, (_, k) => ({ sequenceNumber: k, received: true, receivedAtMs: 10 + k * 4 })), 800);
+  assert.ok(r?.ackedBps !== undefined && Math.abs(r.ackedBps - 2_000_000) < 20_000, `acked ${r?.ackedBps}`);
 });
 
 test("keyframe gate: merges requests inside the interval, forwards one when it ends, withdraws for a viewer who left", async () => {
