@@ -56,7 +56,6 @@ uint64_t NowNs() {
 }
 
 constexpr uint32_t kMaxDamageRegions = 16;  // what we ask the producer for (xdpw sends up to 4)
-constexpr size_t kMaxMailboxRects = 64;     // beyond this, merged damage collapses to a bounding box
 constexpr size_t kPoolSize = 4;             // mailbox + reference + one held by the encoder + one filling
 constexpr uint32_t kCursorMax = 256;
 
@@ -216,11 +215,7 @@ bool PipeWireCapture::Start(std::string* error) {
 
 void PipeWireCapture::Close() {
   if (closed_.exchange(true)) return;
-  {
-    std::lock_guard<std::mutex> lock(mailbox_mu_);
-    mailbox_ = LatestFrame{};
-  }
-  mailbox_cv_.notify_all();  // wake an encoder blocked in WaitLatest
+  mailbox_.Clear(false);  // wakes an encoder blocked in WaitLatest
   if (loop_ != nullptr) {
     pw_thread_loop_lock(loop_);
     if (stream_ != nullptr) {
@@ -246,10 +241,7 @@ void PipeWireCapture::Close() {
   }
   pool_.clear();
   last_published_.reset();
-  {
-    std::lock_guard<std::mutex> lock(mailbox_mu_);
-    latest_.reset();
-  }
+  mailbox_.Clear(true);
   std::lock_guard<std::mutex> lock(info_mu_);
   info_.state = StreamState::kClosed;
 }
@@ -259,22 +251,11 @@ Snapshot PipeWireCapture::GetSnapshot() const {
   return info_;
 }
 
-LatestFrame PipeWireCapture::WaitLatest(std::chrono::nanoseconds timeout) {
-  std::unique_lock<std::mutex> lock(mailbox_mu_);
-  mailbox_cv_.wait_for(lock, timeout, [this] { return mailbox_.frame != nullptr || closed_.load(); });
-  if (closed_.load()) return LatestFrame{};
-  return std::exchange(mailbox_, LatestFrame{});
-}
+LatestFrame PipeWireCapture::WaitLatest(std::chrono::nanoseconds timeout) { return mailbox_.Wait(timeout, closed_); }
 
-LatestFrame PipeWireCapture::TryTakeLatest() {
-  std::lock_guard<std::mutex> lock(mailbox_mu_);
-  return std::exchange(mailbox_, LatestFrame{});
-}
+LatestFrame PipeWireCapture::TryTakeLatest() { return mailbox_.TryTake(); }
 
-FramePtr PipeWireCapture::PeekLatest() const {
-  std::lock_guard<std::mutex> lock(mailbox_mu_);
-  return latest_;
-}
+FramePtr PipeWireCapture::PeekLatest() const { return mailbox_.Peek(); }
 
 void PipeWireCapture::SetState(StreamState state, const std::string& message) {
   {
@@ -571,7 +552,7 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
       std::memcpy(frame->pixels.data() + static_cast<size_t>(y) * row_bytes, src + static_cast<size_t>(y) * stride, row_bytes);
     for (damage::Rect r : *carried)
       if (damage::Clip(&r, width, height)) frame->damage.push_back(r);
-    damage::Accumulate(&frame->damage, compositor, kMaxMailboxRects);
+    damage::Accumulate(&frame->damage, compositor, FrameMailbox::kMaxRects);
     frame->damage_source = DamageSource::kCompositor;
   } else {
     // No usable compositor damage: fused copy + tile compare against the previous frame.
@@ -604,30 +585,9 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
 void PipeWireCapture::Publish(const std::shared_ptr<Frame>& frame, uint64_t t0) {
   frame->seq = ++seq_;
   frame->publish_ns = NowNs();
-  bool dropped = false;
-  {
-    std::lock_guard<std::mutex> lock(mailbox_mu_);
-    if (mailbox_.frame != nullptr) {
-      // Replaced before anyone took it: whoever takes this one must also redraw what that one changed.
-      dropped = true;
-      ++mailbox_.frames_merged;
-      if (mailbox_.damage_source == DamageSource::kFull || frame->damage_source == DamageSource::kFull) {
-        mailbox_.damage.assign(1, damage::Rect{0, 0, frame->width, frame->height});
-        mailbox_.damage_source = DamageSource::kFull;
-      } else {
-        damage::Accumulate(&mailbox_.damage, frame->damage, kMaxMailboxRects);
-        mailbox_.damage_source = frame->damage_source;
-      }
-    } else {
-      mailbox_.damage = frame->damage;
-      mailbox_.damage_source = frame->damage_source;
-      mailbox_.frames_merged = 0;
-    }
-    mailbox_.frame = frame;
-    latest_ = frame;
-  }
+  // Replaced before anyone took it: whoever takes this one must also redraw what that one changed.
+  const bool dropped = mailbox_.Publish(frame);
   last_published_ = frame;
-  mailbox_cv_.notify_one();
   {
     std::lock_guard<std::mutex> lock(info_mu_);
     ++info_.counters.frames_delivered;

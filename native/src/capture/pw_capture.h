@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "capture/mailbox.h"
 #include "capture/frame.h"
 #include "damage/rect.h"
 
@@ -161,11 +162,7 @@ class PipeWireCapture final : public LatestFrameSource {
   bool carry_unknown_ = false;              // a requeued buffer had no damage info: fall back to tiles
   uint64_t seq_ = 0;
 
-  // The one-slot mailbox.
-  mutable std::mutex mailbox_mu_;
-  std::condition_variable mailbox_cv_;
-  LatestFrame mailbox_;
-  FramePtr latest_;
+  FrameMailbox mailbox_;
 
   // What GetSnapshot reports.
   mutable std::mutex info_mu_;

@@ -17,30 +17,10 @@ uint64_t MonoNs() {
 FrameFeeder::~FrameFeeder() { Close(); }
 
 void FrameFeeder::Publish(std::shared_ptr<capture::Frame> f) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    f->seq = ++seq_;
-    f->publish_ns = MonoNs();
-    if (f->process_ns == 0) f->process_ns = f->publish_ns;
-    if (slot_) {
-      // Replaced before anyone took it: merge its damage so the taker sees everything that changed.
-      ++slot_.frames_merged;
-      if (slot_.frame->width != f->width || slot_.frame->height != f->height ||
-          f->damage_source == capture::DamageSource::kFull) {
-        slot_.damage.assign(1, damage::Rect{0, 0, f->width, f->height});
-        slot_.damage_source = capture::DamageSource::kFull;
-      } else {
-        damage::Accumulate(&slot_.damage, f->damage, 64);
-      }
-    } else {
-      slot_.damage = f->damage;
-      slot_.damage_source = f->damage_source;
-      slot_.frames_merged = 0;
-    }
-    slot_.frame = f;
-    latest_ = f;
-  }
-  cv_.notify_all();
+  f->seq = ++seq_;
+  f->publish_ns = MonoNs();
+  if (f->process_ns == 0) f->process_ns = f->publish_ns;
+  mailbox_.Publish(std::move(f));
 }
 
 void FrameFeeder::Push(const uint8_t* data, uint32_t width, uint32_t height, uint32_t stride, const std::string& format,
@@ -103,8 +83,7 @@ void FrameFeeder::Play(double fps, uint32_t loops) {
         if (stop_player_.load() || closed_.load()) break;
         if (interval == 0) {
           // As fast as the encoder goes: wait until the previous frame was taken.
-          std::unique_lock<std::mutex> lock(mu_);
-          cv_.wait(lock, [&] { return !slot_ || stop_player_.load() || closed_.load(); });
+          mailbox_.WaitEmpty([&] { return stop_player_.load() || closed_.load(); });
         } else {
           const uint64_t now = MonoNs();
           if (next > now) {
@@ -128,38 +107,25 @@ void FrameFeeder::Play(double fps, uint32_t loops) {
 
 void FrameFeeder::StopPlayer() {
   stop_player_.store(true);
-  cv_.notify_all();
+  mailbox_.Wake();
   if (player_.joinable()) player_.join();
   playing_.store(false);
 }
 
 void FrameFeeder::Close() {
   if (closed_.exchange(true)) return;
-  cv_.notify_all();
+  mailbox_.Wake();
   StopPlayer();
   // Loaded frames can be gigabytes (4K bench): free them now, not when the JS wrapper is collected.
   loaded_.clear();
   loaded_.shrink_to_fit();
-  std::lock_guard<std::mutex> lock(mu_);
-  slot_ = capture::LatestFrame();
-  latest_.reset();
+  mailbox_.Clear(true);
 }
 
-capture::LatestFrame FrameFeeder::WaitLatest(std::chrono::nanoseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return static_cast<bool>(slot_) || closed_.load(); });
-  capture::LatestFrame out = std::move(slot_);
-  slot_ = capture::LatestFrame();
-  lock.unlock();
-  cv_.notify_all();  // a pacing player waits for the slot to empty
-  return out;
-}
+capture::LatestFrame FrameFeeder::WaitLatest(std::chrono::nanoseconds timeout) { return mailbox_.Wait(timeout, closed_); }
 
-capture::LatestFrame FrameFeeder::TryTakeLatest() { return WaitLatest(std::chrono::nanoseconds(0)); }
+capture::LatestFrame FrameFeeder::TryTakeLatest() { return mailbox_.TryTake(); }
 
-capture::FramePtr FrameFeeder::PeekLatest() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return latest_;
-}
+capture::FramePtr FrameFeeder::PeekLatest() const { return mailbox_.Peek(); }
 
 }  // namespace wl::encode

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "capture/mailbox.h"
 #include "capture/frame.h"
 
 namespace wl::encode {
@@ -43,11 +44,8 @@ class FrameFeeder final : public capture::LatestFrameSource {
   void Publish(std::shared_ptr<capture::Frame> f);
   void StopPlayer();
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  capture::LatestFrame slot_;
-  capture::FramePtr latest_;
-  uint64_t seq_ = 0;
+  capture::FrameMailbox mailbox_;
+  uint64_t seq_ = 0;  // Publish() runs on one thread at a time (Push from JS, or the player)
   std::atomic<bool> closed_{false};
   std::vector<std::shared_ptr<capture::Frame>> loaded_;
   std::thread player_;
