@@ -11,6 +11,7 @@ import { CaptureStream, type FrameInfo } from "../../agent/capture/capture-strea
 import { silentLogger } from "../../agent/log/logger.js";
 import { InvalidStateError, UnsupportedError, WlError } from "../../agent/util/errors.js";
 import { countFds, countThreads, NATIVE_RELEASE, Producer, REPO_ROOT, requireBinary, startPipeWire, type PipeWireEnv } from "./pw-env.js";
+import { tapResults } from "../helpers/native-tap.js";
 
 const log = silentLogger();
 
@@ -333,9 +334,8 @@ describe("capture against real PipeWire", { timeout: 120_000 }, () => {
         const kill = setTimeout(() => child.pid !== undefined && process.kill(child.pid, "SIGKILL"), 30_000);
         child.once("exit", (status) => (clearTimeout(kill), resolve({ status, stdout })));
       });
-      const results = [...run.stdout.matchAll(/^(ok|not ok) \d+ - (.*)\n(?: {2}# (.*)\n)?/gm)];
-      for (const [, status, name, reason] of results) {
-        await t.test(name!, () => assert.equal(status, "ok", reason ?? "failed"));
+      for (const [status, name, reason] of tapResults(run.stdout)) {
+        await t.test(name, () => assert.equal(status, "ok", reason ?? "failed"));
       }
       assert.match(run.stdout, /^1\.\.\d+$/m, `capture_source_test did not finish:\n${run.stdout}`);
       assert.equal(run.status, 0, run.stdout);

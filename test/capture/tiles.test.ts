@@ -1,32 +1,14 @@
 // The tile differ: the native unit tests (native/test/tiles_test.cc, built by binding.gyp as
 // native/build/Release/tiles_test) reported test by test, plus the same differ through the addon.
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { join } from "node:path";
 import { describe, test } from "node:test";
 
 import { diffTiles } from "../../agent/capture/tiles.js";
 import { explainLoadError } from "../../agent/native/addon.js";
 import { UnsupportedError } from "../../agent/util/errors.js";
-import { NATIVE_RELEASE, requireBinary } from "./pw-env.js";
+import { describeNativeTap } from "../helpers/native-tap.js";
 
-describe("native tile differ unit tests (tiles_test)", () => {
-  const bin = requireBinary(join(NATIVE_RELEASE, "tiles_test"), "build it: source scripts/env.sh && npx node-gyp rebuild --directory native");
-  const run = spawnSync(bin, [], { encoding: "utf8", timeout: 60_000 });
-  const results = [...run.stdout.matchAll(/^(ok|not ok) \d+ - (.*)\n(?: {2}# (.*)\n)?/gm)];
-
-  test("the executable ran to completion and reported its plan", () => {
-    assert.equal(run.error, undefined, String(run.error));
-    assert.match(run.stdout, /^1\.\.\d+$/m, `no TAP plan in output:\n${run.stdout}\n${run.stderr}`);
-    const plan = Number(/^1\.\.(\d+)$/m.exec(run.stdout)![1]);
-    assert.equal(results.length, plan);
-    assert.ok(plan >= 30);
-    assert.equal(run.status, 0, run.stdout);
-  });
-  for (const [, status, name, reason] of results) {
-    test(name!, () => assert.equal(status, "ok", reason ?? "failed"));
-  }
-});
+describeNativeTap("native tile differ unit tests (tiles_test)", "tiles_test", { minPlan: 30, timeoutMs: 60_000 });
 
 describe("diffTiles through the addon", () => {
   const w = 1921, h = 1079, stride = w * 4 + 64;
