@@ -6,6 +6,9 @@ import { CaptureStream, type CaptureFormat, type FrameInfo } from "./capture-str
 import { TypedEmitter } from "../util/events.js";
 import { WlError } from "../util/errors.js";
 
+/** Between disconnecting the PipeWire stream and closing the portal session. */
+const CLOSE_GRACE_MS = 100;
+
 export interface DesktopCaptureOptions {
   capture: CaptureConfig;
   /** Where the restore token lives. */
@@ -100,6 +103,11 @@ export class DesktopCapture extends TypedEmitter<DesktopCaptureEvents> {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.stream.close();
+      // Our disconnect reaches the portal backend through PipeWire, Session.Close through D-Bus: the
+      // second can overtake the first, and xdpw 0.7 then crashes or wedges (trap 4 in the notes; seen
+      // here as a stream stuck "paused" and a portal that stops answering, about 1 run in 4 of 50
+      // rapid cycles). Give the backend a moment to see the consumer leave.
+      await new Promise((r) => setTimeout(r, CLOSE_GRACE_MS));
       try {
         await this.portal.close();
       } catch (err) {

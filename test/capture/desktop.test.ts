@@ -28,8 +28,20 @@ after(async () => {
   rmSync(stateDir, { recursive: true, force: true });
 });
 
-function open(): Promise<DesktopCapture> {
-  return DesktopCapture.open({ capture, stateDir, busAddress: desktop.env.DBUS_SESSION_BUS_ADDRESS, log });
+async function open(): Promise<DesktopCapture> {
+  try {
+    return await DesktopCapture.open({ capture, stateDir, busAddress: desktop.env.DBUS_SESSION_BUS_ADDRESS, log });
+  } catch (err) {
+    // The portal backend's own account of what happened, for a failure that is not ours to explain.
+    const tail = (part: string) => {
+      try {
+        return readFileSync(join(desktop.rootDir, "log", `${part}.log`), "utf8").split("\n").slice(-25).join("\n");
+      } catch {
+        return "(no log)";
+      }
+    };
+    throw new Error(`${(err as Error).message}\n--- xdpw ---\n${tail("xdpw")}\n--- portal ---\n${tail("portal")}`, { cause: err });
+  }
 }
 
 /** A terminal whose text changes about 200 times a second: every refresh has something new. */
