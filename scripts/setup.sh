@@ -26,8 +26,8 @@ pkgs=(build-essential python3 pkg-config ca-certificates
       dbus dbus-daemon pipewire wireplumber sway xdg-desktop-portal xdg-desktop-portal-wlr
       fonts-dejavu-core)
 # Tests and benches: a real browser, a terminal that animates the screen, input checkers, ffmpeg,
-# network shaping between test hosts.
-test_pkgs=(chromium foot wev wtype ffmpeg nftables iproute2 procps openssl)
+# network shaping between test hosts, a TURN server (coturn: the tests start their own `turnserver`).
+test_pkgs=(chromium foot wev wtype ffmpeg nftables iproute2 procps openssl coturn)
 [ "$want_test" = 1 ] && pkgs+=("${test_pkgs[@]}")
 
 missing=()
@@ -39,7 +39,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "setup: installing Debian packages: ${missing[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Packages with a daemon (coturn) must not start or enable it: the tests run their own turnserver
+  # on their own ports. A policy-rc.d that answers 101 makes invoke-rc.d/deb-systemd-invoke skip the
+  # start; an existing one (containers often have it) is left as it is.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if ! [ -e "$policy" ]; then
+    printf '#!/bin/sh\n# wl-webrtc setup.sh: no service starts during this install\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    own_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || { [ "$own_policy" = 1 ] && $sudo rm -f "$policy"; exit 1; }
+  [ "$own_policy" = 1 ] && $sudo rm -f "$policy"
+  # Under systemd, also keep the packaged coturn service from starting at boot.
+  if [ -d /run/systemd/system ] && dpkg-query -W -f='${Status}' coturn 2>/dev/null | grep -q 'install ok installed'; then
+    $sudo systemctl disable --now coturn.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # Node.js 22 from the npm registry (this machine's own Node may be older).

@@ -106,6 +106,15 @@ const rtcSection = z
     turn_username: z.string().default(""),
     /** Absolute path of a file holding the TURN password. WL_WEBRTC_TURN_PASSWORD overrides it. Never on the command line. */
     turn_password_file: z.string().regex(/^(\/.*)?$/, "an absolute path, or empty").default(""),
+    /**
+     * Absolute path of a file holding the TURN server's shared secret (coturn `static-auth-secret`, the
+     * "TURN REST API" scheme). WL_WEBRTC_TURN_SECRET overrides it. When set, the agent and every browser get
+     * short-lived credentials made from it (user "<expiry>:<name>", password HMAC-SHA1), and
+     * turn_username / the TURN password are not used. Without it, browsers get no TURN servers.
+     */
+    turn_secret_file: z.string().regex(/^(\/.*)?$/, "an absolute path, or empty").default(""),
+    /** Lifetime of those credentials, seconds (a session that outlives them cannot renew its relay). */
+    turn_credential_ttl_s: z.number().int().min(60).max(7 * 86_400).default(86_400),
     /** UDP ports for ICE; 0 and 0: any free port. */
     udp_port_min: portOrZero.default(0),
     udp_port_max: portOrZero.default(0),

@@ -11,7 +11,7 @@ import type { EncodedFrame, KeyframeReason } from "../encode/types.js";
 import type { Role } from "../auth/tokens.js";
 import type { CandidateInit } from "../signaling/protocol.js";
 import { TypedEmitter } from "../util/events.js";
-import { InvalidStateError, UnsupportedError, errorMessage } from "../util/errors.js";
+import { ExhaustedError, InvalidStateError, UnsupportedError, errorMessage } from "../util/errors.js";
 import { AbrController, DelayTracker, twccPacketResults, type TwccFeedback } from "./abr.js";
 import { RtpHistory } from "./history.js";
 import { chooseOfferedH264, keepOnlyVideoPayload, offeredH264, rewriteProfileLevelId } from "./h264.js";
@@ -26,6 +26,12 @@ const WERIFT_HISTORY = 128;
 const FIR_FMT = 4;
 /** Bytes a media packet carries besides its payload on an Ethernet link (what the bench measured: ~7.5 %). */
 const WIRE_OVERHEAD = 88;
+/**
+ * A connection that stays failed or disconnected this long is released by the agent. The client restarts
+ * ICE once after 5 s and gives up 10 s later (web-client), then hangs up; this catches clients that never
+ * do (a closed laptop lid keeps the WebSocket's TCP connection half-open for minutes).
+ */
+export const ICE_FAILED_RELEASE_MS = 30_000;
 
 export interface PeerSessionOptions {
   id: string;
@@ -78,6 +84,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
   #control: RTCDataChannel | undefined;
   #input: RTCDataChannel | undefined;
   #statsTimer: NodeJS.Timeout | undefined;
+  #iceFailedTimer: NodeJS.Timeout | undefined;
   #connected = false;
   #closed = false;
   #queue: Promise<void> = Promise.resolve();
@@ -130,9 +137,15 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
           this.safeEmit("keyframe", "new-viewer");
         }
       } else if (state === "failed" || state === "disconnected") {
-        // The client decides: it restarts ICE with a new offer, or gives up and hangs up.
+        // The client decides first: it restarts ICE with a new offer, or gives up and hangs up.
         this.#connected = false;
+        this.#iceFailedTimer ??= setTimeout(() => this.close("ice failed"), ICE_FAILED_RELEASE_MS);
+        this.#iceFailedTimer.unref();
       } else if (state === "closed") this.close("peer connection closed");
+      if (state === "connected" || state === "connecting" || state === "new") {
+        if (this.#iceFailedTimer) clearTimeout(this.#iceFailedTimer);
+        this.#iceFailedTimer = undefined;
+      }
     });
     this.#pc.onDataChannel.subscribe((ch) => this.#onDataChannel(ch));
   }
@@ -167,6 +180,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
       const sdpOut = this.#codecPt === undefined ? answer.sdp : rewriteProfileLevelId(answer.sdp, this.#codecPt, this.#o.profileLevelId);
       this.#o.signal({ type: "answer", sdp: sdpOut });
       await this.#pc.setLocalDescription(answer);
+      this.#checkGathered();
       const ext = Object.entries(this.#pc.extIdUriMap).find(([, uri]) => uri === PLAYOUT_DELAY_URI);
       this.#playoutExtId = ext ? Number(ext[0]) : undefined;
       const twcc = Object.entries(this.#pc.extIdUriMap).find(([, uri]) => uri === useTransportWideCC().uri);
@@ -183,6 +197,21 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
 
   #codecPt: number | undefined;
   #twccExtId: number | undefined;
+
+  /**
+   * werift skips an interface whose socket cannot be bound (all ports of rtc.udp_port_min..max taken) and
+   * goes on without it: with no candidate at all the browser would only see ICE fail after seconds. Say
+   * why at once instead (the stage answers the offer with an error and releases this viewer).
+   */
+  #checkGathered(): void {
+    const sdp = this.#pc.localDescription?.sdp ?? "";
+    const cands = sdp.split(/\r?\n/).filter((l) => l.startsWith("a=candidate:"));
+    const c = this.#o.config;
+    if (cands.length > 0) return;
+    if (c.udp_port_min !== 0)
+      throw new ExhaustedError(`no free UDP port for this viewer in rtc.udp_port_min..udp_port_max (${c.udp_port_min}-${c.udp_port_max}, ${c.udp_port_max - c.udp_port_min + 1} ports, one per viewer and network interface): raise the range or wait for a viewer to leave`);
+    throw new ExhaustedError("no ICE candidate could be gathered (no usable network interface, no UDP socket)");
+  }
 
   #chooseCodec(offer: string): ReturnType<typeof useH264> {
     const offered = offeredH264(offer);
@@ -549,6 +578,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#closed = true;
     this.#connected = false;
     if (this.#statsTimer) clearInterval(this.#statsTimer);
+    if (this.#iceFailedTimer) clearTimeout(this.#iceFailedTimer);
     if (this.#paceTimer) clearTimeout(this.#paceTimer);
     this.#paced = [];
     this.#pacedGroups = [];

@@ -1,3 +1,4 @@
+import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Counter, Gauge } from "prom-client";
 import { H264Packetizer, type RTCIceServer } from "werift";
@@ -63,7 +64,7 @@ const FALLBACK_PROFILE_LEVEL_ID = "42e01f";
  */
 export class RtcStage extends TypedEmitter<RtcStageEvents> {
   readonly #o: RtcStageOptions;
-  readonly #iceServers: RTCIceServer[];
+  readonly #ice: IceServers;
   readonly #peers = new Map<string, PeerSession>();
   readonly #m: { viewers: Gauge; keyframeRequests: Counter<"reason">; framesDropped: Counter; retransmits: Counter };
   #source: EncodedVideoSource | undefined;
@@ -77,10 +78,10 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   #closed = false;
   readonly #onSession = (s: Session): void => this.#attach(s);
 
-  private constructor(opts: RtcStageOptions, iceServers: RTCIceServer[]) {
+  private constructor(opts: RtcStageOptions, ice: IceServers) {
     super();
     this.#o = opts;
-    this.#iceServers = iceServers;
+    this.#ice = ice;
     const r = [opts.metrics.registry];
     const existing = opts.metrics.registry.getSingleMetric("wl_webrtc_rtc_viewers");
     // One registry per agent; a second stage on the same registry (tests) reuses the series.
@@ -98,6 +99,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
           retransmits: new Counter({ name: "wl_webrtc_rtc_retransmitted_packets_total", help: "Packets resent from our own history (older than werift's)", registers: r }),
         };
     opts.signaling.on("session", this.#onSession);
+    // Browsers learn the STUN/TURN servers in `welcome`, so that both ends gather the same kinds of candidates.
+    opts.signaling.iceServersFor = (subject) => this.#ice.forBrowser(subject);
     // The shared encoder follows the fastest viewer; re-evaluated a few times a second.
     this.#abrTimer = setInterval(() => this.#updateEncoderTarget(), 250);
     this.#abrTimer.unref();
@@ -105,7 +108,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
 
   /** Attaches to the signaling server: from now on, offers are answered. */
   static async open(opts: RtcStageOptions): Promise<RtcStage> {
-    return new RtcStage(opts, iceServersFrom(opts.config, opts.env ?? process.env));
+    return new RtcStage(opts, new IceServers(opts.config, opts.env ?? process.env));
   }
 
   get closed(): boolean {
@@ -147,7 +150,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
         id: session.id,
         role: session.role,
         config: this.#o.config,
-        iceServers: this.#iceServers,
+        iceServers: this.#ice.forAgent(),
         profileLevelId: this.#profileLevelId ?? source.format?.profileLevelId ?? FALLBACK_PROFILE_LEVEL_ID,
         firstOffer: m.sdp,
         log,
@@ -158,7 +161,13 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       this.#m.viewers.set(this.#peers.size);
       this.#cancelLinger();
       p.on("keyframe", (reason) => this.#requestKeyframe(reason, p.id));
-      p.once("close", () => {
+      p.once("close", ({ reason }) => {
+        if (reason === "ice failed" && !session.closed) {
+          // The agent gave up on this viewer's network path: a new attempt needs a new session.
+          log.info("no ICE connection for 30 s: viewer released");
+          session.send({ type: "bye", reason: "no network path (ICE failed); connect again" });
+          session.close(1000, "ice failed");
+        }
         this.#peers.delete(session.id);
         this.#gate?.withdraw(p.id);
         this.#m.viewers.set(this.#peers.size);
@@ -320,6 +329,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     clearInterval(this.#abrTimer);
     this.#cancelLinger();
     this.#o.signaling.off("session", this.#onSession);
+    this.#o.signaling.iceServersFor = undefined;
     for (const p of [...this.#peers.values()]) p.close("agent shutting down");
     const opening = this.#sourceOpening;
     if (opening) await opening.then((s) => s.close(), () => undefined);
@@ -329,21 +339,86 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   }
 }
 
-/** STUN and TURN servers from the config; the TURN password from the environment or a file, never argv. */
-export function iceServersFrom(cfg: RtcConfig, env: NodeJS.ProcessEnv): RTCIceServer[] {
-  const servers: RTCIceServer[] = cfg.stun_servers.map((urls) => ({ urls }));
-  if (cfg.turn_servers.length > 0) {
-    let credential = env.WL_WEBRTC_TURN_PASSWORD;
-    if (credential === undefined && cfg.turn_password_file !== "") {
+/** An ICE server as the browser's RTCPeerConnection takes it (and as the `welcome` message carries it). */
+export interface IceServerInit {
+  urls: string;
+  username?: string;
+  credential?: string;
+}
+
+/**
+ * Short-lived TURN credentials of the "TURN REST API" scheme (coturn `use-auth-secret`): the user name is
+ * "<unix expiry>:<name>", the password base64(HMAC-SHA1(secret, user name)). The TURN server checks the
+ * HMAC and the expiry; nothing is stored, and a leaked credential dies by itself.
+ */
+export function turnRestCredential(secret: string, name: string, ttlS: number, nowMs = Date.now()): { username: string; credential: string } {
+  const username = `${Math.floor(nowMs / 1000) + ttlS}:${name}`;
+  return { username, credential: createHmac("sha1", secret).update(username).digest("base64") };
+}
+
+/**
+ * The STUN and TURN servers of the config, for the agent and for each browser. The static TURN password
+ * (WL_WEBRTC_TURN_PASSWORD or a file, never argv) is the agent's own: it is never sent to browsers. With a
+ * shared secret (WL_WEBRTC_TURN_SECRET or rtc.turn_secret_file), both get fresh REST credentials.
+ */
+export class IceServers {
+  readonly #cfg: RtcConfig;
+  readonly #secret: string | undefined;
+  readonly #password: string | undefined;
+
+  constructor(cfg: RtcConfig, env: NodeJS.ProcessEnv) {
+    this.#cfg = cfg;
+    const fromFile = (key: "turn_password_file" | "turn_secret_file"): string | undefined => {
+      const path = cfg[key];
+      if (path === "") return undefined;
       try {
-        credential = readFileSync(cfg.turn_password_file, "utf8").trim();
+        return readFileSync(path, "utf8").trim();
       } catch (err) {
-        throw new ConfigError([`rtc.turn_password_file: cannot read ${cfg.turn_password_file}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`]);
+        throw new ConfigError([`rtc.${key}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`]);
       }
+    };
+    if (cfg.turn_servers.length === 0) return;
+    this.#secret = env.WL_WEBRTC_TURN_SECRET || fromFile("turn_secret_file");
+    if (this.#secret !== undefined) {
+      if (this.#secret === "") throw new ConfigError(["rtc.turn_secret_file: the TURN secret is empty"]);
+      return;
     }
-    if (cfg.turn_username === "" || credential === undefined || credential === "")
-      throw new ConfigError(["rtc.turn_servers: TURN needs rtc.turn_username and a password (WL_WEBRTC_TURN_PASSWORD or rtc.turn_password_file)"]);
-    for (const urls of cfg.turn_servers) servers.push({ urls, username: cfg.turn_username, credential });
+    this.#password = env.WL_WEBRTC_TURN_PASSWORD ?? fromFile("turn_password_file");
+    if (cfg.turn_username === "" || this.#password === undefined || this.#password === "")
+      throw new ConfigError(["rtc.turn_servers: TURN needs rtc.turn_username and a password (WL_WEBRTC_TURN_PASSWORD or rtc.turn_password_file), or a shared secret (WL_WEBRTC_TURN_SECRET or rtc.turn_secret_file)"]);
   }
-  return servers;
+
+  /** Whether browsers get TURN servers too (only with a shared secret). */
+  get turnForBrowsers(): boolean {
+    return this.#secret !== undefined;
+  }
+
+  /** The agent's servers for a new peer connection (fresh credentials each time with a secret). */
+  forAgent(nowMs = Date.now()): RTCIceServer[] {
+    const out: RTCIceServer[] = this.#cfg.stun_servers.map((urls) => ({ urls }));
+    if (this.#secret !== undefined) {
+      const c = turnRestCredential(this.#secret, this.#cfg.turn_username || "wl-webrtc-agent", this.#cfg.turn_credential_ttl_s, nowMs);
+      for (const urls of this.#cfg.turn_servers) out.push({ urls, ...c });
+    } else if (this.#password !== undefined) {
+      for (const urls of this.#cfg.turn_servers) out.push({ urls, username: this.#cfg.turn_username, credential: this.#password });
+    }
+    return out;
+  }
+
+  /** What one browser gets in `welcome`: the STUN servers, and TURN with its own credentials when a secret is set. */
+  forBrowser(subject: string, nowMs = Date.now()): IceServerInit[] {
+    const out: IceServerInit[] = this.#cfg.stun_servers.map((urls) => ({ urls }));
+    if (this.#secret !== undefined) {
+      // The token's subject in the user name: the TURN server's log says whose relay it is. ':' would end
+      // the expiry part early for servers that split at the last one; keep it out.
+      const c = turnRestCredential(this.#secret, subject.replace(/[^\w.@-]/g, "_").slice(0, 64) || "viewer", this.#cfg.turn_credential_ttl_s, nowMs);
+      for (const urls of this.#cfg.turn_servers) out.push({ urls, ...c });
+    }
+    return out;
+  }
+}
+
+/** The agent's STUN and TURN servers from the config (see IceServers). */
+export function iceServersFrom(cfg: RtcConfig, env: NodeJS.ProcessEnv): RTCIceServer[] {
+  return new IceServers(cfg, env).forAgent();
 }

@@ -71,7 +71,12 @@ export type CandidateInit = z.infer<typeof candidateInit>;
 
 /** Messages the agent sends. */
 export type ServerMessage =
-  | { type: "welcome"; v: number; session: string; role: "view" | "control"; subject: string; expiresAt: number; limits: { maxMessageBytes: number; messagesPerSecond: number } }
+  | {
+      type: "welcome"; v: number; session: string; role: "view" | "control"; subject: string; expiresAt: number;
+      limits: { maxMessageBytes: number; messagesPerSecond: number };
+      /** STUN/TURN servers for the browser's RTCPeerConnection (present when a streaming stage runs). */
+      iceServers?: { urls: string; username?: string; credential?: string }[];
+    }
   | { type: "offer"; sdp: string }
   | { type: "answer"; id?: string | number; sdp: string }
   | { type: "candidate"; candidate: CandidateInit | null }

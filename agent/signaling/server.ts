@@ -41,6 +41,8 @@ const DEFAULT_WEB_ROOT = fileURLToPath(new URL("../../../web-client/dist/", impo
  */
 export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
   readonly registry: SessionRegistry;
+  /** Set by the streaming stage: the ICE servers each new session's `welcome` carries. */
+  iceServersFor: ((subject: string) => { urls: string; username?: string; credential?: string }[]) | undefined;
   readonly #opts: SignalingServerOptions;
   readonly #http: Server;
   readonly #wss: WebSocketServer;
@@ -331,6 +333,7 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
               subject: c.sub,
               expiresAt: c.exp,
               limits: { maxMessageBytes: sig.max_message_bytes, messagesPerSecond: sig.messages_per_second },
+              ...(this.iceServersFor ? { iceServers: this.iceServersFor(c.sub) } : {}),
             });
             this.safeEmit("session", session);
           },

@@ -25,6 +25,13 @@ export class UnsupportedError extends WlError {
   }
 }
 
+/** A bounded resource (ports, sessions) is used up; others go on. The message names the limit to raise. */
+export class ExhaustedError extends WlError {
+  constructor(message: string) {
+    super("exhausted", message);
+  }
+}
+
 /** A configuration file or value that does not validate. */
 export class ConfigError extends WlError {
   readonly problems: readonly string[];

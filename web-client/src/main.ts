@@ -83,8 +83,16 @@ function setStatus(text: string, kind: Kind = "info"): void {
   statusEl.dataset.kind = kind;
 }
 
+/**
+ * `#ice=relay` in the address forces the browser to use TURN relays only (to check a TURN setup, or to
+ * keep the browser's own addresses from the host); kept for this tab like the token.
+ */
+const ICE_POLICY_KEY = "wl-webrtc-ice";
+
 function tokenFromFragment(): string | undefined {
   const params = new URLSearchParams(location.hash.slice(1));
+  const ice = params.get("ice");
+  if (ice === "relay" || ice === "all") sessionStorage.setItem(ICE_POLICY_KEY, ice);
   const t = params.get("token") ?? undefined;
   if (t !== undefined) {
     sessionStorage.setItem(TOKEN_KEY, t);
@@ -157,7 +165,7 @@ class Connection {
   }
 
   #onSignal(text: string): void {
-    let msg: { type?: string; role?: string; session?: string; message?: string; code?: string; sdp?: string; candidate?: RTCIceCandidateInit | null; ref?: string };
+    let msg: { type?: string; role?: string; session?: string; message?: string; code?: string; sdp?: string; candidate?: RTCIceCandidateInit | null; ref?: string; iceServers?: RTCIceServer[] };
     try {
       msg = JSON.parse(text) as typeof msg;
     } catch {
@@ -167,7 +175,7 @@ class Connection {
       case "welcome":
         wl.role = msg.role;
         setStatus(`Connected as ${msg.role ?? "?"}; starting the stream…`, "info");
-        void this.#startPeer(msg.role === "control").catch((e: unknown) => this.fail("stream", `Could not start WebRTC in this browser: ${String(e)}`, true));
+        void this.#startPeer(msg.role === "control", Array.isArray(msg.iceServers) ? msg.iceServers : []).catch((e: unknown) => this.fail("stream", `Could not start WebRTC in this browser: ${String(e)}`, true));
         break;
       case "answer":
         void this.#onAnswer(msg.sdp ?? "");
@@ -191,8 +199,11 @@ class Connection {
     }
   }
 
-  async #startPeer(control: boolean): Promise<void> {
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+  async #startPeer(control: boolean, iceServers: RTCIceServer[]): Promise<void> {
+    // The agent's STUN/TURN servers (TURN with short-lived credentials of our own), so both ends gather
+    // the same kinds of candidates.
+    const relay = sessionStorage.getItem(ICE_POLICY_KEY) === "relay";
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers, iceTransportPolicy: relay ? "relay" : "all" });
     this.pc = pc;
     wl.pc = pc;
     pc.addTransceiver("video", { direction: "recvonly" });
