@@ -27,11 +27,15 @@ const FIR_FMT = 4;
 /** Bytes a media packet carries besides its payload on an Ethernet link (what the bench measured: ~7.5 %). */
 const WIRE_OVERHEAD = 88;
 /**
- * A connection that stays failed or disconnected this long is released by the agent. The client restarts
- * ICE once after 5 s and gives up 10 s later (web-client), then hangs up; this catches clients that never
- * do (a closed laptop lid keeps the WebSocket's TCP connection half-open for minutes).
+ * The agent releases a viewer whose connection failed, this long after werift says "failed" (werift
+ * does so when consent freshness expires: 30 s without an answer to its STUN checks, RFC 7675) or stays
+ * "disconnected". The client decides first: it restarts ICE 5 s after losing the path and gives up
+ * 10 s later (web-client), hanging up the WebSocket; this catches clients that never do (a frozen tab, a
+ * closed laptop lid whose half-open TCP connection lingers for minutes). A restart offer in between
+ * stops the countdown.
  */
-export const ICE_FAILED_RELEASE_MS = 30_000;
+export const ICE_FAILED_RELEASE_MS = 5_000;
+export const ICE_DISCONNECTED_RELEASE_MS = 30_000;
 
 export interface PeerSessionOptions {
   id: string;
@@ -139,7 +143,8 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
       } else if (state === "failed" || state === "disconnected") {
         // The client decides first: it restarts ICE with a new offer, or gives up and hangs up.
         this.#connected = false;
-        this.#iceFailedTimer ??= setTimeout(() => this.close("ice failed"), ICE_FAILED_RELEASE_MS);
+        if (this.#iceFailedTimer) clearTimeout(this.#iceFailedTimer);
+        this.#iceFailedTimer = setTimeout(() => this.close("ice failed"), state === "failed" ? ICE_FAILED_RELEASE_MS : ICE_DISCONNECTED_RELEASE_MS);
         this.#iceFailedTimer.unref();
       } else if (state === "closed") this.close("peer connection closed");
       if (state === "connected" || state === "connecting" || state === "new") {

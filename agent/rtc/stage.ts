@@ -164,7 +164,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       p.once("close", ({ reason }) => {
         if (reason === "ice failed" && !session.closed) {
           // The agent gave up on this viewer's network path: a new attempt needs a new session.
-          log.info("no ICE connection for 30 s: viewer released");
+          log.info("no ICE connection (werift: failed, or disconnected for long): viewer released");
           session.send({ type: "bye", reason: "no network path (ICE failed); connect again" });
           session.close(1000, "ice failed");
         }

@@ -2,6 +2,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import type { Page } from "playwright-core";
 import { TestBrowser } from "../helpers/browser.js";
+import { NetLink, NsBrowser } from "../helpers/netns.js";
 import { startRtcAgent, type RtcFixture } from "./fixture.js";
 import { PortalCancelledError } from "../../agent/portal/errors.js";
 import { readdirSync } from "node:fs";
@@ -292,6 +293,75 @@ test("agent stopped: the client says the agent is unreachable and retries with b
     }, 15_000);
   } finally {
     await page.close();
+  }
+});
+
+test("UDP blocked after the connection is up: the client shows its ICE failure, the agent releases both viewers (also one whose client never hangs up)", async () => {
+  // A second host: the browser in a network namespace, the agent on the link's address. TCP (signaling)
+  // passes, all UDP (ICE, DTLS, SRTP) is dropped both ways with nftables once video flows.
+  const link = await NetLink.create();
+  let f2: RtcFixture | undefined;
+  let nsb: NsBrowser | undefined;
+  try {
+    f2 = await startRtcAgent({ server: { host: link.hostAddr } });
+    nsb = await NsBrowser.launch(link);
+    const stage = f2.agent.rtc!;
+    const fds = (): number => readdirSync("/proc/self/fd").length;
+    const base = fds();
+    const port = new URL(f2.httpUrl).port;
+    const openNs = async (): Promise<Page> => {
+      const p = await nsb!.context.newPage();
+      await p.goto(`http://${link.hostAddr}:${port}/#token=${await f2!.token("view")}`);
+      await decoding(p, 5);
+      return p;
+    };
+    const page = await openNs();
+    const frozen = await openNs();
+    assert.equal(stage.viewerCount, 2);
+    const peers = stage.viewers;
+    const closed: { id: string; reason: string; at: number }[] = [];
+    for (const p of peers) p.once("close", ({ reason }) => closed.push({ id: p.id, reason, at: performance.now() }));
+    // The second tab can never hang up (as a tab whose script hangs, or a client with a bug): its
+    // WebSocket and peer connection ignore close(), and it cannot open new ones. (A CDP-frozen tab lost
+    // its WebSocket here, so that is not the way to keep one open.)
+    await frozen.evaluate(() => {
+      const w = window as unknown as { WebSocket: { prototype: Record<string, unknown> } & (new () => unknown); RTCPeerConnection: { prototype: Record<string, unknown> } };
+      w.WebSocket.prototype.close = () => undefined;
+      w.WebSocket.prototype.send = () => undefined;
+      w.RTCPeerConnection.prototype.close = () => undefined;
+      w.WebSocket = function blocked(): never {
+        throw new Error("blocked by the test");
+      } as unknown as typeof w.WebSocket;
+    });
+    await link.loss("down", 100);
+    await link.loss("up", 100);
+    const t0 = performance.now();
+    await until("ICE failure shown", async () => (await wl(page)).failure === "ice", 40_000);
+    const shownS = (performance.now() - t0) / 1000;
+    const text = await page.locator("#status").textContent();
+    // No retries from here on (they would only fail the same way while UDP stays blocked).
+    await page.evaluate(() => window.wlDisconnect());
+    assert.match(text ?? "", /No network path to the agent \(ICE failed\): UDP may be blocked between here and the host; the agent may need STUN\/TURN servers/);
+    assert.match(text ?? "", /Retrying in \d+ s/);
+    // The client hung up: the agent released its peer at once.
+    await until("the failed viewer released", async () => closed.some((c) => c.id === peers[0]!.id), 5_000);
+    assert.equal(closed.find((c) => c.id === peers[0]!.id)!.reason, "signaling session closed");
+    // The hung tab never hangs up: the agent gives up on its own (werift's consent expiry + 5 s).
+    await until("the hung viewer released by the agent", async () => stage.viewerCount === 0, 60_000);
+    const frozenClose = closed.find((c) => c.id === peers[1]!.id)!;
+    assert.equal(frozenClose.reason, "ice failed");
+    console.log(`# UDP dropped: ICE failure shown after ${shownS.toFixed(1)} s; hung viewer released after ${((frozenClose.at - t0) / 1000).toFixed(1)} s`);
+    assert.ok(peers.every((p) => p.closed && !p.connected));
+    await frozen.close();
+    await page.close();
+    await sleep(6000); // the source lingers 5 s after the last viewer
+    await until("fds back to baseline", async () => fds() <= base + 2, 10_000).catch(() => undefined);
+    assert.ok(fds() <= base + 2, `fds back to baseline: ${base} -> ${fds()}`);
+    assert.equal(stage.viewerCount, 0);
+  } finally {
+    await nsb?.close();
+    await f2?.close();
+    await link.close();
   }
 });
 
