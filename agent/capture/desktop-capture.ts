@@ -2,7 +2,7 @@ import { closeSync } from "node:fs";
 import type { Logger } from "../log/logger.js";
 import type { CaptureConfig } from "../config/schema.js";
 import { PortalSession, type PortalClosedInfo } from "../portal/index.js";
-import { CaptureStream, type CaptureFormat, type FrameInfo } from "./capture-stream.js";
+import { CaptureStream, type CaptureFormat, type CursorInfo, type FrameInfo } from "./capture-stream.js";
 import { TypedEmitter } from "../util/events.js";
 import { WlError } from "../util/errors.js";
 
@@ -29,6 +29,8 @@ export interface CaptureEnded {
 export type DesktopCaptureEvents = {
   frame: [FrameInfo];
   format: [CaptureFormat];
+  /** Cursor metadata (portal cursor mode "metadata" only). */
+  cursor: [CursorInfo];
   /** Capture stopped from outside (sharing revoked, portal or PipeWire gone); `close` follows. */
   ended: [CaptureEnded];
   close: [];
@@ -53,6 +55,7 @@ export class DesktopCapture extends TypedEmitter<DesktopCaptureEvents> {
     this.#log = log;
     stream.on("frame", (f) => this.safeEmit("frame", f));
     stream.on("format", (f) => this.safeEmit("format", f));
+    stream.on("cursor", (c) => this.safeEmit("cursor", c));
     stream.on("error", (err) => this.#end({ reason: "pipewire", message: err.message }));
     portal.on("closed", (info) => this.#end({ reason: info.reason, message: info.message }));
   }

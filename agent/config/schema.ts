@@ -70,7 +70,12 @@ const desktopSection = z.strictObject({
 
 const captureSection = z.strictObject({
   source_types: z.array(z.enum(["monitor", "window", "virtual"])).min(1).default(["monitor"]),
-  cursor_mode: z.enum(["hidden", "embedded", "metadata"]).default("embedded"),
+  /**
+   * auto: metadata where the portal offers it (the pointer is sent on the control channel and drawn by
+   * the client, ahead of the video), else embedded (drawn into the video). xdpw 0.7 offers hidden and
+   * embedded only.
+   */
+  cursor_mode: z.enum(["auto", "hidden", "embedded", "metadata"]).default("auto"),
   /** Keep the portal's restore token so the user is asked once. */
   persist: z.boolean().default(true),
   /** Edge of the square tiles compared when the compositor sends no damage. */

@@ -6,7 +6,7 @@ import { TypedEmitter } from "../util/events.js";
 import { WlError, errorMessage } from "../util/errors.js";
 import { VideoEncoder } from "./encoder.js";
 import type { EncodeMetrics } from "./metrics.js";
-import type { EncodedSourceEvents, EncodedVideoSource, H264Format, KeyframeReason } from "./types.js";
+import type { CursorMode, EncodedSourceEvents, EncodedVideoSource, H264Format, KeyframeReason } from "./types.js";
 
 export interface DesktopVideoSourceOptions {
   config: Config;
@@ -24,6 +24,7 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
   readonly capture: DesktopCapture;
   readonly encoder: VideoEncoder;
   readonly #log: Logger;
+  #shapeSerial = -1;
   #closing: Promise<void> | undefined;
   #closed = false;
 
@@ -36,6 +37,23 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
     encoder.on("format", (f) => this.safeEmit("format", f));
     encoder.on("error", (e) => this.safeEmit("error", e));
     encoder.on("close", () => void this.close());
+    capture.on("cursor", (c) => {
+      if (this.#closed || this.capture.stream.closed) return;
+      const fmt = this.capture.stream.format;
+      if (!fmt) return;
+      let shape: { width: number; height: number; rgba: Buffer } | undefined;
+      if (c.shapeSerial !== this.#shapeSerial) {
+        const s = this.capture.stream.cursorShape();
+        if (s) {
+          this.#shapeSerial = s.serial;
+          shape = { width: s.width, height: s.height, rgba: s.rgba };
+        }
+      }
+      this.safeEmit("cursor", {
+        x: c.x, y: c.y, hotspotX: c.hotspotX, hotspotY: c.hotspotY, frameWidth: fmt.width, frameHeight: fmt.height,
+        shapeSerial: this.#shapeSerial, ...(shape ? { shape } : {}),
+      });
+    });
     capture.on("ended", (e) => {
       this.safeEmit("error", new WlError("capture-ended", `screen capture ended (${e.reason}): ${e.message}`));
       void this.close();
@@ -73,6 +91,11 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
     } catch (err) {
       this.#log.debug({ err: errorMessage(err) }, "could not nudge the headless desktop");
     }
+  }
+
+  /** What the portal granted: "metadata" sends `cursor` events; "embedded" draws the pointer into the picture. */
+  get cursorMode(): CursorMode {
+    return this.capture.portal.cursorMode;
   }
 
   get format(): H264Format | null {

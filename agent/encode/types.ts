@@ -37,8 +37,28 @@ export interface H264Format {
 
 export type KeyframeReason = "pli" | "fir" | "new-viewer" | "api" | "recovery";
 
+/** Where the pointer is: hidden, drawn into the picture (embedded), or sent apart (metadata: `cursor` events). */
+export type CursorMode = "hidden" | "embedded" | "metadata";
+
+/** The pointer, from the producer's cursor metadata, in the captured frame's pixels. */
+export interface CursorUpdate {
+  x: number;
+  y: number;
+  hotspotX: number;
+  hotspotY: number;
+  /** Size of the captured frame the position refers to (the encoded video may be scaled). */
+  frameWidth: number;
+  frameHeight: number;
+  /** Bumps when the bitmap changes. */
+  shapeSerial: number;
+  /** The bitmap (RGBA), present only when shapeSerial changed (or on the first update). */
+  shape?: { width: number; height: number; rgba: Buffer };
+}
+
 export type EncodedSourceEvents = {
   frame: [EncodedFrame];
+  /** Pointer moves or changes shape (only sources whose cursorMode is "metadata"). */
+  cursor: [CursorUpdate];
   /** Backend switch, format change (resize), fallback, ... */
   format: [H264Format & { width: number; height: number; backend: string }];
   error: [Error];
@@ -52,6 +72,8 @@ export interface EncodedVideoSource extends TypedEmitter<EncodedSourceEvents> {
   /** The encoder's target, in bits per second. With several viewers the rtc stage decides what to ask for. */
   setTargetBitrate(bps: number): void;
   readonly targetBitrate: number;
+  /** Where the pointer is; absent means "embedded" (whatever pointer there is, it is in the picture). */
+  readonly cursorMode?: CursorMode;
   close(): Promise<void> | void;
   readonly closed: boolean;
 }

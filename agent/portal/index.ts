@@ -14,7 +14,7 @@
  * inherit the PipeWire connection.
  */
 export { PortalSession } from "./session.js";
-export type { CursorMode, PortalClosedInfo, PortalSessionEvents, PortalSessionOptions, PortalStream, SourceType } from "./session.js";
+export type { CursorMode, CursorModeRequest, PortalClosedInfo, PortalSessionEvents, PortalSessionOptions, PortalStream, SourceType } from "./session.js";
 export { PortalCancelledError, PortalFailedError, PortalTimeoutError, PortalUnavailableError } from "./errors.js";
 export { RestoreTokenStore, RESTORE_TOKEN_FILE } from "./restore-token.js";
 export type { RestoreToken, RestoreTokenKind } from "./restore-token.js";

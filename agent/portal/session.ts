@@ -23,6 +23,8 @@ const SESSION = "org.freedesktop.portal.Session";
 
 export type SourceType = "monitor" | "window" | "virtual";
 export type CursorMode = "hidden" | "embedded" | "metadata";
+/** "auto": metadata where the portal offers it (the client draws the pointer), else embedded, else hidden. */
+export type CursorModeRequest = CursorMode | "auto";
 
 const SOURCE_BITS: Record<SourceType, number> = { monitor: 1, window: 2, virtual: 4 };
 const CURSOR_BITS: Record<CursorMode, number> = { hidden: 1, embedded: 2, metadata: 4 };
@@ -47,7 +49,7 @@ export interface PortalSessionOptions {
   /** The session bus to use (e.g. the agent's own headless desktop); default DBUS_SESSION_BUS_ADDRESS. */
   busAddress?: string;
   sourceTypes: SourceType[];
-  cursorMode: CursorMode;
+  cursorMode: CursorModeRequest;
   /** Ask for a grant that survives restarts (persist_mode 2) and reuse the saved restore token. */
   persist: boolean;
   /** Where the restore token lives (normally defaultStateDir(): `$XDG_STATE_HOME/wl-webrtc`). */
@@ -95,6 +97,8 @@ export class PortalSession extends TypedEmitter<PortalSessionEvents> {
   readonly remoteDesktop: { devices: number } | null;
   /** Whether a saved restore token was passed to the portal for this session. */
   readonly restoreTokenUsed: boolean;
+  /** The cursor mode in force ("auto" resolved against the portal's AvailableCursorModes). */
+  readonly cursorMode: CursorMode;
   readonly #bus: PortalBus;
   readonly #log: Logger;
   readonly #fd: number;
@@ -111,6 +115,7 @@ export class PortalSession extends TypedEmitter<PortalSessionEvents> {
     streams: PortalStream[];
     remoteDesktop: { devices: number } | null;
     restoreTokenUsed: boolean;
+    cursorMode: CursorMode;
     portalOwner: string | undefined;
     backendName: string | undefined;
   }) {
@@ -122,6 +127,7 @@ export class PortalSession extends TypedEmitter<PortalSessionEvents> {
     this.streams = Object.freeze(a.streams.map((s) => Object.freeze({ ...s })));
     this.remoteDesktop = a.remoteDesktop;
     this.restoreTokenUsed = a.restoreTokenUsed;
+    this.cursorMode = a.cursorMode;
 
     this.#offs.push(
       a.bus.onMessage((msg) => {
@@ -168,7 +174,8 @@ export class PortalSession extends TypedEmitter<PortalSessionEvents> {
     let fd: number | undefined;
     try {
       const caps = await probe(bus, timeoutMs, o.remoteDesktop);
-      checkSupported(o, caps);
+      const cursorMode = resolveCursorMode(o.cursorMode, caps);
+      checkSupported(o, cursorMode, caps);
 
       const store = new RestoreTokenStore(o.stateDir);
       const saved = o.persist ? await store.load() : undefined;
@@ -192,7 +199,7 @@ export class PortalSession extends TypedEmitter<PortalSessionEvents> {
         token = saved?.kind === "remote-desktop" && caps.rdVersion >= 2 ? saved.token : undefined;
         try {
           sessionHandle = await createSession(bus, RD, timeoutMs);
-          await selectSources(bus, sessionHandle, o, caps, "remote-desktop", undefined, timeoutMs);
+          await selectSources(bus, sessionHandle, o, cursorMode, caps, "remote-desktop", undefined, timeoutMs);
           const dopts: VardictIn = { types: new Variant("u", caps.rdDevices) };
           if (o.persist && caps.rdVersion < 2) {
             // xdg-desktop-portal 1.16 has RemoteDesktop v1: no restore tokens for combined sessions.
@@ -218,7 +225,7 @@ export class PortalSession extends TypedEmitter<PortalSessionEvents> {
       if (sessionHandle === undefined) {
         token = saved?.kind === "screencast" && o.persist && caps.scVersion >= 4 ? saved.token : undefined;
         sessionHandle = await createSession(bus, SC, timeoutMs);
-        await selectSources(bus, sessionHandle, o, caps, "screencast", token, timeoutMs);
+        await selectSources(bus, sessionHandle, o, cursorMode, caps, "screencast", token, timeoutMs);
       }
       const handle = sessionHandle;
       await bus.addMatch(`type='signal',sender='${PORTAL_BUS_NAME}',interface='${SESSION}',member='Closed',path='${handle}'`, timeoutMs);
@@ -281,11 +288,12 @@ export class PortalSession extends TypedEmitter<PortalSessionEvents> {
         streams,
         remoteDesktop: kind === "remote-desktop" ? { devices } : null,
         restoreTokenUsed: token !== undefined,
+        cursorMode,
         portalOwner,
         backendName,
       });
       log.info(
-        { ms: Date.now() - t0, streams: session.streams, remoteDesktop: session.remoteDesktop, restoreTokenUsed: session.restoreTokenUsed },
+        { ms: Date.now() - t0, streams: session.streams, remoteDesktop: session.remoteDesktop, restoreTokenUsed: session.restoreTokenUsed, cursorMode, availableCursorModes: names(CURSOR_BITS, caps.cursorModes) },
         "portal: screen-cast session started",
       );
       return session;
@@ -352,7 +360,7 @@ export class PortalSession extends TypedEmitter<PortalSessionEvents> {
 interface ValidOptions {
   busAddress: string | undefined;
   sourceTypes: SourceType[];
-  cursorMode: CursorMode;
+  cursorMode: CursorModeRequest;
   persist: boolean;
   stateDir: string;
   log: Logger;
@@ -372,8 +380,8 @@ function validateOptions(o: PortalSessionOptions): ValidOptions {
   for (const t of o.sourceTypes) {
     if (!Object.hasOwn(SOURCE_BITS, t)) throw new TypeError(`PortalSession.open: unknown source type ${JSON.stringify(t)} (use "monitor", "window" or "virtual")`);
   }
-  if (typeof o.cursorMode !== "string" || !Object.hasOwn(CURSOR_BITS, o.cursorMode)) {
-    throw new TypeError(`PortalSession.open: unknown cursorMode ${JSON.stringify(o.cursorMode)} (use "hidden", "embedded" or "metadata")`);
+  if (typeof o.cursorMode !== "string" || (o.cursorMode !== "auto" && !Object.hasOwn(CURSOR_BITS, o.cursorMode))) {
+    throw new TypeError(`PortalSession.open: unknown cursorMode ${JSON.stringify(o.cursorMode)} (use "auto", "hidden", "embedded" or "metadata")`);
   }
   if (typeof o.persist !== "boolean") throw new TypeError("PortalSession.open: persist must be a boolean");
   if (typeof o.stateDir !== "string" || o.stateDir === "") throw new TypeError("PortalSession.open: stateDir must be a non-empty path");
@@ -460,7 +468,21 @@ function names<K extends string>(bits: Record<K, number>, mask: number): K[] {
   return (Object.keys(bits) as K[]).filter((k) => (mask & bits[k]) !== 0);
 }
 
-function checkSupported(o: ValidOptions, caps: Capabilities): void {
+/**
+ * "auto" picks metadata when the portal offers it (the pointer travels apart from the picture: the
+ * client draws it at once, without waiting for an encoded frame), else embedded (in the picture), else
+ * hidden. Portals before ScreenCast v2 have no cursor_mode option: what they do is theirs (embedded on
+ * the ones seen), so that is what is announced.
+ */
+function resolveCursorMode(req: CursorModeRequest, caps: Capabilities): CursorMode {
+  if (req !== "auto") return req;
+  if (caps.scVersion < 2) return "embedded";
+  if (caps.cursorModes & CURSOR_BITS.metadata) return "metadata";
+  if (caps.cursorModes & CURSOR_BITS.embedded) return "embedded";
+  return "hidden";
+}
+
+function checkSupported(o: ValidOptions, cursorMode: CursorMode, caps: Capabilities): void {
   const missing = o.sourceTypes.filter((t) => (caps.sourceTypes & SOURCE_BITS[t]) === 0);
   if (missing.length > 0) {
     const avail = names(SOURCE_BITS, caps.sourceTypes);
@@ -469,10 +491,10 @@ function checkSupported(o: ValidOptions, caps: Capabilities): void {
     );
   }
   // Portals before ScreenCast v2 have no cursor modes at all: only "embedded"-like behaviour, unknown.
-  if (caps.scVersion >= 2 && (caps.cursorModes & CURSOR_BITS[o.cursorMode]) === 0) {
+  if (caps.scVersion >= 2 && (caps.cursorModes & CURSOR_BITS[cursorMode]) === 0) {
     const avail = names(CURSOR_BITS, caps.cursorModes);
     throw new UnsupportedError(
-      `The screen-cast portal does not support cursor mode "${o.cursorMode}"; it offers ${avail.length ? avail.map((a) => `"${a}"`).join(", ") : "none"}. Set the cursor mode to one of those.`,
+      `The screen-cast portal does not support cursor mode "${cursorMode}"; it offers ${avail.length ? avail.map((a) => `"${a}"`).join(", ") : "none"}. Set the cursor mode to one of those.`,
     );
   }
 }
@@ -495,6 +517,7 @@ async function selectSources(
   bus: PortalBus,
   handle: string,
   o: ValidOptions,
+  cursorMode: CursorMode,
   caps: Capabilities,
   kind: RestoreTokenKind,
   token: string | undefined,
@@ -504,7 +527,7 @@ async function selectSources(
     types: new Variant("u", o.sourceTypes.reduce((m, t) => m | SOURCE_BITS[t], 0)),
     multiple: new Variant("b", o.multiple),
   };
-  if (caps.scVersion >= 2) opts.cursor_mode = new Variant("u", CURSOR_BITS[o.cursorMode]);
+  if (caps.scVersion >= 2) opts.cursor_mode = new Variant("u", CURSOR_BITS[cursorMode]);
   // On a RemoteDesktop session persistence goes through SelectDevices; the portal rejects it here
   // ("Remote desktop sessions cannot persist").
   if (kind === "screencast" && o.persist && caps.scVersion >= 4) {

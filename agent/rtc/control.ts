@@ -32,9 +32,41 @@ export type AgentControlMessage =
   | { type: "stats"; stats: ViewerStats }
   | { type: "ok"; id?: string | number; ref: string }
   | { type: "pong"; id?: string | number; t: number; agentTimeMs: number }
-  /** Pointer position and visibility on the shared screen, in video pixels (sent apart from the video). */
-  | { type: "cursor"; x: number; y: number; visible: boolean }
+  /**
+   * Where the pointer is (sent when the control channel opens): "metadata": in `cursor` messages, the
+   * client draws it; "embedded": in the picture, the client must not draw a second one; "hidden": nowhere.
+   */
+  | { type: "cursor-mode"; mode: CursorMode }
+  | CursorMessage
   | { type: "error"; code: ControlErrorCode; message: string; id?: string | number; ref?: string };
+
+export type CursorMode = "hidden" | "embedded" | "metadata";
+
+/** The pointer bitmap: RGBA (straight alpha), base64; drawn `scale` times its size (large shapes are sent downscaled). */
+export interface CursorShapeMessage {
+  serial: number;
+  width: number;
+  height: number;
+  scale: number;
+  rgba: string;
+}
+
+/**
+ * The pointer (cursor mode "metadata" only), in the captured frame's pixels: the client scales by
+ * (shown video width / frameWidth). `shape` comes with the first message and whenever the bitmap changes
+ * (`serial` names the bitmap in force). Rate-limited per viewer; the newest position wins.
+ */
+export interface CursorMessage {
+  type: "cursor";
+  x: number;
+  y: number;
+  hotspotX: number;
+  hotspotY: number;
+  frameWidth: number;
+  frameHeight: number;
+  serial: number;
+  shape?: CursorShapeMessage;
+}
 
 export interface ViewerStats {
   /** Agent wall clock (ms since the epoch) when this was made. */

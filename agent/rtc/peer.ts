@@ -16,7 +16,7 @@ import { AbrController, DelayTracker, twccPacketResults, type TwccFeedback } fro
 import { RtpHistory } from "./history.js";
 import { chooseOfferedH264, keepOnlyVideoPayload, offeredH264, rewriteProfileLevelId } from "./h264.js";
 import {
-  CONTROL_LABEL, INPUT_LABEL, parseControlMessage, type AgentControlMessage, type ViewerStats,
+  CONTROL_LABEL, INPUT_LABEL, parseControlMessage, type AgentControlMessage, type CursorMessage, type CursorMode, type CursorShapeMessage, type ViewerStats,
 } from "./control.js";
 
 export const PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
@@ -36,6 +36,10 @@ const WIRE_OVERHEAD = 88;
  */
 export const ICE_FAILED_RELEASE_MS = 5_000;
 export const ICE_DISCONNECTED_RELEASE_MS = 30_000;
+/** At most one `cursor` message per viewer this often (~60/s, a display's rate); the newest position wins. */
+export const CURSOR_MIN_INTERVAL_MS = 16;
+/** Cursor messages wait while this much is queued on the control channel (a slow path gets fewer updates, never a backlog). */
+const CURSOR_MAX_BUFFERED = 64 * 1024;
 
 export interface PeerSessionOptions {
   id: string;
@@ -52,6 +56,8 @@ export interface PeerSessionOptions {
   signal: (msg: { type: "answer"; sdp: string } | { type: "candidate"; candidate: CandidateInit | null }) => void;
   /** What the shared encoder is doing, for stats. */
   encoderInfo: () => { bitrateBps: number; backend: string; clock: ViewerStats["clock"] };
+  /** Where the pointer is, and (metadata mode) its last position and bitmap: sent when the control channel opens. */
+  cursorState?: () => { mode: CursorMode; last?: Omit<CursorMessage, "type" | "shape">; shape?: CursorShapeMessage };
 }
 
 export type PeerSessionEvents = {
@@ -86,6 +92,12 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
   #tokens = 0;
   #tokensAt = performance.now();
   #control: RTCDataChannel | undefined;
+  #cursorPending: Omit<CursorMessage, "type" | "shape"> | undefined;
+  #cursorShape: CursorShapeMessage | undefined;
+  #cursorShapeSent = -1;
+  #cursorSentAt = 0;
+  #cursorTimer: NodeJS.Timeout | undefined;
+  readonly cursorCounters = { updates: 0, sent: 0, shapesSent: 0 };
   #input: RTCDataChannel | undefined;
   #statsTimer: NodeJS.Timeout | undefined;
   #iceFailedTimer: NodeJS.Timeout | undefined;
@@ -468,6 +480,45 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.counters.packetsSent++;
   }
 
+  /**
+   * The pointer moved or changed shape (cursor mode "metadata"). Rate-limited to one message per
+   * CURSOR_MIN_INTERVAL_MS and held back while the control channel is backed up; the newest position
+   * wins, and the bitmap goes once per change (or to a viewer that has not had it yet).
+   */
+  sendCursor(pos: Omit<CursorMessage, "type" | "shape">, shape: CursorShapeMessage | undefined): void {
+    if (this.#closed) return;
+    this.cursorCounters.updates++;
+    this.#cursorPending = pos;
+    if (shape) this.#cursorShape = shape;
+    this.#flushCursor();
+  }
+
+  #flushCursor(): void {
+    if (this.#closed || this.#cursorTimer !== undefined) return;
+    const ch = this.#control;
+    const pos = this.#cursorPending;
+    if (!ch || ch.readyState !== "open" || !pos) return;
+    const now = performance.now();
+    const wait = this.#cursorSentAt + CURSOR_MIN_INTERVAL_MS - now;
+    if (wait > 0 || ch.bufferedAmount > CURSOR_MAX_BUFFERED) {
+      this.#cursorTimer = setTimeout(() => {
+        this.#cursorTimer = undefined;
+        this.#flushCursor();
+      }, Math.max(wait, CURSOR_MIN_INTERVAL_MS));
+      this.#cursorTimer.unref();
+      return;
+    }
+    this.#cursorPending = undefined;
+    this.#cursorSentAt = now;
+    const shape = this.#cursorShape && this.#cursorShape.serial !== this.#cursorShapeSent ? this.#cursorShape : undefined;
+    if (shape) {
+      this.#cursorShapeSent = shape.serial;
+      this.cursorCounters.shapesSent++;
+    }
+    this.cursorCounters.sent++;
+    this.sendControl({ type: "cursor", ...pos, ...(shape ? { shape } : {}) });
+  }
+
   /** Sends on the control channel, if open. */
   sendControl(msg: AgentControlMessage): void {
     const ch = this.#control;
@@ -529,6 +580,19 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     if (ch.label === CONTROL_LABEL && this.#control === undefined) {
       this.#control = ch;
       ch.onMessage.subscribe((data) => this.#onControl(data));
+      const hello = (): void => {
+        const cs = this.#o.cursorState?.() ?? { mode: "embedded" as const };
+        this.sendControl({ type: "cursor-mode", mode: cs.mode });
+        if (cs.mode === "metadata" && cs.last) this.sendCursor(cs.last, cs.shape);
+      };
+      if (ch.readyState === "open") hello();
+      else {
+        const sub = ch.stateChanged.subscribe((st) => {
+          if (st !== "open") return;
+          sub.unSubscribe();
+          hello();
+        });
+      }
     } else if (ch.label === INPUT_LABEL && this.role === "control" && this.#input === undefined) {
       this.#input = ch;
       ch.onMessage.subscribe((data) => {
@@ -584,6 +648,9 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#connected = false;
     if (this.#statsTimer) clearInterval(this.#statsTimer);
     if (this.#iceFailedTimer) clearTimeout(this.#iceFailedTimer);
+    if (this.#cursorTimer) clearTimeout(this.#cursorTimer);
+    this.#cursorPending = undefined;
+    this.#cursorShape = undefined;
     if (this.#paceTimer) clearTimeout(this.#paceTimer);
     this.#paced = [];
     this.#pacedGroups = [];

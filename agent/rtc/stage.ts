@@ -5,7 +5,8 @@ import { H264Packetizer, type RTCIceServer } from "werift";
 import type { RtcConfig } from "../config/schema.js";
 import type { Logger } from "../log/logger.js";
 import type { Metrics } from "../metrics/metrics.js";
-import type { EncodedFrame, EncodedVideoSource, KeyframeReason } from "../encode/types.js";
+import type { CursorUpdate, EncodedFrame, EncodedVideoSource, KeyframeReason } from "../encode/types.js";
+import type { CursorMessage, CursorShapeMessage } from "./control.js";
 import type { SignalingServer } from "../signaling/server.js";
 import type { Session } from "../signaling/session.js";
 import type { ClientMessage } from "../signaling/protocol.js";
@@ -52,6 +53,19 @@ export type RtcStageEvents = {
   close: [];
 };
 
+/** Largest cursor bitmap sent as is (64x64 RGBA: 16 KiB, ~22 KB in base64); larger ones are downscaled to fit. */
+export const CURSOR_SHAPE_MAX = 64;
+
+/** A cursor bitmap as sent: at most CURSOR_SHAPE_MAX square, nearest-neighbour downscaled by an integer factor. */
+export function cursorShapeMessage(serial: number, shape: { width: number; height: number; rgba: Buffer }): CursorShapeMessage {
+  const f = Math.max(1, Math.ceil(Math.max(shape.width, shape.height) / CURSOR_SHAPE_MAX));
+  if (f === 1) return { serial, width: shape.width, height: shape.height, scale: 1, rgba: shape.rgba.toString("base64") };
+  const w = Math.floor(shape.width / f), h = Math.floor(shape.height / f);
+  const out = Buffer.alloc(w * h * 4);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) shape.rgba.copy(out, (y * w + x) * 4, ((y * f) * shape.width + x * f) * 4, ((y * f) * shape.width + x * f) * 4 + 4);
+  return { serial, width: w, height: h, scale: f, rgba: out.toString("base64") };
+}
+
 /** Used when the source has not told its format yet: constrained baseline 3.1, what every browser takes. */
 const FALLBACK_PROFILE_LEVEL_ID = "42e01f";
 
@@ -73,6 +87,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   #packetizer: H264Packetizer | undefined;
   #profileLevelId: string | undefined;
   #lastClock: { rtpTimestamp: number; captureTimeMs: number } | null = null;
+  #cursor: Omit<CursorMessage, "type" | "shape"> | undefined;
+  #cursorShape: CursorShapeMessage | undefined;
   #lingerTimer: NodeJS.Timeout | undefined;
   #abrTimer: NodeJS.Timeout;
   #closed = false;
@@ -156,6 +172,11 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
         log,
         signal: (msg) => session.send(msg),
         encoderInfo: () => ({ bitrateBps: this.#source?.targetBitrate ?? 0, backend: this.#backend, clock: this.#lastClock }),
+        cursorState: () => ({
+          mode: this.#source?.cursorMode ?? "embedded",
+          ...(this.#cursor ? { last: this.#cursor } : {}),
+          ...(this.#cursorShape ? { shape: this.#cursorShape } : {}),
+        }),
       });
       this.#peers.set(session.id, p);
       this.#m.viewers.set(this.#peers.size);
@@ -237,6 +258,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     this.#packetizer = new H264Packetizer({ maxPayloadSize: cfg.max_payload_bytes, inputFormat: "annexb" });
     src.setTargetBitrate(cfg.start_bitrate_bps);
     src.on("frame", (f) => this.#onFrame(src, f));
+    src.on("cursor", (c) => this.#onCursor(src, c));
     src.on("format", (fmt) => {
       this.#profileLevelId = fmt.profileLevelId;
       this.#backend = fmt.backend;
@@ -247,6 +269,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       this.#source = undefined;
       this.#gate?.close();
       this.#gate = undefined;
+      this.#cursor = undefined;
+      this.#cursorShape = undefined;
       // Viewers cannot go on without a picture: they reconnect, which reopens the source.
       for (const p of this.#peers.values()) p.close("video source closed");
     });
@@ -274,6 +298,14 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
         captureTimeMs: f.captureTimeMs, readyTimeMs: f.readyTimeMs, sentTimeMs: performance.timeOrigin + performance.now(), viewers: sentTo,
       });
     }
+  }
+
+  #onCursor(src: EncodedVideoSource, c: CursorUpdate): void {
+    if (this.#source !== src || this.#closed) return;
+    // The bitmap is encoded once per change, for all viewers; each gets it once (PeerSession.sendCursor).
+    if (c.shape) this.#cursorShape = cursorShapeMessage(c.shapeSerial, c.shape);
+    this.#cursor = { x: c.x, y: c.y, hotspotX: c.hotspotX, hotspotY: c.hotspotY, frameWidth: c.frameWidth, frameHeight: c.frameHeight, serial: c.shapeSerial };
+    for (const p of this.#peers.values()) p.sendCursor(this.#cursor, this.#cursorShape);
   }
 
   #requestKeyframe(reason: KeyframeReason, viewer: string): void {
@@ -316,6 +348,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     this.#gate = undefined;
     this.#packetizer = undefined;
     this.#lastSetTarget = 0;
+    this.#cursor = undefined;
+    this.#cursorShape = undefined;
     if (src) {
       src.removeAllListeners();
       await src.close();

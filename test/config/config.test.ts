@@ -73,7 +73,7 @@ test("out-of-range values name the bound", () => {
 
 test("a bad enum value lists the choices", () => {
   const [p] = problems('[capture]\ncursor_mode = "visible"\n');
-  assert.match(p!, /capture\.cursor_mode: expected one of "hidden", "embedded", "metadata", found the string "visible"/);
+  assert.match(p!, /capture\.cursor_mode: expected one of "auto", "hidden", "embedded", "metadata", found the string "visible"/);
 });
 
 test("a wrong type inside a list names the element", () => {

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { TypedEmitter } from "../../agent/util/events.js";
-import type { EncodedFrame, EncodedSourceEvents, EncodedVideoSource, H264Format, KeyframeReason } from "../../agent/encode/types.js";
+import type { CursorMode, CursorUpdate, EncodedFrame, EncodedSourceEvents, EncodedVideoSource, H264Format, KeyframeReason } from "../../agent/encode/types.js";
 import { spsProfileLevelId, splitAnnexB } from "../../agent/rtc/h264.js";
 
 export interface X264SourceOptions {
@@ -23,6 +23,12 @@ export class X264TestSource extends TypedEmitter<EncodedSourceEvents> implements
   readonly bitrateRequests: number[] = [];
   framesEmitted = 0;
   keyframesEmitted = 0;
+  /**
+   * The cursor mode this source claims. Tests set "metadata" and feed `emitCursor` to exercise the
+   * stage -> data channel -> client overlay path: no portal here offers cursor metadata (xdpw 0.7 has
+   * hidden and embedded only), so the portal end of that path is the one part that cannot run here.
+   */
+  cursorMode: CursorMode = "embedded";
   #format: H264Format | null = null;
   #target: number;
   #proc: ChildProcess;
@@ -34,6 +40,11 @@ export class X264TestSource extends TypedEmitter<EncodedSourceEvents> implements
   #closed = false;
   #exited: Promise<void>;
   readonly #o: Required<X264SourceOptions>;
+
+  /** Emits a `cursor` event as DesktopVideoSource does from SPA_META_Cursor (see cursorMode). */
+  emitCursor(c: CursorUpdate): void {
+    this.safeEmit("cursor", c);
+  }
 
   private constructor(o: Required<X264SourceOptions>) {
     super();

@@ -5,6 +5,8 @@ import { TestBrowser } from "../helpers/browser.js";
 import { NetLink, NsBrowser } from "../helpers/netns.js";
 import { startRtcAgent, type RtcFixture } from "./fixture.js";
 import { PortalCancelledError } from "../../agent/portal/errors.js";
+import { X264TestSource } from "../helpers/x264-source.js";
+import { CURSOR_MIN_INTERVAL_MS } from "../../agent/rtc/peer.js";
 import { readdirSync } from "node:fs";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
@@ -245,6 +247,124 @@ test("ICE restart: a new offer with new credentials is answered on the same peer
     assert.ok((await inboundVideo(page)).framesDecoded! > f0 + 20, "frames keep coming after the restart");
   } finally {
     await page.close();
+  }
+});
+
+test("cursor: embedded is announced and nothing is drawn over the video; metadata is sent on the control channel, rate-limited, and drawn at the video's scale", async () => {
+  // The shared fixture's source keeps the pointer in the picture (as xdpw 0.7 offers): announced, not drawn.
+  const plain = await open("view");
+  try {
+    await decoding(plain, 1);
+    await until("cursor-mode embedded", async () => (await plain.evaluate(() => (window.wl as unknown as { cursorMode?: string }).cursorMode)) === "embedded");
+    assert.equal(await plain.locator("#cursor").isVisible(), false);
+  } finally {
+    await plain.close();
+  }
+  // Cursor metadata: no portal here offers it, so a source claims it and feeds cursor updates as
+  // DesktopVideoSource does from SPA_META_Cursor; everything after the source is the real path.
+  let src: X264TestSource | undefined;
+  const f2 = await startRtcAgent({}, {}, async () => {
+    src = await X264TestSource.open({ width: 1280, height: 720 });
+    src.cursorMode = "metadata";
+    return src;
+  });
+  const page = await open("view", f2);
+  const second: Page[] = [];
+  try {
+    await decoding(page, 5);
+    await until("cursor-mode metadata", async () => (await page.evaluate(() => (window.wl as unknown as { cursorMode?: string }).cursorMode)) === "metadata");
+    // Count what arrives on the control channel.
+    await page.evaluate(() => {
+      const w = window.wl as unknown as { control: { addEventListener(t: string, f: (ev: { data: unknown }) => void): void }; cursorLog: { x: number; shape: boolean; bytes: number }[] };
+      w.cursorLog = [];
+      w.control.addEventListener("message", (ev) => {
+        const m = JSON.parse(String(ev.data)) as { type: string; x: number; shape?: unknown };
+        if (m.type === "cursor") w.cursorLog.push({ x: m.x, shape: m.shape !== undefined, bytes: String(ev.data).length });
+      });
+    });
+    const cursorLog = (): Promise<{ x: number; shape: boolean; bytes: number }[]> => page.evaluate(() => (window.wl as unknown as { cursorLog: { x: number; shape: boolean; bytes: number }[] }).cursorLog);
+    // A 32x32 bitmap: opaque red square with a transparent border.
+    const rgba = Buffer.alloc(32 * 32 * 4);
+    for (let y = 4; y < 28; y++) for (let x = 4; x < 28; x++) rgba.set([255, 0, 0, 255], (y * 32 + x) * 4);
+    const at = { x: 640, y: 360, hotspotX: 4, hotspotY: 4, frameWidth: 1280, frameHeight: 720 };
+    src!.emitCursor({ ...at, shapeSerial: 1, shape: { width: 32, height: 32, rgba } });
+    const placed = async (): Promise<{ c: { left: number; top: number; width: number; height: number }; v: { left: number; top: number; width: number; height: number }; vw: number; vh: number; visible: boolean }> =>
+      page.evaluate(() => {
+        const d = (globalThis as unknown as { document: { getElementById(id: string): { getBoundingClientRect(): { left: number; top: number; width: number; height: number }; hidden: boolean; videoWidth: number; videoHeight: number } } }).document;
+        const c = d.getElementById("cursor"), v = d.getElementById("screen");
+        return { c: c.getBoundingClientRect(), v: v.getBoundingClientRect(), vw: v.videoWidth, vh: v.videoHeight, visible: !c.hidden };
+      });
+    const expectAt = async (x: number, y: number, frameWidth: number, what: string): Promise<void> => {
+      const p = await until(`overlay placed (${what})`, async () => {
+        const r = await placed();
+        return r.visible && r.vw > 0 ? r : undefined;
+      });
+      const s = Math.min(p.v.width / p.vw, p.v.height / p.vh);
+      const k = s * (p.vw / frameWidth);
+      const ox = p.v.left + (p.v.width - p.vw * s) / 2, oy = p.v.top + (p.v.height - p.vh * s) / 2;
+      const near = (a: number, b: number): boolean => Math.abs(a - b) < 1.5;
+      assert.ok(near(p.c.left, ox + (x - 4) * k) && near(p.c.top, oy + (y - 4) * k), `${what}: overlay at ${p.c.left},${p.c.top}, expected ${ox + (x - 4) * k},${oy + (y - 4) * k}`);
+      assert.ok(near(p.c.width, 32 * k), `${what}: overlay width ${p.c.width}, expected ${32 * k}`);
+    };
+    await expectAt(640, 360, 1280, "video-sized frame");
+    // A source frame twice the video's size (the encoder scaled it): the same spot on screen.
+    src!.emitCursor({ ...at, x: 1280, y: 720, frameWidth: 2560, frameHeight: 1440, shapeSerial: 1 });
+    await until("moved", async () => (await cursorLog()).at(-1)?.x === 1280);
+    await expectAt(1280, 720, 2560, "2x frame");
+    // What it looks like: the bitmap's red, drawn where the pointer is.
+    const px = await page.evaluate(() => {
+      const d = (globalThis as unknown as { document: { getElementById(id: string): { getContext(k: string): { getImageData(x: number, y: number, w: number, h: number): { data: Uint8ClampedArray } } } } }).document;
+      const ctx = d.getElementById("cursor").getContext("2d");
+      return [...ctx.getImageData(16, 16, 1, 1).data, ...ctx.getImageData(1, 1, 1, 1).data];
+    });
+    assert.deepEqual(px, [255, 0, 0, 255, 0, 0, 0, 0], "the bitmap is drawn with its transparency");
+
+    // A burst of 300 moves at once: a handful of messages, the newest position wins, no bitmap again.
+    const before = (await cursorLog()).length;
+    const peer = f2.agent.rtc!.viewers[0]!;
+    const sent0 = peer.cursorCounters.sent;
+    for (let i = 1; i <= 300; i++) src!.emitCursor({ ...at, x: i, shapeSerial: 1 });
+    await until("the newest position arrives", async () => (await cursorLog()).at(-1)?.x === 300);
+    await sleep(200);
+    const burst = (await cursorLog()).slice(before);
+    assert.ok(burst.length <= 3, `${burst.length} messages for a burst of 300 moves`);
+    assert.ok(burst.every((m) => !m.shape), "the unchanged bitmap is not sent again");
+    // Moves every 4 ms for ~0.6 s: no more than one message per CURSOR_MIN_INTERVAL_MS.
+    const b2 = (await cursorLog()).length;
+    const t0 = performance.now();
+    for (let i = 0; i < 150; i++) {
+      src!.emitCursor({ ...at, x: 1000 + i, shapeSerial: 1 });
+      await sleep(4);
+    }
+    const spanMs = performance.now() - t0;
+    await until("the last of the paced moves", async () => (await cursorLog()).at(-1)?.x === 1149);
+    const paced = (await cursorLog()).length - b2;
+    console.log(`# cursor: burst of 300 -> ${burst.length} messages; 150 moves over ${Math.round(spanMs)} ms -> ${paced} messages (agent: ${peer.cursorCounters.sent - sent0} sent)`);
+    assert.ok(paced <= spanMs / CURSOR_MIN_INTERVAL_MS + 3, `${paced} messages in ${Math.round(spanMs)} ms`);
+    assert.ok(paced >= 5, `moves keep coming through: ${paced}`);
+    // A new bitmap (128x128: sent downscaled to 64x64, drawn at its real size) goes once.
+    const big = Buffer.alloc(128 * 128 * 4, 255);
+    const b3 = (await cursorLog()).length;
+    src!.emitCursor({ ...at, shapeSerial: 2, shape: { width: 128, height: 128, rgba: big } });
+    src!.emitCursor({ ...at, x: 700, shapeSerial: 2 });
+    await until("new bitmap and move", async () => (await cursorLog()).at(-1)?.x === 700);
+    const withShape = (await cursorLog()).slice(b3).filter((m) => m.shape);
+    assert.equal(withShape.length, 1, "the new bitmap is sent once");
+    assert.ok(withShape[0]!.bytes < 16 * 1024 + 6 * 1024, `a 128x128 bitmap costs ${withShape[0]!.bytes} bytes`);
+    const bigPlaced = await placed();
+    const s = Math.min(bigPlaced.v.width / bigPlaced.vw, bigPlaced.v.height / bigPlaced.vh);
+    assert.ok(Math.abs(bigPlaced.c.width - 128 * s) < 1.5, `drawn at its real size: ${bigPlaced.c.width} vs ${128 * s}`);
+    // A viewer who joins later gets the mode, the position and the bitmap at once.
+    const late = await open("view", f2);
+    second.push(late);
+    await decoding(late, 1);
+    const lateOverlay = await until("late viewer's overlay", async () => (await late.evaluate(() => (window.wl as unknown as { cursorOverlay?: { serial: number } }).cursorOverlay)));
+    assert.equal(lateOverlay.serial, 2);
+  } finally {
+    for (const p of second) await p.close();
+    await page.close();
+    await f2.close();
+    await src?.close();
   }
 });
 

@@ -57,6 +57,7 @@ const input = $<HTMLInputElement>("token");
 const viewer = $<HTMLDivElement>("viewer");
 const video = $<HTMLVideoElement>("screen");
 const statsEl = $<HTMLPreElement>("stats");
+const cursorEl = $<HTMLCanvasElement>("cursor");
 const fitBtn = $<HTMLButtonElement>("fit");
 const fsBtn = $<HTMLButtonElement>("fullscreen");
 const statsBtn = $<HTMLButtonElement>("toggle-stats");
@@ -75,6 +76,10 @@ const wl = {
   reconnects: 0,
   retryInMs: 0,
   clockOffsetMs: undefined as number | undefined,
+  /** Where the remote pointer is: "embedded" (in the picture: not drawn here), "metadata" (drawn here), "hidden". */
+  cursorMode: undefined as string | undefined,
+  /** The overlay as placed, in CSS pixels relative to the viewer (tests, console). */
+  cursorOverlay: undefined as { left: number; top: number; width: number; height: number; serial: number } | undefined,
 };
 (window as unknown as { wl: typeof wl }).wl = wl;
 
@@ -117,6 +122,71 @@ fsBtn.addEventListener("click", () => {
 statsBtn.addEventListener("click", () => {
   statsEl.hidden = !statsEl.hidden;
 });
+
+// ---- remote pointer (cursor mode "metadata") ----
+
+interface CursorMsg {
+  x: number;
+  y: number;
+  hotspotX: number;
+  hotspotY: number;
+  frameWidth: number;
+  frameHeight: number;
+  serial: number;
+  shape?: { serial: number; width: number; height: number; scale: number; rgba: string };
+}
+
+let cursorPos: CursorMsg | undefined;
+let cursorShape: { serial: number; width: number; height: number; scale: number } | undefined;
+
+function setCursorMode(mode: string | undefined): void {
+  wl.cursorMode = mode;
+  if (mode !== "metadata") {
+    cursorPos = undefined;
+    cursorEl.hidden = true;
+    wl.cursorOverlay = undefined;
+  }
+}
+
+function onCursor(m: CursorMsg): void {
+  if (wl.cursorMode !== "metadata") return; // the pointer is in the picture: never draw a second one
+  const sh = m.shape;
+  if (sh && sh.width > 0 && sh.height > 0 && sh.width <= 256 && sh.height <= 256) {
+    const bytes = Uint8ClampedArray.from(atob(sh.rgba), (c) => c.charCodeAt(0));
+    if (bytes.length === sh.width * sh.height * 4) {
+      cursorEl.width = sh.width;
+      cursorEl.height = sh.height;
+      cursorEl.getContext("2d")?.putImageData(new ImageData(bytes, sh.width, sh.height), 0, 0);
+      cursorShape = { serial: sh.serial, width: sh.width, height: sh.height, scale: sh.scale };
+    }
+  }
+  cursorPos = m;
+  placeCursor();
+}
+
+/** Puts the overlay where the pointer is on the video as shown (object-fit: contain, or native size). */
+function placeCursor(): void {
+  const m = cursorPos, sh = cursorShape;
+  const vw = video.videoWidth, vh = video.videoHeight;
+  if (!m || !sh || sh.serial !== m.serial || vw === 0 || vh === 0 || m.frameWidth <= 0) {
+    cursorEl.hidden = true;
+    wl.cursorOverlay = undefined;
+    return;
+  }
+  const cw = video.clientWidth, ch = video.clientHeight;
+  const s = Math.min(cw / vw, ch / vh);
+  const ox = video.offsetLeft + (cw - vw * s) / 2, oy = video.offsetTop + (ch - vh * s) / 2;
+  // Frame pixels (what the position refers to) -> video pixels (the encoder may scale) -> CSS pixels.
+  const k = s * (vw / m.frameWidth);
+  const o = { left: ox + (m.x - m.hotspotX) * k, top: oy + (m.y - m.hotspotY) * k, width: sh.width * sh.scale * k, height: sh.height * sh.scale * k, serial: sh.serial };
+  cursorEl.style.transform = `translate(${o.left}px, ${o.top}px)`;
+  cursorEl.style.width = `${o.width}px`;
+  cursorEl.style.height = `${o.height}px`;
+  cursorEl.hidden = false;
+  wl.cursorOverlay = o;
+}
+video.addEventListener("resize", placeCursor);
+new ResizeObserver(placeCursor).observe(video);
 
 // ---- connection ----
 
@@ -299,6 +369,8 @@ class Connection {
     }
     if (wl.controlMessages.length < 200) wl.controlMessages.push(m);
     if (m.type === "stats" && m.stats) wl.agentStats = m.stats;
+    else if (m.type === "cursor-mode") setCursorMode((m as { mode?: string }).mode);
+    else if (m.type === "cursor") onCursor(m as unknown as CursorMsg);
     else if (m.type === "pong" && typeof m.t === "number" && typeof m.agentTimeMs === "number") {
       const now = Date.now();
       // NTP-style: the agent's clock minus ours, assuming a symmetric path.
@@ -403,6 +475,7 @@ class Connection {
     }
     this.pc?.close();
     video.srcObject = null;
+    setCursorMode(undefined);
   }
 }
 
