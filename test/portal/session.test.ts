@@ -124,6 +124,21 @@ describe("PortalSession on a real headless sway desktop", () => {
     assert.ok((await settleFds(before)) <= before, "a failed open leaves no fd behind");
   });
 
+  it('cursor mode "auto" asks for embedded on xdpw 0.7 (it offers no metadata) and says so', async () => {
+    const s = await PortalSession.open(opts("st-auto", { cursorMode: "auto" }));
+    try {
+      assert.equal(s.cursorMode, "embedded");
+    } finally {
+      await s.close();
+    }
+    const h = await PortalSession.open(opts("st-auto", { cursorMode: "hidden" }));
+    try {
+      assert.equal(h.cursorMode, "hidden", "an explicit mode is kept as asked");
+    } finally {
+      await h.close();
+    }
+  });
+
   it("rejects bad options with TypeError before touching the bus", async () => {
     await assert.rejects(PortalSession.open(opts("st-bad", { sourceTypes: [] })), TypeError);
     await assert.rejects(PortalSession.open(opts("st-bad", { sourceTypes: ["screen" as "monitor"] })), TypeError);
