@@ -43,7 +43,7 @@ export class VirtualPointer {
       await run("cc", ["-O1", "-o", bin, SOURCE, ...flags]);
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
-      throw new Error(`cannot build the virtual pointer helper (needs cc and libwayland-dev): ${String(err)}`);
+      throw new Error(`cannot build the virtual pointer helper (needs cc and libwayland-dev): ${String(err)}`, { cause: err });
     }
     const proc = spawn(bin, [String(width), String(height)], { env: { ...process.env, ...env }, stdio: ["pipe", "pipe", "pipe"] });
     const vp = new VirtualPointer(proc, dir);
