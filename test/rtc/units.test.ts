@@ -5,6 +5,9 @@ import { KeyframeGate } from "../../agent/rtc/keyframe-gate.js";
 import { RtpHistory } from "../../agent/rtc/history.js";
 import { chooseOfferedH264, keepOnlyVideoPayload, offeredH264, parseProfileLevelId, rewriteProfileLevelId, splitAnnexB } from "../../agent/rtc/h264.js";
 import { parseControlMessage } from "../../agent/rtc/control.js";
+import { IceServers, cursorShapeMessage, turnRestCredential } from "../../agent/rtc/stage.js";
+import { parseConfig } from "../../agent/config/load.js";
+import { ConfigError } from "../../agent/util/errors.js";
 import type { KeyframeReason } from "../../agent/encode/types.js";
 
 const opts = { minBps: 300_000, maxBps: 8_000_000, startBps: 2_000_000 };
@@ -316,4 +319,43 @@ test("control channel: every kind of garbage is an error answer, never an except
   }
   const ok = parseControlMessage('{"type":"ping","t":5,"id":"a"}');
   assert.deepEqual(ok, { ok: true, msg: { type: "ping", t: 5, id: "a" } });
+});
+
+test("TURN REST credentials: '<expiry>:<name>' and base64 HMAC-SHA1 (value checked against openssl)", () => {
+  const c = turnRestCredential("north", "alice", 600, 1_700_000_000_000);
+  assert.equal(c.username, "1700000600:alice");
+  // printf '%s' 1700000600:alice | openssl dgst -sha1 -hmac north -binary | base64
+  assert.equal(c.credential, "gthUwOpcRoLI0MMCziCEBOWYnpo=");
+});
+
+test("IceServers: the static TURN password stays with the agent; a secret gives each side its own credential; bad setups are ConfigErrors", () => {
+  const rtc = (over: Record<string, unknown>) => parseConfig({ rtc: { stun_servers: ["stun:s.example:3478"], turn_servers: ["turn:t.example:3478"], ...over } }, "(test)").rtc;
+  const stat = new IceServers(rtc({ turn_username: "agent" }), { WL_WEBRTC_TURN_PASSWORD: "pw" });
+  assert.deepEqual(stat.forAgent(), [{ urls: "stun:s.example:3478" }, { urls: "turn:t.example:3478", username: "agent", credential: "pw" }]);
+  assert.deepEqual(stat.forBrowser("bob"), [{ urls: "stun:s.example:3478" }], "no TURN (and no password) for browsers");
+  assert.equal(stat.turnForBrowsers, false);
+  const sec = new IceServers(rtc({ turn_credential_ttl_s: 3600 }), { WL_WEBRTC_TURN_SECRET: "north" });
+  const now = 1_700_000_000_000;
+  const b = sec.forBrowser("bob:x y", now);
+  assert.equal(b[1]!.username, "1700003600:bob_x_y", "the subject, without ':' or spaces");
+  assert.equal(b[1]!.credential, turnRestCredential("north", "bob_x_y", 3600, now).credential);
+  assert.equal(sec.forAgent(now)[1]!.username, "1700003600:wl-webrtc-agent");
+  assert.ok(!JSON.stringify(b).includes("north"));
+  assert.throws(() => new IceServers(rtc({}), {}), (e: unknown) => e instanceof ConfigError && /TURN needs rtc\.turn_username and a password .* or a shared secret/.test(e.message));
+  assert.throws(() => new IceServers(rtc({ turn_secret_file: "/nonexistent/secret" }), {}), (e: unknown) => e instanceof ConfigError && /rtc\.turn_secret_file: cannot read \/nonexistent\/secret: ENOENT/.test(e.message));
+  // No TURN configured: nothing is required.
+  assert.deepEqual(new IceServers(parseConfig({}, "(test)").rtc, {}).forBrowser("x"), []);
+});
+
+test("cursor bitmaps: sent as is up to 64x64, larger ones downscaled by an integer factor (nearest neighbour)", () => {
+  const small = cursorShapeMessage(1, { width: 2, height: 1, rgba: Buffer.from([1, 2, 3, 4, 5, 6, 7, 8]) });
+  assert.deepEqual(small, { serial: 1, width: 2, height: 1, scale: 1, rgba: Buffer.from([1, 2, 3, 4, 5, 6, 7, 8]).toString("base64") });
+  const rgba = Buffer.alloc(130 * 100 * 4);
+  for (let y = 0; y < 100; y++) for (let x = 0; x < 130; x++) rgba.writeUInt32BE((x << 16) | y, (y * 130 + x) * 4);
+  const m = cursorShapeMessage(2, { width: 130, height: 100, rgba });
+  assert.equal(m.scale, 3);
+  assert.deepEqual([m.width, m.height], [43, 33]);
+  const out = Buffer.from(m.rgba, "base64");
+  assert.equal(out.length, 43 * 33 * 4);
+  assert.equal(out.readUInt32BE((5 * 43 + 7) * 4), (21 << 16) | 15, "pixel (7,5) comes from (21,15)");
 });
