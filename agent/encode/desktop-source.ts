@@ -43,10 +43,16 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
       if (!fmt) return;
       let shape: { width: number; height: number; rgba: Buffer } | undefined;
       if (c.shapeSerial !== this.#shapeSerial) {
-        const s = this.capture.stream.cursorShape();
-        if (s) {
-          this.#shapeSerial = s.serial;
-          shape = { width: s.width, height: s.height, rgba: s.rgba };
+        if (c.shapeWidth === 0 || c.shapeHeight === 0) {
+          // An empty bitmap: the producer hides the pointer.
+          this.#shapeSerial = c.shapeSerial;
+          shape = { width: 0, height: 0, rgba: Buffer.alloc(0) };
+        } else {
+          const s = this.capture.stream.cursorShape();
+          if (s) {
+            this.#shapeSerial = s.serial;
+            shape = { width: s.width, height: s.height, rgba: s.rgba };
+          }
         }
       }
       this.safeEmit("cursor", {

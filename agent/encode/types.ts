@@ -51,7 +51,7 @@ export interface CursorUpdate {
   frameHeight: number;
   /** Bumps when the bitmap changes. */
   shapeSerial: number;
-  /** The bitmap (RGBA), present only when shapeSerial changed (or on the first update). */
+  /** The bitmap (RGBA), present only when shapeSerial changed (or on the first update); 0x0: the pointer is hidden. */
   shape?: { width: number; height: number; rgba: Buffer };
 }
 

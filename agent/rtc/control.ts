@@ -42,7 +42,10 @@ export type AgentControlMessage =
 
 export type CursorMode = "hidden" | "embedded" | "metadata";
 
-/** The pointer bitmap: RGBA (straight alpha), base64; drawn `scale` times its size (large shapes are sent downscaled). */
+/**
+ * The pointer bitmap: RGBA (straight alpha), base64; drawn `scale` times its size (large shapes are sent
+ * downscaled). 0x0 (empty `rgba`): the pointer is hidden until a bitmap with a later serial comes.
+ */
 export interface CursorShapeMessage {
   serial: number;
   width: number;

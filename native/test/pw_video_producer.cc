@@ -4,8 +4,9 @@
 //
 //   pw_video_producer [--width W] [--height H] [--fps N] [--damage]
 // stdin, one command per line (applied to the next frame):
-//   fill R G B | pixel X Y R G B | rect X Y W H R G B | size W H | animate on|off | cursor X Y | quit
-//   (cursor: SPA_META_Cursor at X,Y with an 8x8 BGRA bitmap B=10 G=20 R=30 A=40, hotspot 2,3)
+//   fill R G B | pixel X Y R G B | rect X Y W H R G B | size W H | animate on|off | cursor X Y | cursor-hide | quit
+//   (cursor: SPA_META_Cursor at X,Y with an 8x8 BGRA bitmap B=10 G=20 R=30 A=40, hotspot 2,3; cursor-hide:
+//   a 0x0 bitmap, as mutter hides the pointer; the next `cursor` sends the 8x8 bitmap again)
 //   (animate: a 16x16 square moves 16 px right on every frame, like a clock ticking on a desktop)
 // stdout: "node <id>" once the node exists, "format <w> <h>" after each negotiation, "ok <cmd>".
 #include <pipewire/pipewire.h>
@@ -45,6 +46,8 @@ struct Producer {
   bool animate = false;
   bool cursor_set = false;
   bool cursor_shape_pending = false;
+  bool cursor_hide_pending = false;
+  bool cursor_hidden = false;
   int cursor_x = 0, cursor_y = 0;
   uint32_t square_x = 0;
   std::string line_buf;
@@ -130,7 +133,16 @@ void OnProcess(void* data) {
     mc->hotspot.y = 3;
     mc->bitmap_offset = 0;
     const size_t need = sizeof(struct spa_meta_cursor) + sizeof(struct spa_meta_bitmap) + 8 * 8 * 4;
-    if (p->cursor_shape_pending && m->size >= need) {
+    if (p->cursor_hide_pending && m->size >= sizeof(struct spa_meta_cursor) + sizeof(struct spa_meta_bitmap)) {
+      mc->bitmap_offset = sizeof(struct spa_meta_cursor);
+      auto* bm = SPA_PTROFF(mc, mc->bitmap_offset, struct spa_meta_bitmap);
+      bm->format = SPA_VIDEO_FORMAT_BGRA;
+      bm->size.width = 0;
+      bm->size.height = 0;
+      bm->stride = 0;
+      bm->offset = sizeof(struct spa_meta_bitmap);
+      p->cursor_hide_pending = false;
+    } else if (p->cursor_shape_pending && m->size >= need) {
       mc->bitmap_offset = sizeof(struct spa_meta_cursor);
       auto* bm = SPA_PTROFF(mc, mc->bitmap_offset, struct spa_meta_bitmap);
       bm->format = SPA_VIDEO_FORMAT_BGRA;
@@ -239,8 +251,12 @@ void HandleCommand(Producer* p, const std::string& line) {
     pw_stream_update_params(p->stream, params, 1);  // renegotiates; OnParamChanged gets the new size
   } else if (cmd == "cursor") {
     in >> p->cursor_x >> p->cursor_y;
-    if (!p->cursor_set) p->cursor_shape_pending = true;
+    if (!p->cursor_set || p->cursor_hidden) p->cursor_shape_pending = true;
     p->cursor_set = true;
+    p->cursor_hidden = false;
+  } else if (cmd == "cursor-hide") {
+    p->cursor_hide_pending = true;
+    p->cursor_hidden = true;
   } else if (cmd == "animate") {
     std::string on;
     in >> on;

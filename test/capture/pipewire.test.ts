@@ -179,6 +179,19 @@ describe("capture against real PipeWire", { timeout: 120_000 }, () => {
       await producer.send("cursor 50 60");
       await moved2;
       assert.equal(stream.stats().cursor?.y, 60);
+      // An empty (0x0) bitmap hides the pointer: a new serial with no shape; the next bitmap comes back.
+      const serial = stream.stats().cursor!.shapeSerial;
+      const hidden = new Promise<{ shapeWidth: number; shapeSerial: number }>((resolve) => stream.on("cursor", (c3) => c3.shapeSerial > serial && resolve(c3)));
+      await producer.send("cursor-hide");
+      const h = await Promise.race([hidden, sleep(3000).then(() => null)]);
+      assert.ok(h, "a cursor event for the empty bitmap");
+      assert.equal(h.shapeWidth, 0);
+      assert.equal(stream.cursorShape(), null);
+      const back = new Promise<{ shapeWidth: number; shapeSerial: number }>((resolve) => stream.on("cursor", (c4) => c4.shapeWidth === 8 && resolve(c4)));
+      await producer.send("cursor 70 80");
+      const b = await Promise.race([back, sleep(3000).then(() => null)]);
+      assert.ok(b && b.shapeSerial > h.shapeSerial, "the bitmap comes back with a new serial");
+      assert.equal(stream.cursorShape()?.width, 8);
     } finally {
       stream.close();
     }

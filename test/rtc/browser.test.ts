@@ -354,12 +354,21 @@ test("cursor: embedded is announced and nothing is drawn over the video; metadat
     const bigPlaced = await placed();
     const s = Math.min(bigPlaced.v.width / bigPlaced.vw, bigPlaced.v.height / bigPlaced.vh);
     assert.ok(Math.abs(bigPlaced.c.width - 128 * s) < 1.5, `drawn at its real size: ${bigPlaced.c.width} vs ${128 * s}`);
+    // An empty bitmap hides the pointer; so does a position off the frame (another monitor).
+    src!.emitCursor({ ...at, shapeSerial: 3, shape: { width: 0, height: 0, rgba: Buffer.alloc(0) } });
+    await until("hidden by an empty bitmap", async () => !(await placed()).visible);
+    src!.emitCursor({ ...at, x: 100, shapeSerial: 4, shape: { width: 32, height: 32, rgba } });
+    await until("shown again", async () => (await placed()).visible);
+    src!.emitCursor({ ...at, x: -50, shapeSerial: 4 });
+    await until("hidden off the frame", async () => !(await placed()).visible);
+    src!.emitCursor({ ...at, x: 120, shapeSerial: 4 });
+    await until("back on the frame", async () => (await placed()).visible);
     // A viewer who joins later gets the mode, the position and the bitmap at once.
     const late = await open("view", f2);
     second.push(late);
     await decoding(late, 1);
     const lateOverlay = await until("late viewer's overlay", async () => (await late.evaluate(() => (window.wl as unknown as { cursorOverlay?: { serial: number } }).cursorOverlay)));
-    assert.equal(lateOverlay.serial, 2);
+    assert.equal(lateOverlay.serial, 4);
   } finally {
     for (const p of second) await p.close();
     await page.close();

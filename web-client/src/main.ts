@@ -151,7 +151,8 @@ function setCursorMode(mode: string | undefined): void {
 function onCursor(m: CursorMsg): void {
   if (wl.cursorMode !== "metadata") return; // the pointer is in the picture: never draw a second one
   const sh = m.shape;
-  if (sh && sh.width > 0 && sh.height > 0 && sh.width <= 256 && sh.height <= 256) {
+  if (sh && (sh.width === 0 || sh.height === 0)) cursorShape = { serial: sh.serial, width: 0, height: 0, scale: 1 }; // hidden
+  else if (sh && sh.width > 0 && sh.height > 0 && sh.width <= 256 && sh.height <= 256) {
     const bytes = Uint8ClampedArray.from(atob(sh.rgba), (c) => c.charCodeAt(0));
     if (bytes.length === sh.width * sh.height * 4) {
       cursorEl.width = sh.width;
@@ -168,7 +169,10 @@ function onCursor(m: CursorMsg): void {
 function placeCursor(): void {
   const m = cursorPos, sh = cursorShape;
   const vw = video.videoWidth, vh = video.videoHeight;
-  if (!m || !sh || sh.serial !== m.serial || vw === 0 || vh === 0 || m.frameWidth <= 0) {
+  // Hidden: no bitmap yet, an empty one (the producer hides the pointer), or a position off this frame
+  // (the pointer is on another monitor).
+  const off = !m || m.x < 0 || m.y < 0 || m.x >= m.frameWidth || m.y >= m.frameHeight;
+  if (!m || !sh || off || sh.width === 0 || sh.serial !== m.serial || vw === 0 || vh === 0 || m.frameWidth <= 0) {
     cursorEl.hidden = true;
     wl.cursorOverlay = undefined;
     return;

@@ -428,8 +428,18 @@ void PipeWireCapture::ReadCursorLocked(const struct spa_meta_cursor* mc, uint32_
   if (mc->bitmap_offset == 0 || mc->bitmap_offset + sizeof(struct spa_meta_bitmap) > meta_size) return;
   auto* bm = SPA_PTROFF(mc, mc->bitmap_offset, const struct spa_meta_bitmap);
   const uint32_t w = bm->size.width, h = bm->size.height;
+  if (w == 0 || h == 0) {
+    // An empty bitmap is how a producer hides the pointer (mutter's empty sprite): a new, empty shape.
+    if (c.shape_width != 0 || c.shape_height != 0 || c.shape_serial == 0) {
+      c.shape_width = 0;
+      c.shape_height = 0;
+      c.shape_rgba.clear();
+      ++c.shape_serial;
+    }
+    return;
+  }
   const uint32_t stride = bm->stride > 0 ? static_cast<uint32_t>(bm->stride) : w * 4;
-  if (w == 0 || h == 0 || w > kCursorMax || h > kCursorMax || stride < w * 4) return;
+  if (w > kCursorMax || h > kCursorMax || stride < w * 4) return;
   if (bm->offset + static_cast<uint64_t>(stride) * (h - 1) + w * 4 + mc->bitmap_offset > meta_size) return;
   const auto* src = SPA_PTROFF(bm, bm->offset, const uint8_t);
   c.shape_width = w;
