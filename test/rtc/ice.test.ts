@@ -156,6 +156,11 @@ test("TURN with a static user: the agent relays with it, and the password never 
   try {
     const { page, welcome } = await openPage(fx);
     assert.deepEqual((await welcome).iceServers, [], "no TURN for the browser without a shared secret (the static password stays on the host)");
+    // A page that insists on relays says at once why it cannot have them.
+    const { page: relayOnly } = await openPage(fx, "&ice=relay");
+    await until("relay-only refusal shown", async () => (await relayOnly.evaluate(() => window.wl.failure)) === "ice");
+    assert.match((await relayOnly.locator("#status").textContent()) ?? "", /asks for relayed connections only \(#ice=relay\), but the agent gives browsers no TURN server/);
+    await relayOnly.close();
     const p = await until("frames decoded and the agent's relay candidate seen", async () => {
       const s = await pathInfo(page);
       return s.framesDecoded > 10 && s.remoteCandidates.some((c) => c.type === "relay") ? s : undefined;

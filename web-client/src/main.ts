@@ -277,6 +277,10 @@ class Connection {
     // The agent's STUN/TURN servers (TURN with short-lived credentials of our own), so both ends gather
     // the same kinds of candidates.
     const relay = sessionStorage.getItem(ICE_POLICY_KEY) === "relay";
+    if (relay && !iceServers.some((s) => [s.urls].flat().some((u) => /^turns?:/.test(u)))) {
+      this.fail("ice", "This page asks for relayed connections only (#ice=relay), but the agent gives browsers no TURN server (it needs rtc.turn_servers and a shared secret: rtc.turn_secret_file or WL_WEBRTC_TURN_SECRET).", false);
+      return;
+    }
     const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers, iceTransportPolicy: relay ? "relay" : "all" });
     this.pc = pc;
     wl.pc = pc;
