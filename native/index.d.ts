@@ -206,6 +206,8 @@ export interface NativeEncoderOptions {
   damageRoi: boolean;
   /** Re-encode the last frame after this long without changes; 0: never. */
   refreshIntervalMs: number;
+  /** Backoff cap of converged refreshes (the interval doubles up to this); <= refreshIntervalMs: constant. Absent: 8000. */
+  refreshMaxIntervalMs?: number;
   /** Encoder threads; 0 or absent: one per core. */
   threads?: number;
   /** Bench only: no frame-rate cap and no real-frame-rate adaptation (the ffmpeg CLI's settings exactly). */
@@ -245,6 +247,12 @@ export interface NativeEncoderStats {
   framesIn: number;
   framesEncoded: number;
   framesRefresh: number;
+  /** Refreshes that came out converged (<= refreshConvergedBytes): each doubles the next interval, up to the cap. */
+  refreshConverged: number;
+  /** The interval the next refresh waits after the last encode, ms (250 ms after a change, then the backoff). */
+  refreshNextMs: number;
+  /** At the current size: a refresh this small (or empty) is converged. */
+  refreshConvergedBytes: number;
   keyframes: number;
   keyframeRequests: number;
   dropped: { busy: number; rate: number; queueFull: number; unchanged: number; failed: number };

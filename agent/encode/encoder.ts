@@ -97,6 +97,7 @@ export class VideoEncoder extends TypedEmitter<VideoEncoderEvents> implements En
           intraRefresh: options.config.intra_refresh,
           damageRoi: options.config.damage_roi,
           refreshIntervalMs: options.config.refresh_interval_ms,
+          refreshMaxIntervalMs: options.config.refresh_max_interval_ms,
           ...(options.threads !== undefined ? { threads: options.threads } : {}),
           ...(options.benchmark === true ? { benchmark: true } : {}),
         },
@@ -353,6 +354,7 @@ function validateOptions(o: VideoEncoderOptions): void {
   int("bitrate_kbps", c.bitrate_kbps, MIN_BITRATE_BPS / 1000, MAX_BITRATE_BPS / 1000);
   int("max_fps", c.max_fps, 1, 240);
   int("refresh_interval_ms", c.refresh_interval_ms, 0, 60_000);
+  int("refresh_max_interval_ms", c.refresh_max_interval_ms, 0, 600_000);
   int("keyframe_min_interval_ms", c.keyframe_min_interval_ms, 0, 10_000);
   if (c.profile !== "constrained_baseline" && c.profile !== "main") throw new TypeError(`VideoEncoder.open: config.profile must be constrained_baseline or main`);
   if (!["ultrafast", "superfast", "veryfast"].includes(c.preset)) throw new TypeError(`VideoEncoder.open: config.preset must be ultrafast, superfast or veryfast`);

@@ -284,6 +284,8 @@ class EncoderWrap final : public Napi::ObjectWrap<EncoderWrap> {
     cfg.encoder.damage_roi = o.Get("damageRoi").As<Napi::Boolean>().Value();
     if (o.Has("threads") && o.Get("threads").IsNumber()) cfg.encoder.threads = o.Get("threads").As<Napi::Number>().Uint32Value();
     cfg.refresh_interval_ms = o.Get("refreshIntervalMs").As<Napi::Number>().Uint32Value();
+    if (o.Has("refreshMaxIntervalMs") && o.Get("refreshMaxIntervalMs").IsNumber())
+      cfg.refresh_max_interval_ms = o.Get("refreshMaxIntervalMs").As<Napi::Number>().Uint32Value();
     cfg.benchmark = o.Has("benchmark") && o.Get("benchmark").ToBoolean().Value();
 
     channel_ = std::make_shared<Channel>();
@@ -346,6 +348,9 @@ class EncoderWrap final : public Napi::ObjectWrap<EncoderWrap> {
     num("framesIn", s.frames_in);
     num("framesEncoded", s.frames_encoded);
     num("framesRefresh", s.frames_refresh);
+    num("refreshConverged", s.refresh_converged);
+    num("refreshNextMs", s.refresh_next_ms);
+    num("refreshConvergedBytes", RefreshConvergedBytes(s.width, s.height));
     num("keyframes", s.keyframes);
     num("keyframeRequests", s.keyframe_requests);
     Napi::Object d = Napi::Object::New(env);
