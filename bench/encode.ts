@@ -264,6 +264,8 @@ interface StaticCpu {
   convertPercent: number;
   encodePercent: number;
   refreshBytes: number;
+  /** Each refresh in the window: seconds since the window opened / bytes (converged ones are tiny). */
+  refreshTrace: string[];
   captureReceived: number;
   captureUnchanged: number;
   captureDelivered: number;
@@ -279,11 +281,14 @@ async function staticCpu(dc: DesktopCapture, w: number, h: number): Promise<Stat
     let frames = 0;
     let refreshes = 0;
     let refreshBytes = 0;
+    const refreshTrace: string[] = [];
+    let tWindow = performance.now();
     enc.on("frame", (f) => {
       frames++;
       if (f.refresh === true) {
         refreshes++;
         refreshBytes += f.data.length;
+        refreshTrace.push(`${((performance.now() - tWindow) / 1000).toFixed(1)}s/${f.data.length}`);
       }
     });
     const s0 = enc.stats();
@@ -291,6 +296,7 @@ async function staticCpu(dc: DesktopCapture, w: number, h: number): Promise<Stat
     const th0 = groupTicks(threadTicks(), tidsBefore);
     const c0 = process.cpuUsage();
     const t0 = performance.now();
+    tWindow = t0;
     await sleep(STATIC_S * 1000);
     const c = process.cpuUsage(c0);
     const th1 = groupTicks(threadTicks(), tidsBefore);
@@ -310,6 +316,7 @@ async function staticCpu(dc: DesktopCapture, w: number, h: number): Promise<Stat
       convertPercent: ((s1.convert.sumUs - s0.convert.sumUs) / 1000 / wall) * 100,
       encodePercent: ((s1.encode.sumUs - s0.encode.sumUs) / 1000 / wall) * 100,
       refreshBytes,
+      refreshTrace,
       captureReceived: k1.framesReceived - k0.framesReceived,
       captureUnchanged: k1.framesUnchanged - k0.framesUnchanged,
       captureDelivered: k1.framesDelivered - k0.framesDelivered,
@@ -331,6 +338,7 @@ function printStatic(w: number, h: number, c: StaticCpu): void {
     `${"".padEnd(10)} breakdown (% of a core): threads: ${threads}; encoder wall time: convert ${c.convertPercent.toFixed(2)}, encode ${c.encodePercent.toFixed(2)}; ` +
       `capture: ${c.captureReceived} buffers received, ${c.captureUnchanged} unchanged, ${c.captureDelivered} delivered`,
   );
+  console.log(`${"".padEnd(10)} refreshes (time/bytes): ${c.refreshTrace.join(" ")}`);
 }
 
 async function main(): Promise<void> {

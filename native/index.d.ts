@@ -53,6 +53,10 @@ export interface NativeFormat {
   /** Negotiated frame rate; 0 means variable. */
   framerate: number;
   maxFramerate: number;
+  /** The format carries a DRM modifier: DMA-BUF buffers were negotiated (only with a GPU importer). */
+  dmabuf: boolean;
+  /** The producer's DRM format modifier, "0x%016x" (dmabuf only). */
+  modifier?: string;
 }
 
 export interface NativeCaptureOptions {
@@ -65,6 +69,10 @@ export interface NativeCaptureOptions {
   tileSize: number;
   /** PipeWire node name of the consumer stream. */
   name?: string;
+  /** Offer DMA-BUF (zero copy to VA-API) importing on this render node; absent: shared memory only. */
+  dmabufDevice?: string;
+  /** Without dmabufDevice: why not, for snapshot().dmabuf.reason. */
+  dmabufOffReason?: string;
 }
 
 export type NativeCaptureEvent =
@@ -157,7 +165,8 @@ export declare class PipeWireCapture {
   /** Connects at once; throws Error with PipeWire's reason when the daemon cannot be reached. */
   constructor(options: NativeCaptureOptions, onEvent: (events: NativeCaptureEvent[]) => void);
   snapshot(): NativeCaptureSnapshot;
-  /** Copies the newest published frame (not taken from the mailbox). null before the first frame. */
+  /** Copies the newest published frame (not taken from the mailbox). null before the first frame,
+   *  and for DMA-BUF frames (no CPU copy of GPU memory). */
   copyFrame(): NativeFrameCopy | null;
   cursorShape(): { width: number; height: number; serial: number; rgba: Buffer } | null;
   /** Disconnects, joins the loop thread, releases the thread-safe function. Idempotent. */
@@ -188,6 +197,8 @@ export interface NativeEncoderProbe {
   available: boolean;
   /** Why not (no /dev/dri render node, no libcuda, ...), or what was used. */
   reason: string;
+  /** The device node it found (vaapi: "/dev/dri/renderD128"); "" otherwise. */
+  device: string;
   caps: NativeEncoderCaps;
 }
 
@@ -255,7 +266,8 @@ export interface NativeEncoderStats {
   refreshConvergedBytes: number;
   keyframes: number;
   keyframeRequests: number;
-  dropped: { busy: number; rate: number; queueFull: number; unchanged: number; failed: number };
+  /** dmabuf: DMA-BUF frames a software backend could not read (not LINEAR): capture renegotiates to shared memory. */
+  dropped: { busy: number; rate: number; queueFull: number; unchanged: number; failed: number; dmabuf: number };
   bytesOut: number;
   fallbacks: number;
   reinits: number;

@@ -306,7 +306,8 @@ export class VideoEncoder extends TypedEmitter<VideoEncoderEvents> implements En
   #takeDropsFromNative(): Record<DropReason, number> {
     if (this.#closed) return { busy: 0, rate: 0, queue_full: 0, unchanged: 0, failed: 0 };
     const d = this.#native.stats().dropped;
-    const now: Record<DropReason, number> = { busy: d.busy, rate: d.rate, queue_full: d.queueFull, unchanged: d.unchanged, failed: d.failed };
+    // DMA-BUF frames a software backend could not read count as failed (stats().dropped.dmabuf has them apart).
+    const now: Record<DropReason, number> = { busy: d.busy, rate: d.rate, queue_full: d.queueFull, unchanged: d.unchanged, failed: d.failed + d.dmabuf };
     const delta = {} as Record<DropReason, number>;
     for (const k of Object.keys(now) as DropReason[]) delta[k] = now[k] - this.#lastDrops[k];
     this.#lastDrops = now;

@@ -359,6 +359,7 @@ class EncoderWrap final : public Napi::ObjectWrap<EncoderWrap> {
     d.Set("queueFull", Napi::Number::New(env, static_cast<double>(s.dropped_queue_full)));
     d.Set("unchanged", Napi::Number::New(env, static_cast<double>(s.dropped_unchanged)));
     d.Set("failed", Napi::Number::New(env, static_cast<double>(s.dropped_failed)));
+    d.Set("dmabuf", Napi::Number::New(env, static_cast<double>(s.dropped_dmabuf)));
     o.Set("dropped", d);
     num("bytesOut", s.bytes_out);
     num("fallbacks", s.fallbacks);
@@ -388,6 +389,7 @@ Napi::Object ProbeToJs(Napi::Env env, const ProbeResult& r) {
   o.Set("compiled", r.compiled);
   o.Set("available", r.available);
   o.Set("reason", r.reason);
+  o.Set("device", r.device);
   Napi::Object c = Napi::Object::New(env);
   c.Set("bitrateWithoutIdr", r.caps.bitrate_without_idr);
   c.Set("framerateWithoutIdr", r.caps.framerate_without_idr);

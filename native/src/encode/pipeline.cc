@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "encode/dmabuf_map.h"
 #include "encode/h264.h"
 
 extern "C" {
@@ -286,24 +287,46 @@ int64_t Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<
   for (int attempt = 0; attempt < 8 && backend_; ++attempt) {
     std::string err;
     const uint64_t c0 = MonoNs();
-    // Only the rows the damage covers are converted again; refreshes (no damage) reuse the picture.
-    if (!converter_.Convert(*frame, frame, backend_->InputFormat(), damage, full_damage, &err)) {
-      PipelineEvent e;
-      e.kind = PipelineEvent::Kind::kError;
-      e.reason = err;
-      Emit(e);
-      std::lock_guard<std::mutex> lock(stats_mu_);
-      ++stats_.dropped_failed;
-      return -1;
+    InputFrame in;
+    if (frame->is_dmabuf() && backend_->Caps().zero_copy_dmabuf) {
+      // Zero copy: the backend imports the planes and converts on the GPU (vaapi_backend.cc). The
+      // CPU picture no longer stands for the last frame.
+      in.dmabuf = frame->dmabuf.get();
+      converter_.Invalidate();
+    } else {
+      capture::FramePtr src = frame;
+      bool full = full_damage;
+      if (frame->is_dmabuf()) {
+        // A software backend (after a fallback) got a DMA-BUF: readable only when LINEAR
+        // (dmabuf_map.h); otherwise capture renegotiates to shared memory and this frame is lost.
+        src = MapLinearDmabuf(frame, &err);
+        if (!src) {
+          source_->RequestSharedMemory(std::string(backend_->Name()) + " cannot read the capture's DMA-BUFs (" + err + ")");
+          converter_.Invalidate();
+          std::lock_guard<std::mutex> lock(stats_mu_);
+          ++stats_.dropped_dmabuf;
+          return -1;
+        }
+        full = true;  // a new mapping each time: the converter cannot tell it holds this picture
+      }
+      // Only the rows the damage covers are converted again; refreshes (no damage) reuse the picture.
+      if (!converter_.Convert(*src, src, backend_->InputFormat(), damage, full, &err)) {
+        PipelineEvent e;
+        e.kind = PipelineEvent::Kind::kError;
+        e.reason = err;
+        Emit(e);
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        ++stats_.dropped_failed;
+        return -1;
+      }
+      AVFrame* const picture = converter_.Picture();
+      in.av = picture;
+      for (int pl = 0; pl < 3; ++pl) {
+        in.planes[pl] = picture->data[pl];
+        in.strides[pl] = picture->linesize[pl];
+      }
     }
     const uint64_t c1 = MonoNs();
-    InputFrame in;
-    AVFrame* const picture = converter_.Picture();
-    in.av = picture;
-    for (int pl = 0; pl < 3; ++pl) {
-      in.planes[pl] = picture->data[pl];
-      in.strides[pl] = picture->linesize[pl];
-    }
     // 90 kHz from the capture time (CLOCK_MONOTONIC of PipeWire's process callback); a refresh is
     // stamped now. Strictly increasing, as encoders and RTP want.
     const uint64_t when = refresh ? t0 : frame->process_ns;

@@ -72,6 +72,7 @@ struct PipelineStats {
   uint64_t dropped_queue_full = 0;  // encoded, but JS had not taken the previous ones: dropped + IDR
   uint64_t dropped_unchanged = 0;   // zero damage: not encoded
   uint64_t dropped_failed = 0;      // lost to an encoder failure (no backend could take it)
+  uint64_t dropped_dmabuf = 0;      // DMA-BUF frames a software backend could not read (capture renegotiates to shm)
   uint64_t bytes_out = 0;
   uint64_t fallbacks = 0;
   uint64_t reinits = 0;             // reopened for a size change or a non-in-place rate change
