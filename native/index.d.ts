@@ -313,6 +313,11 @@ export declare class FrameFeeder {
   constructor();
   /** Copies a frame in and publishes it; `damage` null or empty: the whole frame changed. */
   push(data: Buffer, width: number, height: number, stride: number, format: string, damage?: NativeRect[] | null): void;
+  /** Test hook (no GPU): the frame goes into a memfd published as a DMA-BUF frame with this modifier,
+   *  to exercise the encoder's DMA-BUF handling in software backends (LINEAR: mmap; others: refused). */
+  pushMemfdAsDmabuf(data: Buffer, width: number, height: number, stride: number, format: "BGRx", modifier: "linear" | "x-tiled" | "implicit"): void;
+  /** How often the encoder asked this source to renegotiate to shared memory, and why (last). */
+  sharedMemoryRequests(): { count: number; lastReason: string };
   /** Loads up to `count` raw frames (width*height*4 bytes each) from a file; returns how many. */
   load(path: string, width: number, height: number, format: string, count: number): number;
   /** Publishes the loaded frames on a native thread: fps 0 = each once the previous was taken. */
