@@ -3,6 +3,7 @@
  * identical libx264 settings, side by side; then the agent's CPU with a static screen.
  *
  *   source scripts/env.sh && npx tsc -p tsconfig.json && node dist/bench/encode.js [--sizes 1280x720,1920x1080,3840x2160] [--frames N]
+ *   node dist/bench/encode.js --only static --sizes 3840x2160     # only part 3 (static-screen CPU), ~20 s per size
  *
  * (`--runs N`, default 3: each side runs N times, alternating, and the median counts.)
  * 1. Records real frames from the agent's own headless desktop (sway + portal + PipeWire capture) for
@@ -13,11 +14,15 @@
  *    `ffmpeg -f rawvideo ... -c:v libx264` with the same preset, tune, profile, VBV, threads and colour
  *    conversion. Prints ms/frame, fps and the ratio ours/ffmpeg (target <= 1.05).
  * 3. At each size, measures this process's CPU (capture + encoder threads + JS) on a static screen
- *    over 10 s with the default 1 s refresh (target < 1 % of a core).
+ *    over `--static-s` seconds (default 10; the encoder has been open 2 s before) with the default
+ *    refresh settings (target < 1 % of a core), and where it goes: per thread (/proc/self/task/<tid>/stat,
+ *    grouped by thread name: wl-encode = the pipeline thread and the x264/swscale threads it starts,
+ *    wl-capture = the PipeWire loop, node = JS), the encoder's own convert/encode time, and what
+ *    capture received. `--only static` runs this part alone.
  * The last line is one JSON object with every figure.
  */
 import { execFile, type ChildProcess } from "node:child_process";
-import { closeSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
@@ -44,6 +49,12 @@ const SIZES = (arg("sizes") ?? "1280x720,1920x1080,3840x2160").split(",").map((s
 const FRAMES_OVERRIDE = arg("frames") !== undefined ? Number(arg("frames")) : undefined;
 const THREADS = 2;
 const RUNS = Number(arg("runs") ?? 3);
+const ONLY = arg("only");
+if (ONLY !== undefined && ONLY !== "static") throw new Error(`--only: "static" is the one part that runs alone (got ${ONLY})`);
+const STATIC_S = Number(arg("static-s") ?? 10);
+/** [encode] refresh_max_interval_ms for part 3 (default: the config default; 1000 measures the old constant 1 s refresh). */
+const MAX_REFRESH_MS = Number(arg("refresh-max-ms") ?? 8000);
+const CLK_TCK = 100; // USER_HZ: the unit of /proc/<pid>/stat times on Linux
 
 function median<T extends { msPerFrame: number }>(runs: T[]): T {
   const sorted = [...runs].sort((a, b) => a.msPerFrame - b.msPerFrame);
@@ -69,6 +80,7 @@ function config(w: number, h: number): EncodeConfig {
     profile: "constrained_baseline",
     preset: "ultrafast",
     refresh_interval_ms: 0,
+    refresh_max_interval_ms: 8000,
     intra_refresh: false,
     damage_roi: false,
     keyframe_min_interval_ms: 500,
@@ -210,33 +222,129 @@ async function startContent(dc: DesktopCapture, content: Content): Promise<Child
   }
 }
 
-async function staticCpu(dc: DesktopCapture, w: number, h: number): Promise<{ cpuPercent: number; frames: number; refreshes: number }> {
+/** CPU ticks per thread of this process: tid -> {name, ticks}. */
+function threadTicks(): Map<string, { name: string; ticks: number }> {
+  const out = new Map<string, { name: string; ticks: number }>();
+  for (const tid of readdirSync("/proc/self/task")) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/self/task/${tid}/stat`, "utf8");
+    } catch {
+      continue; // exited meanwhile
+    }
+    const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    out.set(tid, { name, ticks: Number(f[11]) + Number(f[12]) }); // utime, stime (fields 14, 15)
+  }
+  return out;
+}
+
+/**
+ * Groups thread ticks: the JS main thread ("js"), the threads that appeared when the encoder opened
+ * ("encoder": the pipeline thread wl-encode plus the x264/swscale workers, which libavcodec starts on
+ * whichever thread opens it, so they carry no useful name), the capture's PipeWire loop (wl-capture),
+ * and the rest by name (Node's platform workers, PipeWire's data loop).
+ */
+function groupTicks(ticks: Map<string, { name: string; ticks: number }>, before: Set<string>): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [tid, t] of ticks) {
+    const group = tid === String(process.pid) ? "js" : !before.has(tid) ? "encoder" : t.name;
+    out.set(group, (out.get(group) ?? 0) + t.ticks);
+  }
+  return out;
+}
+
+interface StaticCpu {
+  cpuPercent: number;
+  frames: number;
+  refreshes: number;
+  /** % of a core per thread name over the window. */
+  threads: Record<string, number>;
+  /** % of a core spent in the encoder's conversion and in backend Encode() (encoder thread + its workers' wall time). */
+  convertPercent: number;
+  encodePercent: number;
+  refreshBytes: number;
+  /** Each refresh in the window: seconds since the window opened / bytes (converged ones are tiny). */
+  refreshTrace: string[];
+  captureReceived: number;
+  captureUnchanged: number;
+  captureDelivered: number;
+  loadavg: string;
+}
+
+async function staticCpu(dc: DesktopCapture, w: number, h: number): Promise<StaticCpu> {
   const foot = await startContent(dc, "static");
-  const enc = await VideoEncoder.open({ capture: dc.capture, config: { ...config(w, h), refresh_interval_ms: 1000 }, log });
+  const tidsBefore = new Set(threadTicks().keys());
+  const enc = await VideoEncoder.open({ capture: dc.capture, config: { ...config(w, h), refresh_interval_ms: 1000, refresh_max_interval_ms: MAX_REFRESH_MS }, log });
   try {
     await sleep(2000);
     let frames = 0;
     let refreshes = 0;
+    let refreshBytes = 0;
+    const refreshTrace: string[] = [];
+    let tWindow = performance.now();
     enc.on("frame", (f) => {
       frames++;
-      if (f.refresh === true) refreshes++;
+      if (f.refresh === true) {
+        refreshes++;
+        refreshBytes += f.data.length;
+        refreshTrace.push(`${((performance.now() - tWindow) / 1000).toFixed(1)}s/${f.data.length}`);
+      }
     });
+    const s0 = enc.stats();
+    const k0 = dc.capture.stats().counters;
+    const th0 = groupTicks(threadTicks(), tidsBefore);
     const c0 = process.cpuUsage();
     const t0 = performance.now();
-    await sleep(10_000);
+    tWindow = t0;
+    await sleep(STATIC_S * 1000);
     const c = process.cpuUsage(c0);
+    const th1 = groupTicks(threadTicks(), tidsBefore);
     const wall = performance.now() - t0;
-    return { cpuPercent: ((c.user + c.system) / 1000 / wall) * 100, frames, refreshes };
+    const s1 = enc.stats();
+    const k1 = dc.capture.stats().counters;
+    const threads: Record<string, number> = {};
+    for (const [name, t] of th1) {
+      const d = t - (th0.get(name) ?? 0);
+      if (d > 0) threads[name] = Math.round(((d / CLK_TCK) * 1000 * 100 * 100) / wall) / 100;
+    }
+    return {
+      cpuPercent: ((c.user + c.system) / 1000 / wall) * 100,
+      frames,
+      refreshes,
+      threads,
+      convertPercent: ((s1.convert.sumUs - s0.convert.sumUs) / 1000 / wall) * 100,
+      encodePercent: ((s1.encode.sumUs - s0.encode.sumUs) / 1000 / wall) * 100,
+      refreshBytes,
+      refreshTrace,
+      captureReceived: k1.framesReceived - k0.framesReceived,
+      captureUnchanged: k1.framesUnchanged - k0.framesUnchanged,
+      captureDelivered: k1.framesDelivered - k0.framesDelivered,
+      loadavg: readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" "),
+    };
   } finally {
     enc.close();
     await stop(foot);
   }
 }
 
+function printStatic(w: number, h: number, c: StaticCpu): void {
+  console.log(
+    `${`${w}x${h}`.padEnd(10)} static screen, ${STATIC_S} s, encoder open (refresh 1 s, backoff to ${MAX_REFRESH_MS} ms): agent CPU ${c.cpuPercent.toFixed(2)} % of a core; ` +
+      `${c.frames} frames (${c.refreshes} refresh, ${c.refreshBytes} bytes); load average ${c.loadavg}`,
+  );
+  const threads = Object.entries(c.threads).sort((a, b) => b[1] - a[1]).map(([n, p]) => `${n} ${p.toFixed(2)}`).join(", ");
+  console.log(
+    `${"".padEnd(10)} breakdown (% of a core): threads: ${threads}; encoder wall time: convert ${c.convertPercent.toFixed(2)}, encode ${c.encodePercent.toFixed(2)}; ` +
+      `capture: ${c.captureReceived} buffers received, ${c.captureUnchanged} unchanged, ${c.captureDelivered} delivered`,
+  );
+  console.log(`${"".padEnd(10)} refreshes (time/bytes): ${c.refreshTrace.join(" ")}`);
+}
+
 async function main(): Promise<void> {
   const dir = mkdtempSync("/tmp/wl-encode-bench-");
   const results: Record<string, unknown>[] = [];
-  const cpu: { size: string; cpuPercent: number; frames: number; refreshes: number }[] = [];
+  const cpu: ({ size: string } & StaticCpu)[] = [];
   let roi: { size: string; content: string; off: number; on: number; costRatio: number } | undefined;
   const [w0, h0] = SIZES[0]!;
   const dc = await startDesktopCapture(w0, h0, 60);
@@ -249,7 +357,7 @@ async function main(): Promise<void> {
         const deadline = Date.now() + 10_000;
         while ((dc.capture.format?.width !== w || dc.capture.format?.height !== h) && Date.now() < deadline) await sleep(50);
       }
-      for (const content of CONTENTS) {
+      for (const content of ONLY === "static" ? [] : CONTENTS) {
         const n = framesFor(w);
         const raw = join(dir, `${w}x${h}-${content}.bgr0`);
         const client = await startContent(dc, content);
@@ -289,13 +397,13 @@ async function main(): Promise<void> {
       }
       const c = await staticCpu(dc, w, h);
       cpu.push({ size: `${w}x${h}`, ...c });
-      console.log(`${`${w}x${h}`.padEnd(10)} static screen, 10 s, encoder open (refresh 1 s): agent CPU ${c.cpuPercent.toFixed(2)} % of a core; ${c.frames} frames (${c.refreshes} refresh)`);
+      printStatic(w, h, c);
     }
   } finally {
     await dc.close();
     rmSync(dir, { recursive: true, force: true });
   }
-  const worst = Math.max(...results.map((r) => r.ratio as number));
+  const worst = results.length > 0 ? Math.max(...results.map((r) => r.ratio as number)) : null;
   console.log(JSON.stringify({ bench: "encode", threads: THREADS, results, worstRatio: worst, ratioTarget: 1.05, damageRoi: roi, staticCpu: cpu, cpuTargetPercent: 1 }));
 }
 

@@ -8,12 +8,17 @@
   #   pw_video_producer    a real PipeWire video source for the capture integration tests
   #   convert_test         C++ unit tests of the encoder's damage-aware colour conversion (run by
   #                        test/encode/convert.test.ts)
+  #   dmabuf_test          C++ unit tests of the DMA-BUF capture params, frame fd ownership and the
+  #                        software fallback's LINEAR mapping (run by test/capture/dmabuf.test.ts)
   "variables": {
     "pw_cflags": "<!(pkg-config --cflags libpipewire-0.3)",
     "pw_libs": "<!(pkg-config --libs libpipewire-0.3)",
     # encode stage: libavcodec (libx264, h264_vaapi, h264_nvenc), swscale, OpenH264, libva (VPP), libdrm headers
     "enc_cflags": "<!(pkg-config --cflags libavcodec libavutil libswscale openh264 libva libdrm)",
     "enc_libs": "<!(pkg-config --libs libavcodec libavutil libswscale openh264 libva)",
+    # capture's DMA-BUF import check: libva on a DRM render node (libva-drm, part of libva-dev)
+    "dmabuf_cflags": "<!(pkg-config --cflags libva libva-drm libdrm)",
+    "dmabuf_libs": "<!(pkg-config --libs libva-drm libva)",
   },
   "target_defaults": {
     "cflags!": ["-fno-exceptions"],
@@ -28,11 +33,13 @@
       "sources": [
         "src/addon.cc",
         "src/capture/capture_binding.cc",
+        "src/capture/dmabuf.cc",
         "src/capture/pw_capture.cc",
         "src/damage/damage_binding.cc",
         "src/damage/tiles.cc",
         "src/encode/backend.cc",
         "src/encode/convert.cc",
+        "src/encode/dmabuf_map.cc",
         "src/encode/encode_binding.cc",
         "src/encode/frame_feeder.cc",
         "src/encode/h264.cc",
@@ -45,8 +52,8 @@
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
-      "cflags_cc": ["<@(pw_cflags)", "<@(enc_cflags)"],
-      "libraries": ["<@(pw_libs)", "<@(enc_libs)", "-ldl"],
+      "cflags_cc": ["<@(pw_cflags)", "<@(enc_cflags)", "<@(dmabuf_cflags)"],
+      "libraries": ["<@(pw_libs)", "<@(enc_libs)", "<@(dmabuf_libs)", "-ldl"],
     },
     {
       "target_name": "tiles_test",
@@ -56,9 +63,16 @@
     {
       "target_name": "capture_source_test",
       "type": "executable",
-      "sources": ["test/capture_source_test.cc", "src/capture/pw_capture.cc", "src/damage/tiles.cc"],
-      "cflags_cc": ["<@(pw_cflags)"],
-      "libraries": ["<@(pw_libs)"],
+      "sources": ["test/capture_source_test.cc", "src/capture/pw_capture.cc", "src/capture/dmabuf.cc", "src/damage/tiles.cc"],
+      "cflags_cc": ["<@(pw_cflags)", "<@(dmabuf_cflags)"],
+      "libraries": ["<@(pw_libs)", "<@(dmabuf_libs)"],
+    },
+    {
+      "target_name": "dmabuf_test",
+      "type": "executable",
+      "sources": ["test/dmabuf_test.cc", "src/capture/dmabuf.cc", "src/encode/dmabuf_map.cc"],
+      "cflags_cc": ["<@(pw_cflags)", "<@(dmabuf_cflags)"],
+      "libraries": ["<@(pw_libs)", "<@(dmabuf_libs)"],
     },
     {
       "target_name": "convert_test",

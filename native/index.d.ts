@@ -53,6 +53,10 @@ export interface NativeFormat {
   /** Negotiated frame rate; 0 means variable. */
   framerate: number;
   maxFramerate: number;
+  /** The format carries a DRM modifier: DMA-BUF buffers were negotiated (only with a GPU importer). */
+  dmabuf: boolean;
+  /** The producer's DRM format modifier, "0x%016x" (dmabuf only). */
+  modifier?: string;
 }
 
 export interface NativeCaptureOptions {
@@ -65,6 +69,10 @@ export interface NativeCaptureOptions {
   tileSize: number;
   /** PipeWire node name of the consumer stream. */
   name?: string;
+  /** Offer DMA-BUF (zero copy to VA-API) importing on this render node; absent: shared memory only. */
+  dmabufDevice?: string;
+  /** Without dmabufDevice: why not, for snapshot().dmabuf.reason. */
+  dmabufOffReason?: string;
 }
 
 export type NativeCaptureEvent =
@@ -157,7 +165,8 @@ export declare class PipeWireCapture {
   /** Connects at once; throws Error with PipeWire's reason when the daemon cannot be reached. */
   constructor(options: NativeCaptureOptions, onEvent: (events: NativeCaptureEvent[]) => void);
   snapshot(): NativeCaptureSnapshot;
-  /** Copies the newest published frame (not taken from the mailbox). null before the first frame. */
+  /** Copies the newest published frame (not taken from the mailbox). null before the first frame,
+   *  and for DMA-BUF frames (no CPU copy of GPU memory). */
   copyFrame(): NativeFrameCopy | null;
   cursorShape(): { width: number; height: number; serial: number; rgba: Buffer } | null;
   /** Disconnects, joins the loop thread, releases the thread-safe function. Idempotent. */
@@ -188,6 +197,8 @@ export interface NativeEncoderProbe {
   available: boolean;
   /** Why not (no /dev/dri render node, no libcuda, ...), or what was used. */
   reason: string;
+  /** The device node it found (vaapi: "/dev/dri/renderD128"); "" otherwise. */
+  device: string;
   caps: NativeEncoderCaps;
 }
 
@@ -206,6 +217,8 @@ export interface NativeEncoderOptions {
   damageRoi: boolean;
   /** Re-encode the last frame after this long without changes; 0: never. */
   refreshIntervalMs: number;
+  /** Backoff cap of converged refreshes (the interval doubles up to this); <= refreshIntervalMs: constant. Absent: 8000. */
+  refreshMaxIntervalMs?: number;
   /** Encoder threads; 0 or absent: one per core. */
   threads?: number;
   /** Bench only: no frame-rate cap and no real-frame-rate adaptation (the ffmpeg CLI's settings exactly). */
@@ -245,9 +258,16 @@ export interface NativeEncoderStats {
   framesIn: number;
   framesEncoded: number;
   framesRefresh: number;
+  /** Refreshes that came out converged (<= refreshConvergedBytes): each doubles the next interval, up to the cap. */
+  refreshConverged: number;
+  /** The interval the next refresh waits after the last encode, ms (250 ms after a change, then the backoff). */
+  refreshNextMs: number;
+  /** At the current size: a refresh this small (or empty) is converged. */
+  refreshConvergedBytes: number;
   keyframes: number;
   keyframeRequests: number;
-  dropped: { busy: number; rate: number; queueFull: number; unchanged: number; failed: number };
+  /** dmabuf: DMA-BUF frames a software backend could not read (not LINEAR): capture renegotiates to shared memory. */
+  dropped: { busy: number; rate: number; queueFull: number; unchanged: number; failed: number; dmabuf: number };
   bytesOut: number;
   fallbacks: number;
   reinits: number;
@@ -293,6 +313,11 @@ export declare class FrameFeeder {
   constructor();
   /** Copies a frame in and publishes it; `damage` null or empty: the whole frame changed. */
   push(data: Buffer, width: number, height: number, stride: number, format: string, damage?: NativeRect[] | null): void;
+  /** Test hook (no GPU): the frame goes into a memfd published as a DMA-BUF frame with this modifier,
+   *  to exercise the encoder's DMA-BUF handling in software backends (LINEAR: mmap; others: refused). */
+  pushMemfdAsDmabuf(data: Buffer, width: number, height: number, stride: number, format: "BGRx", modifier: "linear" | "x-tiled" | "implicit"): void;
+  /** How often the encoder asked this source to renegotiate to shared memory, and why (last). */
+  sharedMemoryRequests(): { count: number; lastReason: string };
   /** Loads up to `count` raw frames (width*height*4 bytes each) from a file; returns how many. */
   load(path: string, width: number, height: number, format: string, count: number): number;
   /** Publishes the loaded frames on a native thread: fps 0 = each once the previous was taken. */

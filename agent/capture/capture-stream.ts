@@ -61,6 +61,17 @@ export interface CaptureStreamOptions {
   openTimeoutMs?: number;
   /** PipeWire node name of our consumer stream. */
   name?: string;
+  /**
+   * DMA-BUF (zero copy to a VA-API encoder): `device` is the render node to import on, chosen by
+   * chooseDmabufCapture() (agent/encode/probe.ts) only when VA-API is the first usable encoder; null:
+   * shared memory only, and `reason` shows in stats().dmabuf. Absent: shared memory.
+   */
+  dmabuf?: DmabufChoice;
+}
+
+export interface DmabufChoice {
+  device: string | null;
+  reason: string;
 }
 
 const PW_ID_ANY = 0xffffffff;
@@ -93,6 +104,8 @@ export class CaptureStream extends TypedEmitter<CaptureStreamEvents> {
           nodeId: options.nodeId,
           tileSize: options.tileSize ?? 64,
           ...(options.name !== undefined ? { name: options.name } : {}),
+          ...(options.dmabuf?.device != null ? { dmabufDevice: options.dmabuf.device } : {}),
+          ...(options.dmabuf !== undefined && options.dmabuf.device == null ? { dmabufOffReason: options.dmabuf.reason } : {}),
         },
         (events) => this.#onNativeEvents(events),
       );
@@ -276,4 +289,12 @@ function validateOptions(o: CaptureStreamOptions): void {
   if (o.name !== undefined && (typeof o.name !== "string" || o.name.length === 0 || o.name.length > 128))
     throw new TypeError("CaptureStream.open: name must be a non-empty string of at most 128 characters");
   if (typeof o.log !== "object" || o.log === null) throw new TypeError("CaptureStream.open: log (a pino Logger) is required");
+  if (o.dmabuf !== undefined) {
+    const d = o.dmabuf as unknown;
+    if (typeof d !== "object" || d === null || typeof (d as DmabufChoice).reason !== "string")
+      throw new TypeError("CaptureStream.open: dmabuf must be { device: string | null, reason: string }");
+    const dev = (d as DmabufChoice).device;
+    if (dev !== null && (typeof dev !== "string" || !/^\/dev\/dri\/renderD\d{1,4}$/.test(dev)))
+      throw new TypeError(`CaptureStream.open: dmabuf.device must be a /dev/dri/renderD* path or null, got ${String(dev)}`);
+  }
 }

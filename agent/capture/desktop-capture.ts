@@ -2,7 +2,7 @@ import { closeSync } from "node:fs";
 import type { Logger } from "../log/logger.js";
 import type { CaptureConfig } from "../config/schema.js";
 import { PortalSession, type PortalClosedInfo } from "../portal/index.js";
-import { CaptureStream, type CaptureFormat, type CursorInfo, type FrameInfo } from "./capture-stream.js";
+import { CaptureStream, type CaptureFormat, type CursorInfo, type DmabufChoice, type FrameInfo } from "./capture-stream.js";
 import { TypedEmitter } from "../util/events.js";
 import { WlError } from "../util/errors.js";
 
@@ -18,6 +18,8 @@ export interface DesktopCaptureOptions {
   log: Logger;
   /** Deadline for each portal step (a permission dialog may be on screen). */
   portalTimeoutMs?: number;
+  /** DMA-BUF capture or not (chooseDmabufCapture, agent/encode/probe.ts); absent: shared memory. */
+  dmabuf?: DmabufChoice;
 }
 
 export interface CaptureEnded {
@@ -80,7 +82,13 @@ export class DesktopCapture extends TypedEmitter<DesktopCaptureEvents> {
     }
     let stream: CaptureStream;
     try {
-      stream = await CaptureStream.open({ fd: portal.pipewireFd, nodeId: first.nodeId, tileSize: opts.capture.damage_tile_size, log: log.child({ stage: "capture" }) });
+      stream = await CaptureStream.open({
+        fd: portal.pipewireFd,
+        nodeId: first.nodeId,
+        tileSize: opts.capture.damage_tile_size,
+        log: log.child({ stage: "capture" }),
+        ...(opts.dmabuf !== undefined ? { dmabuf: opts.dmabuf } : {}),
+      });
     } catch (err) {
       await portal.close();
       throw err;

@@ -6,6 +6,7 @@ import { DesktopCapture } from "../capture/desktop-capture.js";
 import type { FrameInfo } from "../capture/capture-stream.js";
 import { encodePng } from "../util/png.js";
 import { WlError } from "../util/errors.js";
+import { chooseDmabufCapture, probeEncoders } from "../encode/probe.js";
 
 export interface CaptureTestOptions {
   seconds: number;
@@ -50,7 +51,9 @@ export async function captureTest(config: Config, opts: CaptureTestOptions, log:
       // A terminal printing as fast as it can: every refresh has new text.
       await desktop.headless.spawnClient("foot", ["sh", "-c", "while :; do date +%T.%N; done"], { name: "animate" });
     }
-    capture = await DesktopCapture.open({ capture: config.capture, stateDir: config.state_dir, busAddress: desktop.env.DBUS_SESSION_BUS_ADDRESS, log });
+    // The buffers the agent would negotiate: DMA-BUF only for a VA-API encoder on a render node.
+    const dmabuf = chooseDmabufCapture(probeEncoders(config.encode.backends), config.encode.backends);
+    capture = await DesktopCapture.open({ capture: config.capture, stateDir: config.state_dir, busAddress: desktop.env.DBUS_SESSION_BUS_ADDRESS, log, dmabuf });
     const stream = capture.stream;
     let ratioSum = 0;
     let events = 0;
@@ -93,6 +96,7 @@ export async function captureTest(config: Config, opts: CaptureTestOptions, log:
     };
     if (opts.snapshot) {
       const frame = stream.copyFrame();
+      if (!frame && stream.format?.dmabuf === true) throw new WlError("capture-failed", "the frames are DMA-BUFs (GPU memory, zero copy to VA-API): no CPU copy for a snapshot");
       if (!frame) throw new WlError("capture-failed", "no frame arrived, so there is no snapshot: the screen did not change (compositors send frames only on change); move the pointer, or use --animate on a headless desktop");
       writeFileSync(opts.snapshot, encodePng(frame.data, frame.width, frame.height, frame.stride, frame.format));
     }

@@ -176,14 +176,16 @@ async function probeCommand(args: string[]): Promise<number> {
   const { values } = parse(args, { json: { type: "boolean" }, config: { type: "string", short: "c" } });
   if (values.help) return help();
   const { config } = loadConfig(values.config as string | undefined);
-  const { probeEncoders, formatProbes, firstAvailable } = await import("../encode/probe.js");
+  const { probeEncoders, formatProbes, firstAvailable, chooseDmabufCapture } = await import("../encode/probe.js");
   const probes = probeEncoders();
   const chosen = firstAvailable(probes, config.encode.backends);
+  const dmabuf = chooseDmabufCapture(probes, config.encode.backends);
   if (values.json) {
-    process.stdout.write(`${JSON.stringify({ encoders: probes, chosen: chosen ?? null, priority: config.encode.backends })}\n`);
+    process.stdout.write(`${JSON.stringify({ encoders: probes, chosen: chosen ?? null, priority: config.encode.backends, dmabuf })}\n`);
   } else {
     process.stdout.write(`${formatProbes(probes)}\n`);
     process.stdout.write(chosen ? `encoder: ${chosen} (first available of [encode] backends = ${JSON.stringify(config.encode.backends)})\n` : `encoder: none of ${JSON.stringify(config.encode.backends)} is available here\n`);
+    process.stdout.write(dmabuf.device !== null ? `capture: DMA-BUF (zero copy) on ${dmabuf.device}\n` : `capture: ${dmabuf.reason}\n`);
   }
   return chosen ? ExitCode.ok : ExitCode.unsupported;
 }

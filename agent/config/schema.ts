@@ -93,6 +93,11 @@ const encodeSection = z.strictObject({
   preset: z.enum(["ultrafast", "superfast", "veryfast"]).default("ultrafast"),
   /** Re-encode the last frame when the screen was static this long, for late joiners and lossy links. 0: never. */
   refresh_interval_ms: z.number().int().min(0).max(60_000).default(1000),
+  /**
+   * Once a refresh comes out converged (nearly all macroblocks skipped), each further one waits twice
+   * as long, up to this; any change resets it. At or below refresh_interval_ms: a constant interval.
+   */
+  refresh_max_interval_ms: z.number().int().min(0).max(600_000).default(8000),
   /** Periodic intra refresh instead of whole IDR frames when recovering (x264, nvenc, vaapi). */
   intra_refresh: z.boolean().default(false),
   /** Better quality where the screen changed (region-of-interest side data, where the backend has it). */

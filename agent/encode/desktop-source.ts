@@ -5,6 +5,7 @@ import { DesktopCapture } from "../capture/desktop-capture.js";
 import { TypedEmitter } from "../util/events.js";
 import { WlError, errorMessage } from "../util/errors.js";
 import { VideoEncoder } from "./encoder.js";
+import { chooseDmabufCapture, probeEncoders } from "./probe.js";
 import type { EncodeMetrics } from "./metrics.js";
 import type { CursorMode, EncodedSourceEvents, EncodedVideoSource, H264Format, KeyframeReason } from "./types.js";
 
@@ -68,7 +69,10 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
 
   static async open(opts: DesktopVideoSourceOptions): Promise<DesktopVideoSource> {
     const { config, desktop, log } = opts;
-    const capture = await DesktopCapture.open({ capture: config.capture, stateDir: config.state_dir, busAddress: desktop.env.DBUS_SESSION_BUS_ADDRESS, log });
+    // Zero-copy capture only when the encoder that will run is VA-API on a render node.
+    const dmabuf = chooseDmabufCapture(probeEncoders(config.encode.backends), config.encode.backends);
+    log.info({ dmabufDevice: dmabuf.device, reason: dmabuf.reason }, "capture buffers");
+    const capture = await DesktopCapture.open({ capture: config.capture, stateDir: config.state_dir, busAddress: desktop.env.DBUS_SESSION_BUS_ADDRESS, log, dmabuf });
     let encoder: VideoEncoder;
     try {
       encoder = await VideoEncoder.open({ capture: capture.stream, config: config.encode, log: log.child({ stage: "encode" }), ...(opts.metrics ? { metrics: opts.metrics } : {}) });

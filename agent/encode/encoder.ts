@@ -97,6 +97,7 @@ export class VideoEncoder extends TypedEmitter<VideoEncoderEvents> implements En
           intraRefresh: options.config.intra_refresh,
           damageRoi: options.config.damage_roi,
           refreshIntervalMs: options.config.refresh_interval_ms,
+          refreshMaxIntervalMs: options.config.refresh_max_interval_ms,
           ...(options.threads !== undefined ? { threads: options.threads } : {}),
           ...(options.benchmark === true ? { benchmark: true } : {}),
         },
@@ -305,7 +306,8 @@ export class VideoEncoder extends TypedEmitter<VideoEncoderEvents> implements En
   #takeDropsFromNative(): Record<DropReason, number> {
     if (this.#closed) return { busy: 0, rate: 0, queue_full: 0, unchanged: 0, failed: 0 };
     const d = this.#native.stats().dropped;
-    const now: Record<DropReason, number> = { busy: d.busy, rate: d.rate, queue_full: d.queueFull, unchanged: d.unchanged, failed: d.failed };
+    // DMA-BUF frames a software backend could not read count as failed (stats().dropped.dmabuf has them apart).
+    const now: Record<DropReason, number> = { busy: d.busy, rate: d.rate, queue_full: d.queueFull, unchanged: d.unchanged, failed: d.failed + d.dmabuf };
     const delta = {} as Record<DropReason, number>;
     for (const k of Object.keys(now) as DropReason[]) delta[k] = now[k] - this.#lastDrops[k];
     this.#lastDrops = now;
@@ -353,6 +355,7 @@ function validateOptions(o: VideoEncoderOptions): void {
   int("bitrate_kbps", c.bitrate_kbps, MIN_BITRATE_BPS / 1000, MAX_BITRATE_BPS / 1000);
   int("max_fps", c.max_fps, 1, 240);
   int("refresh_interval_ms", c.refresh_interval_ms, 0, 60_000);
+  int("refresh_max_interval_ms", c.refresh_max_interval_ms, 0, 600_000);
   int("keyframe_min_interval_ms", c.keyframe_min_interval_ms, 0, 10_000);
   if (c.profile !== "constrained_baseline" && c.profile !== "main") throw new TypeError(`VideoEncoder.open: config.profile must be constrained_baseline or main`);
   if (!["ultrafast", "superfast", "veryfast"].includes(c.preset)) throw new TypeError(`VideoEncoder.open: config.preset must be ultrafast, superfast or veryfast`);

@@ -1,7 +1,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync, statSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, writeFileSync, statSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -169,4 +169,14 @@ test("probe names every encoder backend, says why the unavailable ones are, and 
   assert.ok(j.chosen !== null && j.encoders.find((e) => e.name === j.chosen)?.available);
   const human = run("probe", "--config", cfg);
   assert.match(human.stdout, /^encoder: \w+/m);
+  // DMA-BUF capture: only with VA-API first and a render node; the reason otherwise.
+  const dmabuf = (JSON.parse(r.stdout) as { dmabuf: { device: string | null; reason: string } }).dmabuf;
+  const vaapi = j.encoders.find((e) => e.name === "vaapi")!;
+  if (!existsSync("/dev/dri")) {
+    assert.equal(dmabuf.device, null);
+    assert.match(dmabuf.reason, /^shared memory: .*no \/dev\/dri/);
+    assert.match(human.stdout, /^capture: shared memory: .*no \/dev\/dri/m);
+  } else {
+    assert.equal(dmabuf.device !== null, j.chosen === "vaapi" && vaapi.available, dmabuf.reason);
+  }
 });

@@ -70,7 +70,8 @@ describe("H.264 encoding of the real headless desktop", { timeout: 180_000 }, ()
 
   test("a static screen produces no encoded frames except the configured refresh", async () => {
     await sleep(300); // the terminal of the previous test is gone; let its last frame pass
-    const enc = await VideoEncoder.open({ capture: dc.capture, config: encodeConfig({ refresh_interval_ms: 400 }), log });
+    // refresh_max_interval_ms = refresh_interval_ms: a constant interval (no backoff; that rule has a test below).
+    const enc = await VideoEncoder.open({ capture: dc.capture, config: encodeConfig({ refresh_interval_ms: 400, refresh_max_interval_ms: 400 }), log });
     try {
       await sleep(500);
       const c = collect(enc);
@@ -94,6 +95,83 @@ describe("H.264 encoding of the real headless desktop", { timeout: 180_000 }, ()
       assert.equal(c.stop().length, 0, "refresh_interval_ms = 0: nothing at all");
     } finally {
       quiet.close();
+    }
+  });
+
+  test("refreshes of a converged static screen back off x2 up to refresh_max_interval_ms; a change or a keyframe request resets them", async () => {
+    const INTERVAL = 200;
+    const MAX = 1600;
+    const REFINE = Math.min(INTERVAL, 250);
+    const enc = await VideoEncoder.open({ capture: dc.capture, config: encodeConfig({ refresh_interval_ms: INTERVAL, refresh_max_interval_ms: MAX }), log });
+    const c = collect(enc);
+    let foot: ChildProcess | undefined;
+    let foot2: ChildProcess | undefined;
+    try {
+      const convergedBytes = enc.stats().refreshConvergedBytes;
+      assert.ok(convergedBytes > 64 && convergedBytes < 1000, `converged threshold at ${W}x${H}: ${convergedBytes} bytes`);
+      foot = await dc.desktop.spawnClient("foot", ["-e", "sh", "-c", "ls -la /usr/lib/x86_64-linux-gnu | head -60; exec sleep 1000"]);
+      await nextFrame(enc, 10_000, (f) => !f.keyframe && f.refresh !== true);
+      // Static: 200 (refine), then 200 until a refresh is converged, then 400, 800, 1600, 1600, ...
+      await sleep(8000);
+      const s1 = enc.stats();
+      assert.equal(s1.refreshNextMs, MAX, "backed off to the cap");
+      // A keyframe request on the backed-off screen is answered at once, not at the next refresh.
+      const tReq = performance.timeOrigin + performance.now();
+      enc.requestKeyframe("api");
+      const idr = await nextFrame(enc, 1000, (f) => f.keyframe);
+      assert.ok(idr.refresh === true && idr.captureTimeMs - tReq < 250, `IDR refresh ${(idr.captureTimeMs - tReq).toFixed(0)} ms after the request`);
+      await sleep(1200);
+      // A real change (a second terminal) resets the schedule.
+      foot2 = await dc.desktop.spawnClient("foot", ["-e", "sh", "-c", "echo changed; exec sleep 1000"]);
+      await sleep(3000);
+      const frames = c.stop();
+      // Replay the rule over every frame since the first static real frame: the expected gap before each
+      // refresh follows from the sizes of the refreshes before it (converged: <= refreshConvergedBytes).
+      let refreshes = 0;
+      let backoff = 1;
+      let checked = 0;
+      let capped = 0;
+      let afterChange = false;
+      const trace: string[] = [];
+      for (let i = 1; i < frames.length; i++) {
+        const f = frames[i]!;
+        const gap = f.captureTimeMs - frames[i - 1]!.captureTimeMs;
+        trace.push(`${f.refresh === true ? (f.keyframe ? "K" : "r") : "F"}${gap.toFixed(0)}/${f.data.length}`);
+        if (f.refresh !== true) {
+          refreshes = 0;
+          backoff = 1;
+          if (f.captureTimeMs > tReq + 1000) afterChange = true;
+          continue;
+        }
+        if (f.keyframe) {
+          // The requested IDR: refined like a change.
+          refreshes = 0;
+          backoff = 1;
+          continue;
+        }
+        const expected = refreshes === 0 ? REFINE : INTERVAL * backoff;
+        // Lower bound: the wait is measured from the end of the previous encode, so never shorter.
+        // Upper: encode time of the previous frame + wake-up on a loaded 2-core machine.
+        assert.ok(gap >= expected - 5 && gap <= expected + 250, `refresh ${i}: gap ${gap.toFixed(0)} ms, expected ${expected} (${trace.join(" ")})`);
+        checked++;
+        if (expected === MAX) capped++;
+        if (afterChange && expected === REFINE) afterChange = false; // the first refresh after the change was the refine one
+        refreshes++;
+        const converged = f.data.length <= convergedBytes;
+        backoff = converged ? Math.min(backoff * 2, MAX / INTERVAL) : 1;
+      }
+      console.log(`# backoff trace (kind gap/bytes): ${trace.join(" ")}`);
+      assert.ok(capped >= 2, `at least two refreshes at the cap: ${trace.join(" ")}`);
+      assert.ok(checked >= 8, `${checked} refresh gaps checked`);
+      assert.ok(frames.some((f) => f.refresh !== true && f.captureTimeMs > tReq + 1000), "the change produced real frames");
+      assert.equal(afterChange, false, "a refine refresh followed the change");
+      const s2 = enc.stats();
+      assert.ok(s2.refreshConverged >= 4, `${s2.refreshConverged} converged refreshes`);
+    } finally {
+      c.stop();
+      enc.close();
+      await stopClient(foot);
+      await stopClient(foot2);
     }
   });
 

@@ -25,6 +25,7 @@ export function encodeConfig(over: Partial<EncodeConfig> = {}): EncodeConfig {
     profile: "constrained_baseline",
     preset: "ultrafast",
     refresh_interval_ms: 1000,
+    refresh_max_interval_ms: 8000,
     intra_refresh: false,
     damage_roi: false,
     keyframe_min_interval_ms: 500,

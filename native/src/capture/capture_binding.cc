@@ -6,6 +6,8 @@
 // so at 60 fps with a busy JS thread the TSFN queue holds at most one call.
 #include "capture/capture_binding.h"
 
+#include <cstdio>
+
 #include <atomic>
 #include <deque>
 #include <memory>
@@ -167,6 +169,12 @@ Napi::Value FormatToJs(Napi::Env env, const NegotiatedFormat& f) {
   o.Set("stride", f.stride);
   o.Set("format", f.format_name);
   o.Set("bufferType", f.buffer_type.empty() ? env.Null() : Napi::String::New(env, f.buffer_type));
+  o.Set("dmabuf", f.dmabuf);
+  if (f.dmabuf) {
+    char mod[24];
+    std::snprintf(mod, sizeof(mod), "0x%016llx", static_cast<unsigned long long>(f.modifier));
+    o.Set("modifier", mod);
+  }
   o.Set("framerate", Napi::Number::New(env, f.framerate_den ? static_cast<double>(f.framerate_num) / f.framerate_den : 0));
   o.Set("maxFramerate",
         Napi::Number::New(env, f.max_framerate_den ? static_cast<double>(f.max_framerate_num) / f.max_framerate_den : 0));
@@ -256,7 +264,7 @@ class CaptureWrap final : public Napi::ObjectWrap<CaptureWrap> {
                        });
   }
 
-  // new PipeWireCapture({ fd, nodeId, tileSize, name }, onEvent). Arguments were validated in TS
+  // new PipeWireCapture({ fd, nodeId, tileSize, name, dmabufDevice?, dmabufOffReason? }, onEvent). Arguments were validated in TS
   // (agent/capture/capture-stream.ts); only the shape is checked here.
   explicit CaptureWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CaptureWrap>(info) {
     Napi::Env env = info.Env();
@@ -268,6 +276,10 @@ class CaptureWrap final : public Napi::ObjectWrap<CaptureWrap> {
     opts.node_id = o.Get("nodeId").As<Napi::Number>().Uint32Value();
     opts.tile_size = o.Get("tileSize").As<Napi::Number>().Uint32Value();
     if (o.Has("name") && o.Get("name").IsString()) opts.name = o.Get("name").As<Napi::String>().Utf8Value();
+    if (o.Has("dmabufDevice") && o.Get("dmabufDevice").IsString())
+      opts.dmabuf_device = o.Get("dmabufDevice").As<Napi::String>().Utf8Value();
+    if (o.Has("dmabufOffReason") && o.Get("dmabufOffReason").IsString())
+      opts.dmabuf_off_reason = o.Get("dmabufOffReason").As<Napi::String>().Utf8Value();
 
     channel_ = std::make_shared<EventChannel>();
     auto* ctx = new std::shared_ptr<EventChannel>(channel_);
@@ -357,7 +369,9 @@ class CaptureWrap final : public Napi::ObjectWrap<CaptureWrap> {
   Napi::Value CopyFrame(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     FramePtr f = capture_->PeekLatest();
-    if (!f) return env.Null();
+    // A DMA-BUF frame has no CPU copy to give (mapping GPU memory for a snapshot is not worth it:
+    // tiled modifiers would not even read as a picture).
+    if (!f || f->is_dmabuf()) return env.Null();
     Napi::Object o = Napi::Object::New(env);
     o.Set("data", Napi::Buffer<uint8_t>::Copy(env, f->pixels.data(), f->pixels.size()));
     o.Set("width", f->width);

@@ -2,7 +2,14 @@
 // uses to pull frames without going through JS.
 //
 // Ownership model
-//   * A Frame is a copy of one PipeWire shared-memory buffer in memory the capture stream owns. The
+//   * DMA-BUF frames (capture negotiated SPA_DATA_DmaBuf, only with a GPU importer: see
+//     capture/dmabuf.h) carry no pixels: `dmabuf` holds dup'ed fds of the producer's buffer planes
+//     with their offsets, strides, DRM fourcc and modifier, closed when the last holder releases the
+//     Frame. No CPU copy. The pw_buffer is requeued at once as for shared memory (holding it would
+//     stall the producer); the dup'ed fds keep the memory alive, and the encoder imports it within a
+//     frame time. Producer/consumer fences (SPA_META_SyncTimeline, PipeWire >= 1.2) are not
+//     negotiated (Debian 12 has 0.3.65): implicit sync of the DMA-BUF is what orders the GPU work.
+//   * A shared-memory Frame is a copy of one PipeWire buffer in memory the capture stream owns. The
 //     pw_buffer itself is requeued at once: holding it would stall the producer (xdg-desktop-portal-wlr
 //     has only a few buffers) and its mapping is only valid until the next renegotiation.
 //   * Once published a Frame is immutable and shared through std::shared_ptr<const Frame>. The capture
@@ -20,6 +27,8 @@
 //       encode(latest.frame->data(), latest.frame->stride, latest.damage, ...);
 //     }
 #pragma once
+
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
@@ -46,6 +55,27 @@ inline const char* DamageSourceName(DamageSource s) {
   return "full";
 }
 
+/** The planes of a DMA-BUF frame. Owns its fds (each one dup'ed from the producer's buffer). */
+struct DmabufPlanes {
+  static constexpr uint32_t kMaxPlanes = 4;
+  uint32_t drm_format = 0;        // DRM fourcc (drm_fourcc.h), e.g. DRM_FORMAT_XRGB8888 for SPA BGRx
+  uint64_t modifier = 0;          // DRM format modifier; DRM_FORMAT_MOD_INVALID (2^56-1): implicit
+  uint32_t n_planes = 0;
+  int fds[kMaxPlanes] = {-1, -1, -1, -1};
+  uint32_t offsets[kMaxPlanes] = {};
+  uint32_t strides[kMaxPlanes] = {};
+  DmabufPlanes() = default;
+  DmabufPlanes(const DmabufPlanes&) = delete;
+  DmabufPlanes& operator=(const DmabufPlanes&) = delete;
+  ~DmabufPlanes() {
+    for (int& fd : fds)
+      if (fd >= 0) {
+        ::close(fd);
+        fd = -1;
+      }
+  }
+};
+
 struct Frame {
   uint64_t seq = 0;              // 1, 2, ... per stream; gaps mean frames were replaced in the mailbox
   uint32_t width = 0;
@@ -60,9 +90,18 @@ struct Frame {
   DamageSource damage_source = DamageSource::kFull;
   bool has_crop = false;         // SPA_META_VideoCrop: the producer's valid region inside the frame
   damage::Rect crop;
-  std::vector<uint8_t> pixels;   // stride * height bytes
+  std::vector<uint8_t> pixels;   // stride * height bytes (empty for DMA-BUF frames)
+  // Set for DMA-BUF frames: the pixels are in the producer's (GPU) buffer. `stride` is then plane 0's.
+  std::shared_ptr<const DmabufPlanes> dmabuf;
+  // A CPU mapping standing in for `pixels` (the encoder's software fallback for LINEAR DMA-BUFs:
+  // encode/dmabuf_map.h); `mapping` keeps it mapped while the Frame lives.
+  const uint8_t* mapped = nullptr;
+  size_t mapped_size = 0;
+  std::shared_ptr<const void> mapping;
 
-  const uint8_t* data() const { return pixels.data(); }
+  const uint8_t* data() const { return mapped != nullptr ? mapped : pixels.data(); }
+  size_t size() const { return mapped != nullptr ? mapped_size : pixels.size(); }
+  bool is_dmabuf() const { return dmabuf != nullptr && mapped == nullptr; }
 };
 
 using FramePtr = std::shared_ptr<const Frame>;
@@ -88,6 +127,10 @@ class LatestFrameSource {
   /** The newest published frame, whether or not it was taken (snapshots); does not touch the mailbox. */
   virtual FramePtr PeekLatest() const = 0;
   virtual bool IsClosed() const = 0;
+  /** The consumer cannot use the DMA-BUF frames it gets (a software encoder took over and the
+   *  modifier is not LINEAR, or the GPU import failed): renegotiate to shared memory. Asynchronous
+   *  (the next frames may still be DMA-BUF); idempotent. Sources without DMA-BUF ignore it. */
+  virtual void RequestSharedMemory(const std::string& /*reason*/) {}
 };
 
 }  // namespace wl::capture

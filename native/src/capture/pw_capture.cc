@@ -63,17 +63,6 @@ constexpr size_t CursorMetaSize(uint32_t w, uint32_t h) {
   return sizeof(struct spa_meta_cursor) + sizeof(struct spa_meta_bitmap) + static_cast<size_t>(w) * h * 4;
 }
 
-/**
- * DMA-BUF import is where the zero-copy path will plug in: an importer (EGL/VA-API/CUDA) lists the
- * modifiers it can import per format, and the stream then offers one EnumFormat per format with
- * SPA_FORMAT_VIDEO_modifier (MANDATORY | DONT_FIXATE) before the shared-memory ones, and DmaBuf in
- * the Buffers dataType. None exists yet (and this machine kind has no GPU), so nothing is offered.
- */
-struct DmabufImporter {
-  const char* unavailable_reason = "no DMA-BUF importer in this build (shared-memory capture only; a GPU encoder will add one)";
-  bool available() const { return false; }
-};
-
 }  // namespace
 
 const char* StreamStateName(StreamState s) {
@@ -98,9 +87,40 @@ void Timing::Add(double us) {
 }
 
 PipeWireCapture::PipeWireCapture(const CaptureOptions& options, EventSink* sink) : options_(options), sink_(sink) {
-  DmabufImporter importer;
-  info_.dmabuf_offered = importer.available();
-  info_.dmabuf_reason = importer.available() ? "" : importer.unavailable_reason;
+  // DMA-BUF only when TS asked for it (a VA-API encoder comes first and a render node exists) and
+  // the node really has a VA-API video processor; otherwise shared memory, and the reason is kept.
+  if (options_.dmabuf_device.empty()) {
+    offer_.reason = options_.dmabuf_off_reason.empty() ? "not requested (shared-memory capture)" : options_.dmabuf_off_reason;
+  } else {
+    offer_ = ProbeDmabufImport(options_.dmabuf_device, std::vector<uint32_t>(std::begin(kFormats), std::end(kFormats)));
+  }
+  info_.dmabuf_offered = offer_.enabled;
+  info_.dmabuf_reason = offer_.reason;
+}
+
+uint32_t PipeWireCapture::BuildFormats(struct spa_pod_builder* b, const struct spa_pod** params, uint32_t max) {
+  return BuildEnumFormats(b, offer_, kFormats, sizeof(kFormats) / sizeof(kFormats[0]), params, max);
+}
+
+void PipeWireCapture::RequestSharedMemory(const std::string& reason) {
+  if (closed_.load() || loop_ == nullptr) return;
+  pw_thread_loop_lock(loop_);
+  if (offer_.enabled && stream_ != nullptr) {
+    offer_.enabled = false;
+    offer_.reason = "renegotiated to shared memory: " + reason;
+    {
+      std::lock_guard<std::mutex> lock(info_mu_);
+      info_.dmabuf_offered = false;
+      info_.dmabuf_reason = offer_.reason;
+    }
+    // A new EnumFormat list (shared memory only) makes PipeWire renegotiate the link.
+    uint8_t buffer[4096];
+    struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buffer, sizeof(buffer));
+    const struct spa_pod* params[16];
+    const uint32_t n = BuildFormats(&b, params, 16);
+    pw_stream_update_params(stream_, params, n);
+  }
+  pw_thread_loop_unlock(loop_);
 }
 
 PipeWireCapture::~PipeWireCapture() { Close(); }
@@ -177,26 +197,12 @@ bool PipeWireCapture::Start(std::string* error) {
   }();
   pw_stream_add_listener(stream_, &stream_listener_, &stream_events, this);
 
-  // Shared-memory EnumFormat: every 32-bit RGB layout in one enum choice, any size, any rate. The
-  // DMA-BUF variants (with modifiers) would go first, see DmabufImporter.
-  uint8_t buffer[2048];
+  // EnumFormat: with DMA-BUF, one per importable layout with its modifiers first (capture/dmabuf.h);
+  // always the shared-memory one (every 32-bit RGB layout, any size, any rate) as the fallback.
+  uint8_t buffer[4096];
   struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buffer, sizeof(buffer));
-  const struct spa_pod* params[1];
-  struct spa_pod_frame f[2];
-  spa_pod_builder_push_object(&b, &f[0], SPA_TYPE_OBJECT_Format, SPA_PARAM_EnumFormat);
-  spa_pod_builder_add(&b, SPA_FORMAT_mediaType, SPA_POD_Id(SPA_MEDIA_TYPE_video), 0);
-  spa_pod_builder_add(&b, SPA_FORMAT_mediaSubtype, SPA_POD_Id(SPA_MEDIA_SUBTYPE_raw), 0);
-  spa_pod_builder_prop(&b, SPA_FORMAT_VIDEO_format, 0);
-  spa_pod_builder_push_choice(&b, &f[1], SPA_CHOICE_Enum, 0);
-  spa_pod_builder_id(&b, kFormats[0]);  // the default
-  for (uint32_t fmt : kFormats) spa_pod_builder_id(&b, fmt);
-  spa_pod_builder_pop(&b, &f[1]);
-  struct spa_rectangle size_def = SPA_RECTANGLE(1920, 1080), size_min = SPA_RECTANGLE(1, 1),
-                       size_max = SPA_RECTANGLE(8192, 8192);
-  spa_pod_builder_add(&b, SPA_FORMAT_VIDEO_size, SPA_POD_CHOICE_RANGE_Rectangle(&size_def, &size_min, &size_max), 0);
-  struct spa_fraction rate_def = SPA_FRACTION(0, 1), rate_min = SPA_FRACTION(0, 1), rate_max = SPA_FRACTION(360, 1);
-  spa_pod_builder_add(&b, SPA_FORMAT_VIDEO_framerate, SPA_POD_CHOICE_RANGE_Fraction(&rate_def, &rate_min, &rate_max), 0);
-  params[0] = static_cast<const struct spa_pod*>(spa_pod_builder_pop(&b, &f[0]));
+  const struct spa_pod* params[16];
+  const uint32_t n_params = BuildFormats(&b, params, 16);
 
   // DONT_RECONNECT: when the portal's node goes away the session manager must not relink us to some
   // other video source (that would show the user something they never shared); WirePlumber then
@@ -204,7 +210,7 @@ bool PipeWireCapture::Start(std::string* error) {
   const int res = pw_stream_connect(
       stream_, PW_DIRECTION_INPUT, options_.node_id,
       static_cast<enum pw_stream_flags>(PW_STREAM_FLAG_AUTOCONNECT | PW_STREAM_FLAG_MAP_BUFFERS | PW_STREAM_FLAG_DONT_RECONNECT),
-      params, 1);
+      params, n_params);
   pw_thread_loop_unlock(loop_);
   if (res < 0) {
     *error = std::string("pw_stream_connect failed: ") + spa_strerror(res);
@@ -313,20 +319,27 @@ void PipeWireCapture::HandleFormat(const struct spa_pod* param) {
   }
   raw_ = raw;
   have_format_ = true;
+  // DMA-BUF when the producer fixated a modifier (PipeWire's protocol: the consumer only parses).
+  uint64_t modifier = 0;
+  bool needs_fixation = false;
+  dmabuf_negotiated_ = FormatSelectsDmabuf(param, &modifier, &needs_fixation);
+  if (dmabuf_negotiated_ && needs_fixation) {
+    // Fixation is the allocating producer's job; a Format that still asks for it is not final.
+    // The producer sends the fixated Format next (param_changed again).
+    return;
+  }
   // Renegotiation (e.g. the output was resized): old frames no longer match, start from a full frame.
   pool_.clear();
   last_published_.reset();
   carry_damage_.clear();
   carry_unknown_ = false;
 
-  // The modifier flag would select DmaBuf here once an importer exists; shared memory otherwise.
-  const int data_types = (1 << SPA_DATA_MemFd) | (1 << SPA_DATA_MemPtr);
+  // DMA-BUF buffers for a format with a modifier, shared memory otherwise.
   uint8_t buffer[1024];
   struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buffer, sizeof(buffer));
   const struct spa_pod* params[5];
   uint32_t n = 0;
-  params[n++] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
-      &b, SPA_TYPE_OBJECT_ParamBuffers, SPA_PARAM_Buffers, SPA_PARAM_BUFFERS_dataType, SPA_POD_CHOICE_FLAGS_Int(data_types)));
+  params[n++] = BuildBuffersParam(&b, dmabuf_negotiated_);
   params[n++] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
       &b, SPA_TYPE_OBJECT_ParamMeta, SPA_PARAM_Meta, SPA_PARAM_META_type, SPA_POD_Id(SPA_META_Header), SPA_PARAM_META_size,
       SPA_POD_Int(sizeof(struct spa_meta_header))));
@@ -348,6 +361,8 @@ void PipeWireCapture::HandleFormat(const struct spa_pod* param) {
   fmt.height = raw.size.height;
   fmt.spa_format = raw.format;
   fmt.format_name = FormatName(raw.format);
+  fmt.dmabuf = dmabuf_negotiated_;
+  fmt.modifier = dmabuf_negotiated_ ? modifier : 0;
   fmt.framerate_num = raw.framerate.num;
   fmt.framerate_den = raw.framerate.denom;
   fmt.max_framerate_num = raw.max_framerate.num;
@@ -490,6 +505,7 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
     *carried_unknown = true;  // whatever changed in it is not in our reference frame
     return count(&Counters::frames_corrupted);
   }
+  if (d->type == SPA_DATA_DmaBuf) return ProcessDmabuf(buf, header, t0, carried, carried_unknown);
   if (d->data == nullptr || d->chunk == nullptr || d->chunk->size == 0) return count(&Counters::frames_empty);
 
   const uint32_t width = raw_.size.width, height = raw_.size.height;
@@ -552,7 +568,8 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
   }
 
   frame->damage.clear();
-  if (last_published_ == nullptr || last_published_->width != width || last_published_->height != height) {
+  if (last_published_ == nullptr || last_published_->width != width || last_published_->height != height ||
+      last_published_->dmabuf != nullptr) {
     for (uint32_t y = 0; y < height; ++y)
       std::memcpy(frame->pixels.data() + static_cast<size_t>(y) * row_bytes, src + static_cast<size_t>(y) * stride, row_bytes);
     frame->damage.push_back(damage::Rect{0, 0, width, height});
@@ -589,6 +606,97 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
     ++info_.counters.frames_unchanged;
     return;
   }
+  Publish(frame, t0);
+}
+
+// A DMA-BUF buffer: no CPU copy. Each plane's fd is dup'ed into the Frame (closed when the last
+// holder releases it), with the chunk's offset and stride and the negotiated modifier; the pw_buffer
+// goes back to the producer at once (frame.h says why that is safe enough and what is left out).
+// Damage: the compositor's, when it sent some; tile comparison would need a CPU mapping of GPU
+// memory (slow, and impossible for tiled modifiers), so without compositor damage it is the full frame.
+void PipeWireCapture::ProcessDmabuf(struct spa_buffer* buf, struct spa_meta_header* header, uint64_t t0,
+                                    std::vector<damage::Rect>* carried, bool* carried_unknown) {
+  auto count = [this](uint64_t Counters::*field) {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    ++(info_.counters.*field);
+  };
+  const uint32_t width = raw_.size.width, height = raw_.size.height;
+  auto planes = std::make_shared<DmabufPlanes>();
+  planes->drm_format = DrmFourccOfSpa(raw_.format);
+  planes->modifier = raw_.modifier;
+  // n_datas is the plane count of the format/modifier pair (PipeWire >= 1.2 may append sync-timeline
+  // fds after the planes; 0.3.65 does not).
+  planes->n_planes = std::min<uint32_t>(buf->n_datas, DmabufPlanes::kMaxPlanes);
+  for (uint32_t i = 0; i < planes->n_planes; ++i) {
+    const struct spa_data& d = buf->datas[i];
+    if (d.type != SPA_DATA_DmaBuf || d.fd < 0 || d.chunk == nullptr || d.chunk->stride <= 0) {
+      *carried_unknown = true;
+      return count(&Counters::frames_corrupted);
+    }
+    planes->fds[i] = fcntl(static_cast<int>(d.fd), F_DUPFD_CLOEXEC, 3);
+    if (planes->fds[i] < 0) {
+      *carried_unknown = true;
+      return count(&Counters::frames_no_slot);  // out of fds: lost like a frame without a pool slot
+    }
+    planes->offsets[i] = d.chunk->offset;
+    planes->strides[i] = static_cast<uint32_t>(d.chunk->stride);
+  }
+  if (width == 0 || height == 0 || planes->n_planes == 0 || planes->drm_format == 0) {
+    *carried_unknown = true;
+    return count(&Counters::frames_corrupted);
+  }
+  NegotiatedFormat updated;
+  {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    ++info_.counters.frames_received;
+    if (info_.format.stride != planes->strides[0] || info_.format.buffer_type != "dmabuf") {
+      info_.format.stride = planes->strides[0];
+      info_.format.buffer_type = "dmabuf";
+      updated = info_.format;
+    }
+  }
+  if (updated.valid && !closed_.load()) sink_->OnFormatChanged(updated);
+
+  // Not from the pool (the pool recycles pixel memory; a DMA-BUF frame has none): one small object.
+  auto frame = std::make_shared<Frame>();
+  frame->width = width;
+  frame->height = height;
+  frame->stride = planes->strides[0];
+  frame->spa_format = raw_.format;
+  frame->format_name = FormatName(raw_.format);
+  frame->pts_ns = header != nullptr ? header->pts : -1;
+  frame->process_ns = t0;
+  frame->dmabuf = std::move(planes);
+  if (auto* crop = static_cast<struct spa_meta_region*>(spa_buffer_find_meta_data(buf, SPA_META_VideoCrop, sizeof(struct spa_meta_region)));
+      crop != nullptr && spa_meta_region_is_valid(crop)) {
+    damage::Rect r{static_cast<uint32_t>(std::max(0, crop->region.position.x)),
+                   static_cast<uint32_t>(std::max(0, crop->region.position.y)), crop->region.size.width, crop->region.size.height};
+    frame->has_crop = damage::Clip(&r, width, height);
+    frame->crop = r;
+  }
+  std::vector<damage::Rect> compositor;
+  if (struct spa_meta* m = spa_buffer_find_meta(buf, SPA_META_VideoDamage); m != nullptr) {
+    struct spa_meta_region* r;
+    spa_meta_for_each(r, m) {
+      if (!spa_meta_region_is_valid(r)) break;
+      damage::Rect rect{static_cast<uint32_t>(std::max(0, r->region.position.x)),
+                        static_cast<uint32_t>(std::max(0, r->region.position.y)), r->region.size.width, r->region.size.height};
+      if (damage::Clip(&rect, width, height)) compositor.push_back(rect);
+    }
+  }
+  const bool continues = last_published_ != nullptr && last_published_->width == width && last_published_->height == height &&
+                         last_published_->dmabuf != nullptr;
+  if (continues && !compositor.empty() && !*carried_unknown) {
+    for (damage::Rect r : *carried)
+      if (damage::Clip(&r, width, height)) frame->damage.push_back(r);
+    damage::Accumulate(&frame->damage, compositor, FrameMailbox::kMaxRects);
+    frame->damage_source = DamageSource::kCompositor;
+  } else {
+    frame->damage.push_back(damage::Rect{0, 0, width, height});
+    frame->damage_source = DamageSource::kFull;
+  }
+  carried->clear();
+  *carried_unknown = false;
   Publish(frame, t0);
 }
 

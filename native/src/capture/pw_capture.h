@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "capture/dmabuf.h"
 #include "capture/mailbox.h"
 #include "capture/frame.h"
 #include "damage/rect.h"
@@ -34,6 +35,10 @@ struct CaptureOptions {
   uint32_t node_id = PW_ID_ANY;   // the portal's stream node id
   uint32_t tile_size = 64;        // tile differ granularity when there is no compositor damage
   std::string name = "wl-webrtc-capture";
+  // DMA-BUF (zero copy to a GPU encoder): the render node TS chose (the first usable encoder is
+  // VA-API and the node exists); empty: shared memory only, `dmabuf_off_reason` says why.
+  std::string dmabuf_device;
+  std::string dmabuf_off_reason;
 };
 
 struct NegotiatedFormat {
@@ -44,6 +49,8 @@ struct NegotiatedFormat {
   uint32_t spa_format = 0;
   std::string format_name;
   std::string buffer_type;        // "memfd" | "memptr" | "dmabuf" ("" until the first buffer)
+  bool dmabuf = false;            // the format carries a modifier: DMA-BUF buffers were asked for
+  uint64_t modifier = 0;          // the producer's fixated DRM modifier (dmabuf only)
   uint32_t framerate_num = 0;
   uint32_t framerate_den = 1;
   uint32_t max_framerate_num = 0;
@@ -124,6 +131,7 @@ class PipeWireCapture final : public LatestFrameSource {
   LatestFrame TryTakeLatest() override;
   FramePtr PeekLatest() const override;
   bool IsClosed() const override { return closed_.load(); }
+  void RequestSharedMemory(const std::string& reason) override;
 
  private:
   PipeWireCapture(const CaptureOptions& options, EventSink* sink);
@@ -137,6 +145,10 @@ class PipeWireCapture final : public LatestFrameSource {
   void SetState(StreamState state, const std::string& message);
   void HandleFormat(const struct spa_pod* param);
   void ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vector<damage::Rect>* carried, bool* carried_unknown);
+  void ProcessDmabuf(struct spa_buffer* buf, struct spa_meta_header* header, uint64_t t0, std::vector<damage::Rect>* carried,
+                     bool* carried_unknown);
+  /** EnumFormat params from offer_ (DMA-BUF first, shared memory last). Loop lock held. */
+  uint32_t BuildFormats(struct spa_pod_builder* b, const struct spa_pod** params, uint32_t max);
   void ReadCursor(struct spa_buffer* buf);
   static void ReadCursorLocked(const struct spa_meta_cursor* mc, uint32_t meta_size, CursorInfo* out);
   std::shared_ptr<Frame> AcquirePoolFrame();
@@ -152,6 +164,10 @@ class PipeWireCapture final : public LatestFrameSource {
   struct spa_hook core_listener_ {};
   struct spa_hook stream_listener_ {};
   std::atomic<bool> closed_{false};
+
+  // Loop thread, or any thread holding the loop lock (RequestSharedMemory).
+  DmabufOffer offer_;
+  bool dmabuf_negotiated_ = false;
 
   // Loop-thread only.
   struct spa_video_info_raw raw_ {};

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "capture/frame.h"
 #include "damage/rect.h"
 
 extern "C" {
@@ -56,12 +57,9 @@ struct InputFrame {
   int64_t pts_90k = 0;             // strictly increasing, 90 kHz, from the capture timestamp
   const std::vector<damage::Rect>* damage = nullptr;  // changed since the previously encoded frame
   bool refresh = false;            // a re-encode of an unchanged frame (no damage)
-  // DMA-BUF frames (VA-API path); dmabuf_fd < 0 for shared-memory frames.
-  int dmabuf_fd = -1;
-  uint32_t drm_format = 0;         // DRM fourcc
-  uint64_t drm_modifier = 0;
-  uint32_t dmabuf_offset = 0;
-  uint32_t dmabuf_pitch = 0;
+  // A DMA-BUF frame for a backend with Caps().zero_copy_dmabuf (VA-API): the planes to import
+  // (fds owned by the capture frame, alive during Encode()); `av` and `planes` are then unset.
+  const capture::DmabufPlanes* dmabuf = nullptr;
 };
 
 /** One access unit in Annex-B form. */

@@ -85,6 +85,12 @@ bool Converter::Convert(const capture::Frame& frame, const capture::FramePtr& ke
     Invalidate();
     return false;
   }
+  if (frame.is_dmabuf()) {
+    // Pixels in GPU memory: the pipeline maps LINEAR ones (encode/dmabuf_map.h) or renegotiates.
+    *error = "a DMA-BUF frame reached the CPU colour conversion without a mapping";
+    Invalidate();
+    return false;
+  }
   const int w = static_cast<int>(frame.width), h = static_cast<int>(frame.height);
   // A refresh re-encodes the frame converted last time: the converted picture is still there.
   if (valid_ && converted_ != nullptr && from_ == &frame && from_seq_ == frame.seq && converted_->format == dst &&
@@ -99,7 +105,7 @@ bool Converter::Convert(const capture::Frame& frame, const capture::FramePtr& ke
     converted_->format = src;
     converted_->width = w;
     converted_->height = h;
-    converted_->buf[0] = av_buffer_create(const_cast<uint8_t*>(frame.data()), frame.pixels.size(), ReleaseCaptureFrame,
+    converted_->buf[0] = av_buffer_create(const_cast<uint8_t*>(frame.data()), frame.size(), ReleaseCaptureFrame,
                                           new capture::FramePtr(keep), AV_BUFFER_FLAG_READONLY);
     converted_->data[0] = const_cast<uint8_t*>(frame.data());
     converted_->linesize[0] = static_cast<int>(frame.stride);
@@ -192,7 +198,7 @@ bool Converter::Convert(const capture::Frame& frame, const capture::FramePtr& ke
   src_frame_->format = src;
   src_frame_->width = w;
   src_frame_->height = h;
-  src_frame_->buf[0] = av_buffer_create(const_cast<uint8_t*>(frame.data()), frame.pixels.size(), ReleaseCaptureFrame,
+  src_frame_->buf[0] = av_buffer_create(const_cast<uint8_t*>(frame.data()), frame.size(), ReleaseCaptureFrame,
                                         new capture::FramePtr(keep), AV_BUFFER_FLAG_READONLY);
   src_frame_->data[0] = const_cast<uint8_t*>(frame.data());
   src_frame_->linesize[0] = static_cast<int>(frame.stride);

@@ -12,6 +12,7 @@
 #include <mutex>
 
 extern "C" {
+#include <drm_fourcc.h>
 #include <libavutil/log.h>
 }
 
@@ -184,6 +185,8 @@ class FeederWrap final : public Napi::ObjectWrap<FeederWrap> {
                        {
                            InstanceMethod<&FeederWrap::Push>("push"),
                            InstanceMethod<&FeederWrap::Load>("load"),
+                           InstanceMethod<&FeederWrap::PushMemfdAsDmabuf>("pushMemfdAsDmabuf"),
+                           InstanceMethod<&FeederWrap::SharedMemoryRequests>("sharedMemoryRequests"),
                            InstanceMethod<&FeederWrap::Play>("play"),
                            InstanceMethod<&FeederWrap::Close>("close"),
                            InstanceAccessor<&FeederWrap::Played>("played"),
@@ -210,6 +213,37 @@ class FeederWrap final : public Napi::ObjectWrap<FeederWrap> {
     feeder_->Push(buf.Data(), w, h, stride, info[4].As<Napi::String>().Utf8Value(),
                   info.Length() > 5 ? RectsFromJs(info[5]) : std::vector<damage::Rect>());
     return env.Undefined();
+  }
+  // pushMemfdAsDmabuf(data, width, height, stride, format, "linear" | "x-tiled" | "implicit")
+  Napi::Value PushMemfdAsDmabuf(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 6 || !info[0].IsBuffer() || !info[5].IsString())
+      throw Napi::TypeError::New(env, "pushMemfdAsDmabuf(data, width, height, stride, format, modifier)");
+    auto buf = info[0].As<Napi::Buffer<uint8_t>>();
+    const uint32_t w = info[1].As<Napi::Number>().Uint32Value(), h = info[2].As<Napi::Number>().Uint32Value();
+    const uint32_t stride = info[3].As<Napi::Number>().Uint32Value();
+    if (static_cast<uint64_t>(stride) * h > buf.Length() || stride < w * 4) throw Napi::RangeError::New(env, "buffer too small");
+    const std::string format = info[4].As<Napi::String>().Utf8Value();
+    if (format != "BGRx") throw Napi::TypeError::New(env, "pushMemfdAsDmabuf: BGRx only");
+    const std::string mod = info[5].As<Napi::String>().Utf8Value();
+    uint64_t modifier;
+    if (mod == "linear") modifier = DRM_FORMAT_MOD_LINEAR;
+    else if (mod == "x-tiled") modifier = I915_FORMAT_MOD_X_TILED;
+    else if (mod == "implicit") modifier = DRM_FORMAT_MOD_INVALID;
+    else throw Napi::TypeError::New(env, "pushMemfdAsDmabuf: modifier must be linear, x-tiled or implicit");
+    std::string error;
+    if (!feeder_->PushMemfdAsDmabuf(buf.Data(), w, h, stride, format, DRM_FORMAT_XRGB8888, modifier, &error))
+      throw Napi::Error::New(env, error);
+    return env.Undefined();
+  }
+  Napi::Value SharedMemoryRequests(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string reason;
+    const uint64_t n = feeder_->SharedMemoryRequests(&reason);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("count", Napi::Number::New(env, static_cast<double>(n)));
+    o.Set("lastReason", reason);
+    return o;
   }
   // load(path, width, height, format, count) -> frames loaded
   Napi::Value Load(const Napi::CallbackInfo& info) {
@@ -284,6 +318,8 @@ class EncoderWrap final : public Napi::ObjectWrap<EncoderWrap> {
     cfg.encoder.damage_roi = o.Get("damageRoi").As<Napi::Boolean>().Value();
     if (o.Has("threads") && o.Get("threads").IsNumber()) cfg.encoder.threads = o.Get("threads").As<Napi::Number>().Uint32Value();
     cfg.refresh_interval_ms = o.Get("refreshIntervalMs").As<Napi::Number>().Uint32Value();
+    if (o.Has("refreshMaxIntervalMs") && o.Get("refreshMaxIntervalMs").IsNumber())
+      cfg.refresh_max_interval_ms = o.Get("refreshMaxIntervalMs").As<Napi::Number>().Uint32Value();
     cfg.benchmark = o.Has("benchmark") && o.Get("benchmark").ToBoolean().Value();
 
     channel_ = std::make_shared<Channel>();
@@ -346,6 +382,9 @@ class EncoderWrap final : public Napi::ObjectWrap<EncoderWrap> {
     num("framesIn", s.frames_in);
     num("framesEncoded", s.frames_encoded);
     num("framesRefresh", s.frames_refresh);
+    num("refreshConverged", s.refresh_converged);
+    num("refreshNextMs", s.refresh_next_ms);
+    num("refreshConvergedBytes", RefreshConvergedBytes(s.width, s.height));
     num("keyframes", s.keyframes);
     num("keyframeRequests", s.keyframe_requests);
     Napi::Object d = Napi::Object::New(env);
@@ -354,6 +393,7 @@ class EncoderWrap final : public Napi::ObjectWrap<EncoderWrap> {
     d.Set("queueFull", Napi::Number::New(env, static_cast<double>(s.dropped_queue_full)));
     d.Set("unchanged", Napi::Number::New(env, static_cast<double>(s.dropped_unchanged)));
     d.Set("failed", Napi::Number::New(env, static_cast<double>(s.dropped_failed)));
+    d.Set("dmabuf", Napi::Number::New(env, static_cast<double>(s.dropped_dmabuf)));
     o.Set("dropped", d);
     num("bytesOut", s.bytes_out);
     num("fallbacks", s.fallbacks);
@@ -383,6 +423,7 @@ Napi::Object ProbeToJs(Napi::Env env, const ProbeResult& r) {
   o.Set("compiled", r.compiled);
   o.Set("available", r.available);
   o.Set("reason", r.reason);
+  o.Set("device", r.device);
   Napi::Object c = Napi::Object::New(env);
   c.Set("bitrateWithoutIdr", r.caps.bitrate_without_idr);
   c.Set("framerateWithoutIdr", r.caps.framerate_without_idr);

@@ -1,6 +1,11 @@
 #include "encode/frame_feeder.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 #include <cstring>
@@ -42,6 +47,56 @@ void FrameFeeder::Push(const uint8_t* data, uint32_t width, uint32_t height, uin
     f->damage_source = capture::DamageSource::kCompositor;
   }
   Publish(std::move(f));
+}
+
+bool FrameFeeder::PushMemfdAsDmabuf(const uint8_t* data, uint32_t width, uint32_t height, uint32_t stride,
+                                    const std::string& format, uint32_t drm_format, uint64_t modifier, std::string* error) {
+  if (closed_.load()) return true;
+  constexpr uint32_t kOffset = 4096;     // planes need not start at 0
+  const uint32_t pitch = width * 4 + 64;  // nor be tightly packed
+  const size_t total = kOffset + static_cast<size_t>(pitch) * height;
+  const int fd = memfd_create("wl-feeder-dmabuf", MFD_CLOEXEC);
+  if (fd < 0) {
+    *error = std::string("memfd_create: ") + std::strerror(errno);
+    return false;
+  }
+  std::vector<uint8_t> buf(total, 0);
+  for (uint32_t y = 0; y < height; ++y)
+    std::memcpy(buf.data() + kOffset + static_cast<size_t>(y) * pitch, data + static_cast<size_t>(y) * stride, width * 4);
+  if (pwrite(fd, buf.data(), total, 0) != static_cast<ssize_t>(total)) {
+    *error = std::string("pwrite: ") + std::strerror(errno);
+    close(fd);
+    return false;
+  }
+  auto planes = std::make_shared<capture::DmabufPlanes>();
+  planes->drm_format = drm_format;
+  planes->modifier = modifier;
+  planes->n_planes = 1;
+  planes->fds[0] = fd;  // owned by the planes from here on
+  planes->offsets[0] = kOffset;
+  planes->strides[0] = pitch;
+  auto f = std::make_shared<capture::Frame>();
+  f->width = width;
+  f->height = height;
+  f->stride = pitch;
+  f->format_name = format;
+  f->dmabuf = std::move(planes);
+  f->damage.assign(1, damage::Rect{0, 0, width, height});
+  f->damage_source = capture::DamageSource::kFull;
+  Publish(std::move(f));
+  return true;
+}
+
+uint64_t FrameFeeder::SharedMemoryRequests(std::string* last_reason) const {
+  std::lock_guard<std::mutex> lock(shm_mu_);
+  *last_reason = shm_reason_;
+  return shm_requests_;
+}
+
+void FrameFeeder::RequestSharedMemory(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(shm_mu_);
+  ++shm_requests_;
+  shm_reason_ = reason;
 }
 
 size_t FrameFeeder::Load(const std::string& path, uint32_t width, uint32_t height, const std::string& format, size_t count,

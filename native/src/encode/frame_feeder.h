@@ -25,6 +25,15 @@ class FrameFeeder final : public capture::LatestFrameSource {
    *  `damage` empty means the whole frame changed. */
   void Push(const uint8_t* data, uint32_t width, uint32_t height, uint32_t stride, const std::string& format,
             std::vector<damage::Rect> damage);
+  /** Test hook for the encoder's DMA-BUF fallback without a GPU: the frame goes into a memfd (at a
+   *  page offset, rows padded) and is published as a DMA-BUF frame with `modifier`, like capture's
+   *  DMA-BUF frames (dup'ed fd, no pixels). A memfd mmaps like a LINEAR DMA-BUF; nothing imports it
+   *  into a GPU. Returns false + error when the memfd cannot be made. */
+  bool PushMemfdAsDmabuf(const uint8_t* data, uint32_t width, uint32_t height, uint32_t stride, const std::string& format,
+                         uint32_t drm_format, uint64_t modifier, std::string* error);
+  /** How often a consumer asked for shared memory (RequestSharedMemory), and the last reason. */
+  uint64_t SharedMemoryRequests(std::string* last_reason) const;
+  void RequestSharedMemory(const std::string& reason) override;
   /** Reads `count` frames of width*height*4 bytes from a raw file into memory; returns how many. */
   size_t Load(const std::string& path, uint32_t width, uint32_t height, const std::string& format, size_t count,
               std::string* error);
@@ -52,6 +61,9 @@ class FrameFeeder final : public capture::LatestFrameSource {
   std::atomic<bool> stop_player_{false};
   std::atomic<bool> playing_{false};
   std::atomic<size_t> played_{0};
+  mutable std::mutex shm_mu_;
+  uint64_t shm_requests_ = 0;
+  std::string shm_reason_;
 };
 
 }  // namespace wl::encode

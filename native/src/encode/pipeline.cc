@@ -1,11 +1,13 @@
 #include "encode/pipeline.h"
 
+#include <pthread.h>
 #include <time.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 
+#include "encode/dmabuf_map.h"
 #include "encode/h264.h"
 
 extern "C" {
@@ -160,7 +162,11 @@ bool Pipeline::OpenFrom(size_t index, const std::string& failed_reason, std::str
 }
 
 void Pipeline::Start() {
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    // Named so CPU can be attributed per thread (bench/encode.ts, top -H).
+    pthread_setname_np(pthread_self(), "wl-encode");
+    Run();
+  });
 }
 
 void Pipeline::Stop() {
@@ -227,6 +233,7 @@ void Pipeline::ApplyControls() {
   }
   if (keyframe_.exchange(false)) {
     force_idr_ = true;
+    idr_requested_ = true;
     std::lock_guard<std::mutex> lock(stats_mu_);
     ++stats_.keyframe_requests;
   }
@@ -253,8 +260,8 @@ void Pipeline::AdaptRate(uint64_t now, bool refresh) {
   backend_->SetFramerate(static_cast<uint32_t>(fps + 0.5));
 }
 
-void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<damage::Rect>* damage, bool full_damage,
-                           bool refresh, uint64_t wait_start_ns) {
+int64_t Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<damage::Rect>* damage, bool full_damage,
+                              bool refresh, uint64_t wait_start_ns) {
   const uint64_t t0 = MonoNs();
   // A size change: reopen the same backend for the new size (ok | reinit | error, the reinit step).
   if (frame->width != config_.encoder.width || frame->height != config_.encoder.height) {
@@ -274,30 +281,52 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
       converter_.Invalidate();
       std::lock_guard<std::mutex> lock(stats_mu_);
       ++stats_.dropped_failed;
-      return;
+      return -1;
     }
   }
   for (int attempt = 0; attempt < 8 && backend_; ++attempt) {
     std::string err;
     const uint64_t c0 = MonoNs();
-    // Only the rows the damage covers are converted again; refreshes (no damage) reuse the picture.
-    if (!converter_.Convert(*frame, frame, backend_->InputFormat(), damage, full_damage, &err)) {
-      PipelineEvent e;
-      e.kind = PipelineEvent::Kind::kError;
-      e.reason = err;
-      Emit(e);
-      std::lock_guard<std::mutex> lock(stats_mu_);
-      ++stats_.dropped_failed;
-      return;
+    InputFrame in;
+    if (frame->is_dmabuf() && backend_->Caps().zero_copy_dmabuf) {
+      // Zero copy: the backend imports the planes and converts on the GPU (vaapi_backend.cc). The
+      // CPU picture no longer stands for the last frame.
+      in.dmabuf = frame->dmabuf.get();
+      converter_.Invalidate();
+    } else {
+      capture::FramePtr src = frame;
+      bool full = full_damage;
+      if (frame->is_dmabuf()) {
+        // A software backend (after a fallback) got a DMA-BUF: readable only when LINEAR
+        // (dmabuf_map.h); otherwise capture renegotiates to shared memory and this frame is lost.
+        src = MapLinearDmabuf(frame, &err);
+        if (!src) {
+          source_->RequestSharedMemory(std::string(backend_->Name()) + " cannot read the capture's DMA-BUFs (" + err + ")");
+          converter_.Invalidate();
+          std::lock_guard<std::mutex> lock(stats_mu_);
+          ++stats_.dropped_dmabuf;
+          return -1;
+        }
+        full = true;  // a new mapping each time: the converter cannot tell it holds this picture
+      }
+      // Only the rows the damage covers are converted again; refreshes (no damage) reuse the picture.
+      if (!converter_.Convert(*src, src, backend_->InputFormat(), damage, full, &err)) {
+        PipelineEvent e;
+        e.kind = PipelineEvent::Kind::kError;
+        e.reason = err;
+        Emit(e);
+        std::lock_guard<std::mutex> lock(stats_mu_);
+        ++stats_.dropped_failed;
+        return -1;
+      }
+      AVFrame* const picture = converter_.Picture();
+      in.av = picture;
+      for (int pl = 0; pl < 3; ++pl) {
+        in.planes[pl] = picture->data[pl];
+        in.strides[pl] = picture->linesize[pl];
+      }
     }
     const uint64_t c1 = MonoNs();
-    InputFrame in;
-    AVFrame* const picture = converter_.Picture();
-    in.av = picture;
-    for (int pl = 0; pl < 3; ++pl) {
-      in.planes[pl] = picture->data[pl];
-      in.strides[pl] = picture->linesize[pl];
-    }
     // 90 kHz from the capture time (CLOCK_MONOTONIC of PipeWire's process callback); a refresh is
     // stamped now. Strictly increasing, as encoders and RTP want.
     const uint64_t when = refresh ? t0 : frame->process_ns;
@@ -315,6 +344,7 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
     if (s == Status::kOk) {
       last_pts_ = pts;
       force_idr_ = false;
+      idr_requested_ = false;
       last_encode_ns_ = c1;
       std::lock_guard<std::mutex> lock(stats_mu_);
       stats_.convert.Add(static_cast<double>(c1 - c0) / 1e3);
@@ -382,9 +412,9 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
         ++stats_.dropped_queue_full;
         force_idr_ = true;
       }
-      return;
+      return static_cast<int64_t>(bytes);
     }
-    if (s == Status::kOk) return;  // the encoder produced nothing for this frame (no delay here)
+    if (s == Status::kOk) return 0;  // the encoder produced nothing for this frame (no delay here)
     // kError / kReinit: this backend is done for. Fall back to the next one and retry the frame.
     const std::string failed = backend_->Name();
     if (s == Status::kReinit) {
@@ -403,6 +433,7 @@ void Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<dam
   }
   std::lock_guard<std::mutex> lock(stats_mu_);
   ++stats_.dropped_failed;
+  return -1;
 }
 
 void Pipeline::Run() {
@@ -411,20 +442,29 @@ void Pipeline::Run() {
   uint64_t next_slot_ns = 0;
   uint64_t last_activity_ns = MonoNs();
   uint32_t refreshes = 0;                // since the last real frame
+  uint64_t backoff = 1;                  // the refresh interval is refresh_interval_ms x this
   constexpr uint64_t kMaxWaitNs = 100'000'000;
   constexpr uint64_t kRefineNs = 250'000'000;
+  const uint64_t refresh_ns = static_cast<uint64_t>(config_.refresh_interval_ms) * 1'000'000ull;
+  const uint64_t max_backoff =
+      refresh_ns == 0 ? 1 : std::max<uint64_t>(1, static_cast<uint64_t>(config_.refresh_max_interval_ms) * 1'000'000ull / refresh_ns);
+  // The first refresh after a change comes sooner (kRefineNs): with a VBV of one frame a big change
+  // arrives coarse, and on a screen that then stays still this pass is what sharpens it. After that:
+  // refresh_interval_ms x backoff (see pipeline.h).
+  auto next_refresh_ns = [&]() -> uint64_t { return refreshes == 0 ? std::min(refresh_ns, kRefineNs) : refresh_ns * backoff; };
+  auto publish_next = [&]() {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    stats_.refresh_next_ms = static_cast<uint32_t>(next_refresh_ns() / 1'000'000ull);
+  };
   while (!stop_.load()) {
     ApplyControls();
     if (!backend_) break;  // every backend failed: the error was reported
     uint64_t now = MonoNs();
     uint64_t wait = kMaxWaitNs;
-    const uint64_t refresh_ns = static_cast<uint64_t>(config_.refresh_interval_ms) * 1'000'000ull;
     if (pending) wait = next_slot_ns > now ? std::min(wait, next_slot_ns - now) : 0;
-    // The first refresh after a change comes sooner (kRefineNs): with a VBV of one frame a big change
-    // arrives coarse, and on a screen that then stays still this pass is what sharpens it.
-    const uint64_t next_refresh_ns = refreshes == 0 ? std::min(refresh_ns, kRefineNs) : refresh_ns;
+    if (!pending && last && idr_requested_) wait = 0;
     if (!pending && last && refresh_ns > 0) {
-      const uint64_t due = last_activity_ns + next_refresh_ns;
+      const uint64_t due = last_activity_ns + next_refresh_ns();
       wait = due > now ? std::min(wait, due - now) : 0;
     }
     capture::LatestFrame lf = source_->WaitLatest(std::chrono::nanoseconds(wait));
@@ -473,15 +513,34 @@ void Pipeline::Run() {
       last = f.frame;
       last_activity_ns = MonoNs();
       refreshes = 0;
-    } else if (!pending && last && refresh_ns > 0 && now >= last_activity_ns + next_refresh_ns) {
-      // Nothing changed for refresh_interval_ms: encode the same picture again (a P frame).
+      backoff = 1;
+      publish_next();
+    } else if (!pending && last &&
+               (idr_requested_ || (refresh_ns > 0 && now >= last_activity_ns + next_refresh_ns()))) {
+      // Nothing changed for a while (or a viewer needs an IDR now): encode the same picture again.
       // The first refresh after a change converts the whole frame again (~2 ms at 1080p, once per burst
       // of changes): conversion trusts the compositor's damage, and this bounds what an under-reporting
       // compositor could leave stale to kRefineNs, at no cost on a static screen.
-      if (refreshes == 0) converter_.Invalidate();
-      EncodeFrame(last, nullptr, false, true, now);
+      const bool requested = idr_requested_;
+      if (refreshes == 0 && !requested) converter_.Invalidate();
+      const int64_t bytes = EncodeFrame(last, nullptr, false, true, now);
+      idr_requested_ = false;  // answered (or failed: force_idr_ still makes the next frame an IDR)
       last_activity_ns = MonoNs();
-      ++refreshes;
+      if (requested) {
+        // An IDR of a static screen is as coarse as a big change: refine it like one (no re-conversion
+        // needed: the picture is current).
+        refreshes = 0;
+        backoff = 1;
+      } else {
+        ++refreshes;
+        const bool converged = bytes >= 0 && static_cast<size_t>(bytes) <= RefreshConvergedBytes(last->width, last->height);
+        backoff = converged ? std::min(backoff * 2, max_backoff) : 1;
+        if (converged) {
+          std::lock_guard<std::mutex> lock(stats_mu_);
+          ++stats_.refresh_converged;
+        }
+      }
+      publish_next();
     }
   }
 }

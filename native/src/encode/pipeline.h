@@ -3,9 +3,19 @@
 //  * Newest frame wins: the thread takes the newest frame from the capture mailbox when it is free;
 //    frames replaced there meanwhile are counted as dropped ("busy"), never queued. A max_fps limit
 //    holds at most one pending frame, replaced by newer ones ("rate").
-//  * Frames with zero damage are not encoded. When nothing changed for refresh_interval_ms the last
-//    frame is encoded again as a normal P frame (quality converges, late joiners and lossy links
-//    recover without waiting for the next change).
+//  * Frames with zero damage are not encoded. When nothing changed for a while the last frame is
+//    encoded again as a normal P frame (a "refresh"): quality converges after a big change (a
+//    one-frame VBV makes it arrive coarse) and a viewer that lost the tail of the last frame learns
+//    it from the next packet (frame_num gap -> PLI) without waiting for the next change.
+//    Refresh schedule (Run()): the first one min(250 ms, refresh_interval_ms) after a real frame
+//    (with a full re-conversion), then every refresh_interval_ms while refreshes still carry
+//    something; once one comes out converged (RefreshConverged: nearly every macroblock skipped) the
+//    interval doubles at each further converged refresh up to refresh_max_interval_ms. A real frame,
+//    a non-converged refresh or a keyframe request resets it. Why: a converged refresh changes no
+//    pixel, and one 4K x264 pass costs ~20 ms, so a static 4K screen at a constant 1 s cost 2 % of a
+//    core; every refresh that carries content (the ones after a change) keeps the short interval.
+//  * A keyframe request on a static screen is answered at once (an IDR refresh), not at the next
+//    refresh: with the backoff that could be refresh_max_interval_ms away.
 //  * Keyframe requests, bitrate and frame-rate changes and fault injection come from JS through
 //    atomics and are applied between frames.
 //  * Fallback: when a backend cannot open or fails mid-stream, it is closed, the next backend of the
@@ -33,6 +43,8 @@ struct PipelineConfig {
   std::vector<std::string> backends;  // priority order
   EncoderConfig encoder;              // width/height: initial; followed frame by frame
   uint32_t refresh_interval_ms = 1000;  // 0: never
+  // Backoff cap for converged refreshes; <= refresh_interval_ms: a constant interval (no backoff).
+  uint32_t refresh_max_interval_ms = 8000;
   // Bench only: no max_fps pacing and no real-frame-rate adaptation, so the encoder runs with exactly
   // the settings the ffmpeg CLI gets (constant nominal rate) and as fast as frames come.
   bool benchmark = false;
@@ -51,6 +63,8 @@ struct PipelineStats {
   uint64_t frames_in = 0;           // frames taken from the capture mailbox
   uint64_t frames_encoded = 0;      // access units delivered (refreshes included)
   uint64_t frames_refresh = 0;      // of which re-encodes of an unchanged screen
+  uint64_t refresh_converged = 0;   // refreshes that came out converged (the interval backs off)
+  uint32_t refresh_next_ms = 0;     // the interval the next refresh waits (after the last encode)
   uint64_t keyframes = 0;
   uint64_t keyframe_requests = 0;
   uint64_t dropped_busy = 0;        // replaced in the capture mailbox while the encoder was busy
@@ -58,6 +72,7 @@ struct PipelineStats {
   uint64_t dropped_queue_full = 0;  // encoded, but JS had not taken the previous ones: dropped + IDR
   uint64_t dropped_unchanged = 0;   // zero damage: not encoded
   uint64_t dropped_failed = 0;      // lost to an encoder failure (no backend could take it)
+  uint64_t dropped_dmabuf = 0;      // DMA-BUF frames a software backend could not read (capture renegotiates to shm)
   uint64_t bytes_out = 0;
   uint64_t fallbacks = 0;
   uint64_t reinits = 0;             // reopened for a size change or a non-in-place rate change
@@ -105,6 +120,15 @@ class PipelineSink {
   virtual void Notify(PipelineEvent event) = 0;
 };
 
+/** A refresh that came out this small coded (almost) nothing but skipped macroblocks: the picture
+ *  has converged. Budget: 64 bytes of headers (one slice per encoder thread) + 1 bit per 4 macroblocks
+ *  (an all-skip 4K frame is ~30 bytes; a refinement pass that still sharpens text is kilobytes). An
+ *  empty output (a backend that drops skip frames) counts as converged. */
+inline size_t RefreshConvergedBytes(uint32_t width, uint32_t height) {
+  const size_t mbs = static_cast<size_t>((width + 15) / 16) * ((height + 15) / 16);
+  return 64 + mbs / 32;
+}
+
 class Pipeline {
  public:
   /** Opens the first backend of the list that works (falling back as at run time) and encodes a
@@ -132,8 +156,9 @@ class Pipeline {
   void AdaptRate(uint64_t now, bool refresh);
   /** Converts and encodes; handles reinit and fallback. */
   /** `full_damage`: the damage source said everything changed (convert every row). */
-  void EncodeFrame(const capture::FramePtr& frame, const std::vector<damage::Rect>* damage, bool full_damage, bool refresh,
-                   uint64_t wait_start_ns);
+  /** Returns the delivered unit's size, 0 when nothing came out, -1 on failure. */
+  int64_t EncodeFrame(const capture::FramePtr& frame, const std::vector<damage::Rect>* damage, bool full_damage, bool refresh,
+                      uint64_t wait_start_ns);
   void Emit(PipelineEvent e);
 
   const std::shared_ptr<capture::LatestFrameSource> source_;
@@ -150,6 +175,7 @@ class Pipeline {
   std::unique_ptr<Backend> backend_;
   size_t backend_index_ = 0;
   bool force_idr_ = true;
+  bool idr_requested_ = false;       // a keyframe request is waiting for a frame (answered at once)
   // The backend's input picture: persistent, converted only where the damage says (refreshes reuse it).
   Converter converter_;
   int64_t last_pts_ = -1;

@@ -1,16 +1,22 @@
 // h264_vaapi through libavcodec, on the first /dev/dri/renderD* node.
 //
 // Two input paths:
-//  * shared memory (what capture yields on every machine without a GPU, and the only path the
-//    capture stage feeds today): the pipeline converts BGRx -> NV12 once with swscale, and the
-//    frame is uploaded into a VAAPI surface (av_hwframe_transfer_data);
-//  * DMA-BUF (InputFrame::dmabuf_fd >= 0): the buffer is wrapped as an AV_PIX_FMT_DRM_PRIME frame,
-//    imported as a VAAPI surface with av_hwframe_map (no CPU copy), and converted to NV12 by the GPU's
-//    video processor (VPP, libva directly: libavfilter's scale_vaapi is not linked here), then
-//    encoded. Capture does not hand out DMA-BUFs yet (no GPU importer on these machines), so this path
-//    compiles and is reached only with a render node.
+//  * shared memory (what capture yields on every machine without a GPU): the pipeline converts
+//    BGRx -> NV12 once with swscale, and the frame is uploaded into a VAAPI surface
+//    (av_hwframe_transfer_data);
+//  * DMA-BUF (InputFrame::dmabuf set: capture negotiated DMA-BUF because TS found VA-API first in
+//    the backend list and a render node, see capture/dmabuf.h): the planes are described as an
+//    AV_PIX_FMT_DRM_PRIME frame (AVDRMFrameDescriptor: one object per distinct fd, one layer with
+//    the DRM fourcc), imported as a VAAPI surface with av_hwframe_map into an RGB frames context
+//    derived from the same VA device (no CPU copy), converted to NV12 by the GPU's video processor
+//    (VPP through libva directly: libavfilter's scale_vaapi would mean linking libavfilter for one
+//    filter) into a surface of the encoder's pool, then encoded. An import or VPP failure is a
+//    backend error: the pipeline falls back to the next backend, which reads LINEAR DMA-BUFs by
+//    mmap or has capture renegotiate to shared memory (encode/dmabuf_map.h).
+// Compiled and probed everywhere; it never ran here (no GPU, no /dev/dri on these machines).
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <va/va.h>
 #include <va/va_vpp.h>
@@ -19,6 +25,7 @@
 #include <cstring>
 #include <vector>
 
+#include "encode/dmabuf_map.h"
 #include "encode/lavc_backend.h"
 
 extern "C" {
@@ -62,6 +69,26 @@ bool VaapiDevicePresent(std::string* device, std::string* reason) {
 namespace {
 
 void FreeDrmDescriptor(void* /*opaque*/, uint8_t* data) { av_free(data); }
+
+bool SameFile(int a, int b) {
+  struct stat sa, sb;
+  return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+// The software layout FFmpeg's VAAPI frames context uses for an imported RGB DMA-BUF.
+AVPixelFormat SwFormatOfDrm(uint32_t drm) {
+  switch (drm) {
+    case DRM_FORMAT_XRGB8888: return AV_PIX_FMT_BGR0;
+    case DRM_FORMAT_ARGB8888: return AV_PIX_FMT_BGRA;
+    case DRM_FORMAT_XBGR8888: return AV_PIX_FMT_RGB0;
+    case DRM_FORMAT_ABGR8888: return AV_PIX_FMT_RGBA;
+    case DRM_FORMAT_BGRX8888: return AV_PIX_FMT_0RGB;
+    case DRM_FORMAT_BGRA8888: return AV_PIX_FMT_ARGB;
+    case DRM_FORMAT_RGBX8888: return AV_PIX_FMT_0BGR;
+    case DRM_FORMAT_RGBA8888: return AV_PIX_FMT_ABGR;
+    default: return AV_PIX_FMT_NONE;
+  }
+}
 
 class VaapiBackend final : public LavcBackend {
  public:
@@ -121,7 +148,7 @@ class VaapiBackend final : public LavcBackend {
   AVFrame* PrepareFrame(const InputFrame& in, std::string* error) override {
     if (hw_ == nullptr) hw_ = av_frame_alloc();
     av_frame_unref(hw_);
-    if (in.dmabuf_fd >= 0) return MapDmaBuf(in, error) ? hw_ : nullptr;
+    if (in.dmabuf != nullptr) return MapDmaBuf(in, error) ? hw_ : nullptr;
     int r = av_hwframe_get_buffer(frames_, hw_, 0);
     if (r < 0) {
       *error = "vaapi: no free surface: " + AvError(r);
@@ -155,11 +182,19 @@ class VaapiBackend final : public LavcBackend {
   // DRM PRIME -> VAAPI surface (import, no copy) -> VPP -> NV12 surface from the encoder's pool.
   bool MapDmaBuf(const InputFrame& in, std::string* error) {
     int r;
+    const capture::DmabufPlanes& planes = *in.dmabuf;
+    if (rgb_frames_ != nullptr && rgb_drm_format_ != planes.drm_format) av_buffer_unref(&rgb_frames_);
     if (rgb_frames_ == nullptr) {
+      rgb_drm_format_ = planes.drm_format;
       rgb_frames_ = av_hwframe_ctx_alloc(device_);
       auto* fc = reinterpret_cast<AVHWFramesContext*>(rgb_frames_->data);
       fc->format = AV_PIX_FMT_VAAPI;
-      fc->sw_format = AV_PIX_FMT_BGR0;
+      fc->sw_format = SwFormatOfDrm(planes.drm_format);
+      if (fc->sw_format == AV_PIX_FMT_NONE) {
+        *error = "vaapi: DMA-BUF with an unsupported DRM format";
+        av_buffer_unref(&rgb_frames_);
+        return false;
+      }
       fc->width = static_cast<int>(cfg_.width);
       fc->height = static_cast<int>(cfg_.height);
       fc->initial_pool_size = 0;  // only mapped (imported) surfaces, never allocated
@@ -178,16 +213,28 @@ class VaapiBackend final : public LavcBackend {
       }
     }
     auto* desc = static_cast<AVDRMFrameDescriptor*>(av_mallocz(sizeof(AVDRMFrameDescriptor)));
-    desc->nb_objects = 1;
-    desc->objects[0].fd = in.dmabuf_fd;  // borrowed: capture keeps it open until the frame is released
-    desc->objects[0].size = static_cast<size_t>(in.dmabuf_pitch) * cfg_.height + in.dmabuf_offset;
-    desc->objects[0].format_modifier = in.drm_modifier;
+    // One object per distinct fd (capture dup'ed each plane's fd, so equal objects show as equal
+    // inodes, not equal numbers: planes of one buffer share an object when their fds point to the
+    // same file). Borrowed: the capture frame owns the fds until it is released, after Encode().
     desc->nb_layers = 1;
-    desc->layers[0].format = in.drm_format ? in.drm_format : DRM_FORMAT_XRGB8888;
-    desc->layers[0].nb_planes = 1;
-    desc->layers[0].planes[0].object_index = 0;
-    desc->layers[0].planes[0].offset = in.dmabuf_offset;
-    desc->layers[0].planes[0].pitch = in.dmabuf_pitch;
+    desc->layers[0].format = planes.drm_format;
+    desc->layers[0].nb_planes = static_cast<int>(planes.n_planes);
+    for (uint32_t i = 0; i < planes.n_planes; ++i) {
+      int obj = -1;
+      for (int o = 0; o < desc->nb_objects; ++o)
+        if (SameFile(desc->objects[o].fd, planes.fds[i])) obj = o;
+      if (obj < 0) {
+        obj = desc->nb_objects++;
+        desc->objects[obj].fd = planes.fds[i];
+        desc->objects[obj].size = DmabufObjectSize(planes.fds[i]);
+        // DRM_FORMAT_MOD_INVALID: the producer allocated with the driver's implicit layout; VA-API
+        // imports it as such (FFmpeg passes the value through to VADRMPRIMESurfaceDescriptor).
+        desc->objects[obj].format_modifier = planes.modifier;
+      }
+      desc->layers[0].planes[i].object_index = obj;
+      desc->layers[0].planes[i].offset = planes.offsets[i];
+      desc->layers[0].planes[i].pitch = planes.strides[i];
+    }
     AVFrame* drm = av_frame_alloc();
     AVFrame* mapped = av_frame_alloc();
     drm->format = AV_PIX_FMT_DRM_PRIME;
@@ -228,6 +275,9 @@ class VaapiBackend final : public LavcBackend {
     VAStatus s = vaBeginPicture(dpy, vpp_ctx_, dst);
     if (s == VA_STATUS_SUCCESS) s = vaRenderPicture(dpy, vpp_ctx_, &buf, 1);
     if (s == VA_STATUS_SUCCESS) s = vaEndPicture(dpy, vpp_ctx_);
+    // The imported surface is unmapped right after this, and capture already gave the buffer back
+    // to the producer: the GPU must have read it before we return.
+    if (s == VA_STATUS_SUCCESS) s = vaSyncSurface(dpy, dst);
     vaDestroyBuffer(dpy, buf);
     if (s != VA_STATUS_SUCCESS) {
       *error = std::string("vaapi: VPP RGB -> NV12 failed: ") + vaErrorStr(s);
@@ -241,6 +291,7 @@ class VaapiBackend final : public LavcBackend {
   AVBufferRef* frames_ = nullptr;      // NV12 surfaces the encoder reads
   AVBufferRef* rgb_frames_ = nullptr;  // imported DMA-BUF surfaces
   AVFrame* hw_ = nullptr;
+  uint32_t rgb_drm_format_ = 0;
   VAConfigID vpp_cfg_ = VA_INVALID_ID;
   VAContextID vpp_ctx_ = VA_INVALID_ID;
 };
