@@ -6,7 +6,10 @@
  *   that viewer).
  * - A main-rung viewer whose target stays under `downRatio` x that reference for `downMs` should go
  *   down; not during its first `graceMs` (a new viewer's target is still ramping up from the start
- *   value; moving it would cost two encoder switches for nothing).
+ *   value; moving it would cost two encoder switches for nothing), unless its path already said it is
+ *   the limit (`limited`: its controller cut or holds its target after congestion): a viewer on a slow
+ *   link then moves within `downMs` of joining, instead of stuttering (and asking the main rung for
+ *   recovery keyframes the fast viewers pay for) through the grace.
  * - A low-rung viewer whose target stays over `upRatio` x the reference for `upMs` should go back up:
  *   its link would carry the main rung. With nobody left on the main rung, it goes up at once (the main
  *   encoder then follows it, and the low rung can close).
@@ -28,6 +31,8 @@ export interface RungViewer {
   target: number;
   /** The rung it is on (or being moved to: the rung its wishes count for). */
   rung: RungName;
+  /** Its bitrate controller is cutting or holding after congestion (not ramping up). */
+  limited?: boolean;
 }
 
 export class RungPolicy {
@@ -66,7 +71,7 @@ export class RungPolicy {
       let holds: boolean;
       let holdMs: number;
       if (v.rung === "main") {
-        holds = ref !== undefined && now - st.firstSeen >= o.graceMs && v.target < o.downRatio * ref;
+        holds = ref !== undefined && (v.limited === true || now - st.firstSeen >= o.graceMs) && v.target < o.downRatio * ref;
         holdMs = o.downMs;
       } else {
         if (ref === undefined) {

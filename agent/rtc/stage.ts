@@ -397,7 +397,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     const viewers: RungViewer[] = [];
     for (const p of this.#peers.values()) {
       const vr = this.#viewerRungs.get(p.id);
-      if (vr && p.connected) viewers.push({ id: p.id, target: p.abr.target, rung: vr.pending ?? vr.rung });
+      if (vr && p.connected) viewers.push({ id: p.id, target: p.abr.target, rung: vr.pending ?? vr.rung, limited: p.abr.state === "decrease" || p.abr.state === "hold" });
     }
     for (const [id, to] of policy.decide(viewers, now)) {
       const vr = this.#viewerRungs.get(id);
