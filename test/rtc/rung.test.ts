@@ -4,6 +4,8 @@ import type { ChildProcess } from "node:child_process";
 import type { Page } from "playwright-core";
 import { startTestAgent, type TestAgent } from "../helpers/agent.js";
 import type { PeerSession } from "../../agent/rtc/peer.js";
+import type { DesktopVideoSource } from "../../agent/encode/desktop-source.js";
+import type { VideoEncoder } from "../../agent/encode/encoder.js";
 import { BUSY_TERMINAL, NetLink, NsBrowser, viewerSample, type ViewerSample } from "../helpers/netns.js";
 
 /**
@@ -93,6 +95,9 @@ test("a 0.6 Mbit/s viewer moves to the half-size rung and gets a steady picture;
     await sleep(3000);
     const secs = 12;
     const fc0 = { ...fastPeer.counters }, sc0 = { ...slowPeer.counters };
+    // The desktop source's main encoder and the rung's (a VideoEncoder) for their CPU cost figures.
+    const mainEnc = (stage.source as DesktopVideoSource).encoder, lowEnc = stage.lowRung as VideoEncoder;
+    const m0 = mainEnc.stats(), l0 = lowEnc.stats();
     const f0 = await viewerSample(pf), sl0 = await viewerSample(ps);
     const slowPerSecond: number[] = [];
     const fastPerSecond: number[] = [];
@@ -107,7 +112,15 @@ test("a 0.6 Mbit/s viewer moves to the half-size rung and gets a steady picture;
     }
     const f1 = fp, sl1 = sp;
     const fc1 = { ...fastPeer.counters }, sc1 = { ...slowPeer.counters };
+    const m1 = mainEnc.stats(), l1 = lowEnc.stats();
+    // Mean convert and encode time per frame over the window (ms), and the share of one core each takes.
+    const cost = (a: typeof m0, b: typeof m0): Record<string, number> => {
+      const n = b.encode.count - a.encode.count;
+      const conv = (b.convert.sumUs - a.convert.sumUs) / 1000, enc = (b.encode.sumUs - a.encode.sumUs) / 1000;
+      return { frames: n, convertMs: Number((conv / Math.max(1, n)).toFixed(2)), encodeMs: Number((enc / Math.max(1, n)).toFixed(2)), coreShare: Number(((conv + enc) / (secs * 1000)).toFixed(3)) };
+    };
     const r = {
+      mainCost: cost(m0, m1), lowCost: cost(l0, l1),
       movedAfterS: Number(movedAfterS.toFixed(1)),
       fastWidth: f1.video.frameWidth, slowWidth: sl1.video.frameWidth, slowHeight: sl1.video.frameHeight,
       fastFps: delta(f0, f1, "framesDecoded") / secs, slowFps: delta(sl0, sl1, "framesDecoded") / secs,
