@@ -249,3 +249,59 @@ test("the slow link gets fast: the viewer moves back up to the main rung at a ke
     await linkB.shape("down", null);
   }
 });
+
+test("the low rung fails: its viewer goes back to the main rung at a keyframe; a rung that cannot open leaves the slow viewer on the main rung, thinned (the fallback), and is not retried at once", async () => {
+  await linkB.shape("down", { rateKbit: 600 });
+  const fast = await NsBrowser.launch(linkA);
+  const slow = await NsBrowser.launch(linkB);
+  const stage = t.agent.rtc!;
+  let src: DesktopVideoSource | undefined;
+  try {
+    const pf = await openViewer(fast);
+    const fastPeer = stage.viewers.at(-1)!;
+    const ps = await openViewer(slow);
+    const slowPeer = stage.viewers.find((p) => p !== fastPeer) as PeerSession;
+    await until("the slow viewer on the low rung", () => stage.rungOf(slowPeer.id) === "low", 30_000);
+    await until("the slow viewer decodes the low rung", async () => (await viewerSample(ps)).video.frameWidth === W / 2, 10_000);
+    const c0 = { ...stage.rungCounters };
+
+    // From now on a rung cannot open (as when no encoder backend opens: this machine's x264 always
+    // does, so the failure is injected at the source's openRung; everything after it is the real path).
+    src = stage.source as DesktopVideoSource;
+    src.openRung = () => Promise.reject(new Error("no H.264 encoder could be opened (injected)"));
+    // The rung's encoder dies mid-stream.
+    (stage.lowRung as VideoEncoder).close();
+    assert.equal(stage.lowRung, undefined, "the stage forgot the closed rung");
+    assert.equal(stage.rungOf(slowPeer.id), "main", "its viewer is back on the main rung");
+    assert.equal(stage.rungCounters.closes, c0.closes + 1);
+    const back = await until("the slow viewer decodes the main rung again", async () => {
+      const s = await viewerSample(ps);
+      return s.video.frameWidth === W ? s : undefined;
+    }, 15_000);
+
+    // The policy wants it down again; the rung cannot open: logged, counted, the viewer stays on the
+    // main rung with the token bucket (a living picture, keyframe to keyframe), no retry for a minute.
+    await until("the failed open", () => stage.rungCounters.openFailures === c0.openFailures + 1, 20_000);
+    await sleep(6000);
+    const after = await viewerSample(ps);
+    const r = {
+      openFailures: stage.rungCounters.openFailures - c0.openFailures, opens: stage.rungCounters.opens - c0.opens,
+      slowDecoded: delta(back, after, "framesDecoded"), slowKeyframes: delta(back, after, "keyFramesDecoded"),
+      slowFramesDropped: slowPeer.counters.framesDropped, rung: stage.rungOf(slowPeer.id),
+    };
+    console.log("# rung failure:", JSON.stringify(r));
+    assert.equal(r.openFailures, 1, "one failed open, not retried at once");
+    assert.equal(r.opens, 0);
+    assert.equal(r.rung, "main");
+    assert.equal(stage.lowRung, undefined);
+    assert.ok(r.slowDecoded > 0 && r.slowKeyframes > 0, "the slow viewer still gets a (thinned) picture");
+    assert.equal(after.video.frameWidth, W);
+    await pf.close();
+    await ps.close();
+  } finally {
+    if (src) delete (src as { openRung?: unknown }).openRung; // the prototype's again
+    await fast.close();
+    await slow.close();
+    await linkB.shape("down", null);
+  }
+});
