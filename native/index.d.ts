@@ -157,9 +157,10 @@ export interface NativeFrameCopy {
 }
 
 /**
- * A PipeWire consumer stream on its own pw_thread_loop. Frames stay in native memory; the newest one
- * sits in a one-slot mailbox that native consumers (the encoder, same addon) take through the C++
- * `wl::capture::LatestFrameSource` interface (native/src/capture/frame.h).
+ * A PipeWire consumer stream on its own pw_thread_loop. Frames stay in native memory; each native
+ * consumer (an encoder, same addon: the main one and a lower rung) registers its own one-slot mailbox
+ * and takes the newest frame from it through the C++ `wl::capture::LatestFrameSource` interface
+ * (native/src/capture/frame.h).
  */
 export declare class PipeWireCapture {
   /** Connects at once; throws Error with PipeWire's reason when the daemon cannot be reached. */
@@ -205,9 +206,12 @@ export interface NativeEncoderProbe {
 export interface NativeEncoderOptions {
   /** Priority order; the first that opens wins, a failing one falls back to the next. */
   backends: string[];
-  /** Initial size; the encoder follows the frames' size (reopening with an IDR). */
+  /** Initial input size; the encoder follows the frames' size (reopening with an IDR). */
   width: number;
   height: number;
+  /** Output size as a fraction of the input's, in (0, 1] (validated in TS): each dimension scaled by
+   *  libswscale and rounded down to even (at least 16). Absent or 1: the input's size. */
+  outputScale?: number;
   bitrateBps: number;
   /** Frame-rate cap (pacing) and the encoders' nominal rate. */
   fps: number;
@@ -243,7 +247,7 @@ export type NativeEncoderEvent =
       encodeUs: number;
       waitUs: number;
       convertUs: number;
-      /** 90 kHz, from the capture time, modulo 2^32. */
+      /** 90 kHz of the capture time (CLOCK_MONOTONIC itself, so every encoder of one capture agrees), modulo 2^32. */
       rtpTimestamp: number;
       backend: string;
     }

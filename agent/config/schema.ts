@@ -141,12 +141,28 @@ const rtcSection = z
     playout_delay_max_ms: z.number().int().min(0).max(40_950).default(0),
     /** Largest RTP payload; keep below the path MTU minus IP, UDP, SRTP and TURN overhead. */
     max_payload_bytes: z.number().int().min(500).max(1400).default(1200),
+    /** A second, smaller encoder ("low rung") for viewers much slower than the fastest one (docs/streaming.md). */
+    low_rung: z.boolean().default(true),
+    /** The low rung's picture as a fraction of the desktop's (each dimension, rounded down to even). */
+    low_rung_scale: z.number().min(0.1).max(0.9).default(0.5),
+    /** A viewer whose target stays under this fraction of the main rung's for low_rung_down_ms moves down. */
+    low_rung_down_ratio: z.number().min(0.05).max(0.95).default(0.5),
+    low_rung_down_ms: z.number().int().min(0).max(60_000).default(2000),
+    /** A low-rung viewer whose target stays over this fraction of the main rung's for low_rung_up_ms moves back up. */
+    low_rung_up_ratio: z.number().min(0.1).max(1).default(0.8),
+    low_rung_up_ms: z.number().int().min(0).max(60_000).default(3000),
+    /** A viewer is not moved down in its first milliseconds (its bitrate is still ramping up). */
+    low_rung_join_grace_ms: z.number().int().min(0).max(60_000).default(4000),
+    /** The low rung's encoder is closed this long after its last viewer left it. */
+    low_rung_linger_ms: z.number().int().min(0).max(600_000).default(5000),
   })
   .superRefine((r, ctx) => {
     if ((r.udp_port_min === 0) !== (r.udp_port_max === 0) || r.udp_port_min > r.udp_port_max || (r.udp_port_min !== 0 && r.udp_port_min === r.udp_port_max))
       ctx.addIssue({ code: "custom", path: ["udp_port_max"], message: "expected udp_port_min < udp_port_max, or both 0" });
     if (!(r.min_bitrate_bps <= r.start_bitrate_bps && r.start_bitrate_bps <= r.max_bitrate_bps))
       ctx.addIssue({ code: "custom", path: ["start_bitrate_bps"], message: "expected min_bitrate_bps <= start_bitrate_bps <= max_bitrate_bps" });
+    if (r.low_rung_up_ratio <= r.low_rung_down_ratio)
+      ctx.addIssue({ code: "custom", path: ["low_rung_up_ratio"], message: "expected low_rung_down_ratio < low_rung_up_ratio (hysteresis)" });
     if (r.playout_delay_min_ms > r.playout_delay_max_ms)
       ctx.addIssue({ code: "custom", path: ["playout_delay_max_ms"], message: "expected playout_delay_min_ms <= playout_delay_max_ms" });
   });

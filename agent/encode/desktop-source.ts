@@ -3,11 +3,11 @@ import type { Logger } from "../log/logger.js";
 import type { SharedDesktop } from "../desktop/index.js";
 import { DesktopCapture } from "../capture/desktop-capture.js";
 import { TypedEmitter } from "../util/events.js";
-import { WlError, errorMessage } from "../util/errors.js";
+import { InvalidStateError, WlError, errorMessage } from "../util/errors.js";
 import { VideoEncoder } from "./encoder.js";
 import { chooseDmabufCapture, probeEncoders } from "./probe.js";
 import type { EncodeMetrics } from "./metrics.js";
-import type { CursorMode, EncodedSourceEvents, EncodedVideoSource, H264Format, KeyframeReason } from "./types.js";
+import type { CursorMode, EncodedSourceEvents, EncodedVideoSource, H264Format, KeyframeReason, RungOptions } from "./types.js";
 
 export interface DesktopVideoSourceOptions {
   config: Config;
@@ -26,14 +26,17 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
   readonly encoder: VideoEncoder;
   readonly #log: Logger;
   #shapeSerial = -1;
+  readonly #config: Config;
+  readonly #rungs = new Set<VideoEncoder>();
   #closing: Promise<void> | undefined;
   #closed = false;
 
-  private constructor(capture: DesktopCapture, encoder: VideoEncoder, log: Logger) {
+  private constructor(capture: DesktopCapture, encoder: VideoEncoder, log: Logger, config: Config) {
     super();
     this.capture = capture;
     this.encoder = encoder;
     this.#log = log;
+    this.#config = config;
     encoder.on("frame", (f) => this.safeEmit("frame", f));
     encoder.on("format", (f) => this.safeEmit("format", f));
     encoder.on("error", (e) => this.safeEmit("error", e));
@@ -80,7 +83,7 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
       await capture.close();
       throw err;
     }
-    const source = new DesktopVideoSource(capture, encoder, log);
+    const source = new DesktopVideoSource(capture, encoder, log, config);
     if (desktop.headless) void source.#nudge(desktop);
     return source;
   }
@@ -128,8 +131,28 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
     if (!this.encoder.closed) this.encoder.setTargetBitrate(bps);
   }
 
+  /**
+   * A lower rung: a second native encoder on the same capture stream (its own mailbox, so each encoder
+   * takes frames at its own pace), of a picture scaled by `scale`, at its own bitrate. Its encode
+   * metrics are not counted in the main encoder's (the rtc stage counts rungs). Closed with this source.
+   */
+  async openRung(opts: RungOptions): Promise<EncodedVideoSource> {
+    if (this.#closing) throw new InvalidStateError("openRung: the video source is closed");
+    const rung = await VideoEncoder.open({
+      capture: this.capture.stream,
+      config: this.#config.encode,
+      log: this.#log.child({ stage: "encode", rung: opts.scale }),
+      outputScale: opts.scale,
+      bitrateBps: opts.bitrateBps,
+    });
+    this.#rungs.add(rung);
+    rung.once("close", () => this.#rungs.delete(rung));
+    return rung;
+  }
+
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      for (const r of [...this.#rungs]) r.close();
       this.encoder.close();
       await this.capture.close();
       this.#closed = true;

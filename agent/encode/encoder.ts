@@ -39,6 +39,11 @@ export interface VideoEncoderOptions {
   height?: number;
   /** Encoder threads; default one per core. */
   threads?: number;
+  /** Output size as a fraction of the capture's (a lower rung), 0.1..1; default 1. Each dimension is
+   *  rounded down to even, at least 16; the encoder follows the capture's size changes scaled so. */
+  outputScale?: number;
+  /** Initial bitrate (bit/s); default config.bitrate_kbps. */
+  bitrateBps?: number;
   /** Bench only: no max_fps pacing, no real-frame-rate adaptation (identical settings to the ffmpeg CLI). */
   benchmark?: boolean;
 }
@@ -78,7 +83,7 @@ export class VideoEncoder extends TypedEmitter<VideoEncoderEvents> implements En
     this.#log = options.log;
     this.#metrics = options.metrics;
     this.#config = options.config;
-    this.#targetBps = options.config.bitrate_kbps * 1000;
+    this.#targetBps = options.bitrateBps !== undefined ? Math.round(options.bitrateBps) : options.config.bitrate_kbps * 1000;
     const addon = loadAddon();
     const source = "nativeFrameSource" in options.capture ? options.capture.nativeFrameSource : undefined;
     if (source === undefined) throw new TypeError("VideoEncoder.open: capture has no native frame source");
@@ -99,6 +104,7 @@ export class VideoEncoder extends TypedEmitter<VideoEncoderEvents> implements En
           refreshIntervalMs: options.config.refresh_interval_ms,
           refreshMaxIntervalMs: options.config.refresh_max_interval_ms,
           ...(options.threads !== undefined ? { threads: options.threads } : {}),
+          ...(options.outputScale !== undefined && options.outputScale < 1 ? { outputScale: options.outputScale } : {}),
           ...(options.benchmark === true ? { benchmark: true } : {}),
         },
         (events) => this.#onNative(events),
@@ -361,4 +367,10 @@ function validateOptions(o: VideoEncoderOptions): void {
   if (!["ultrafast", "superfast", "veryfast"].includes(c.preset)) throw new TypeError(`VideoEncoder.open: config.preset must be ultrafast, superfast or veryfast`);
   if (typeof c.intra_refresh !== "boolean" || typeof c.damage_roi !== "boolean") throw new TypeError("VideoEncoder.open: config.intra_refresh and damage_roi must be booleans");
   if (o.threads !== undefined) int("threads (option)", o.threads, 0, 64);
+  if (o.outputScale !== undefined && (typeof o.outputScale !== "number" || !Number.isFinite(o.outputScale) || o.outputScale < 0.1 || o.outputScale > 1)) {
+    throw new TypeError(`VideoEncoder.open: outputScale must be a number in 0.1..1, got ${String(o.outputScale)}`);
+  }
+  if (o.bitrateBps !== undefined && (typeof o.bitrateBps !== "number" || !Number.isFinite(o.bitrateBps) || o.bitrateBps < MIN_BITRATE_BPS || o.bitrateBps > MAX_BITRATE_BPS)) {
+    throw new TypeError(`VideoEncoder.open: bitrateBps must be a number in ${MIN_BITRATE_BPS}..${MAX_BITRATE_BPS}, got ${String(o.bitrateBps)}`);
+  }
 }

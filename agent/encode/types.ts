@@ -35,7 +35,8 @@ export interface H264Format {
   packetizationMode: 1;
 }
 
-export type KeyframeReason = "pli" | "fir" | "new-viewer" | "api" | "recovery";
+/** `rung-switch`: a viewer moves to this rung (docs/streaming.md) and starts at its next keyframe. */
+export type KeyframeReason = "pli" | "fir" | "new-viewer" | "api" | "recovery" | "rung-switch";
 
 /** Where the pointer is: hidden, drawn into the picture (embedded), or sent apart (metadata: `cursor` events). */
 export type CursorMode = "hidden" | "embedded" | "metadata";
@@ -65,7 +66,21 @@ export type EncodedSourceEvents = {
   close: [];
 };
 
+export interface RungOptions {
+  /** Output size as a fraction of the source's (each dimension, rounded down to even), 0.1..1. */
+  scale: number;
+  /** Initial bitrate (bit/s). */
+  bitrateBps: number;
+}
+
 export interface EncodedVideoSource extends TypedEmitter<EncodedSourceEvents> {
+  /**
+   * Optional: opens a lower rung on the same capture (a second encoder of a smaller picture, its own
+   * bitrate and keyframes; docs/streaming.md). Its frames' `rtpTimestamp` come from the same capture
+   * clock as this source's, so a viewer can switch between the two at a keyframe. Closed with this
+   * source (or before, by the caller). Rejects when no encoder can open for it.
+   */
+  openRung?(opts: RungOptions): Promise<EncodedVideoSource>;
   readonly format: H264Format | null;
   /** Asks for an IDR on the next frame. The source rate-limits these itself (see its docs). */
   requestKeyframe(reason: KeyframeReason): void;

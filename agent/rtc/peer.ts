@@ -519,6 +519,11 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.sendControl({ type: "cursor", ...pos, ...(shape ? { shape } : {}) });
   }
 
+  /** The next frame this viewer gets must be a keyframe (its stream switched to another encoder). */
+  waitForKeyframe(): void {
+    this.#waitingKeyframe = true;
+  }
+
   /** Sends on the control channel, if open. */
   sendControl(msg: AgentControlMessage): void {
     const ch = this.#control;

@@ -13,8 +13,9 @@ import type { ClientMessage } from "../signaling/protocol.js";
 import { TypedEmitter } from "../util/events.js";
 import { ConfigError, WlError, errorMessage } from "../util/errors.js";
 import { KeyframeGate } from "./keyframe-gate.js";
-import { PeerSession } from "./peer.js";
+import { PeerSession, type PeerSessionOptions } from "./peer.js";
 import { spsProfileLevelId, splitAnnexB } from "./h264.js";
+import { RungPolicy, type RungName, type RungViewer } from "./rungs.js";
 
 /** Opens the shared encoded source when the first viewer arrives. Rejects with a message for the user. */
 export type VideoSourceFactory = () => Promise<EncodedVideoSource>;
@@ -46,8 +47,37 @@ export interface FrameSentTrace {
   viewers: number;
 }
 
+/** What the rungs did (tests, stats); counters since the stage opened. */
+export interface RungCounters {
+  opens: number;
+  closes: number;
+  openFailures: number;
+  switchesDown: number;
+  switchesUp: number;
+}
+
+/** One encoder rung: its source, its keyframe gate (its viewers' wishes only) and its packetizer. */
+interface Rung {
+  name: RungName;
+  source: EncodedVideoSource;
+  gate: KeyframeGate;
+  packetizer: H264Packetizer;
+  lastSetTarget: number;
+}
+
+/** The rung a viewer is on, and the one it is being moved to (it switches at that rung's next keyframe). */
+interface ViewerRung {
+  rung: RungName;
+  pending: RungName | undefined;
+}
+
+/** Retry a low rung that could not open after this long (the encoder may have been busy or missing). */
+const LOW_RUNG_RETRY_MS = 60_000;
+
 export type RtcStageEvents = {
   viewer: [PeerSession];
+  /** A viewer switched rung (at a keyframe of the destination). */
+  rungSwitch: [{ viewer: string; to: RungName; width: number; height: number }];
   /** Emitted only while someone listens (benches): the cost when unused is one listenerCount() per frame. */
   frameSent: [FrameSentTrace];
   close: [];
@@ -80,7 +110,17 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   readonly #o: RtcStageOptions;
   readonly #ice: IceServers;
   readonly #peers = new Map<string, PeerSession>();
-  readonly #m: { viewers: Gauge; keyframeRequests: Counter<"reason">; framesDropped: Counter; retransmits: Counter };
+  readonly #m: {
+    viewers: Gauge; keyframeRequests: Counter<"reason">; framesDropped: Counter; retransmits: Counter;
+    rungViewers: Gauge<"rung">; rungOpens: Counter; rungCloses: Counter; rungOpenFailures: Counter; rungSwitches: Counter<"to">;
+  };
+  readonly #viewerRungs = new Map<string, ViewerRung>();
+  readonly #policy: RungPolicy | undefined;
+  #low: Rung | undefined;
+  #lowOpening: Promise<void> | undefined;
+  #lowFailedAt = -Infinity;
+  #lowEmptySince: number | undefined;
+  readonly rungCounters: RungCounters = { opens: 0, closes: 0, openFailures: 0, switchesDown: 0, switchesUp: 0 };
   #source: EncodedVideoSource | undefined;
   #sourceOpening: Promise<EncodedVideoSource> | undefined;
   #gate: KeyframeGate | undefined;
@@ -99,26 +139,28 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     this.#o = opts;
     this.#ice = ice;
     const r = [opts.metrics.registry];
-    const existing = opts.metrics.registry.getSingleMetric("wl_webrtc_rtc_viewers");
     // One registry per agent; a second stage on the same registry (tests) reuses the series.
-    this.#m = existing
-      ? {
-          viewers: existing as Gauge,
-          keyframeRequests: opts.metrics.registry.getSingleMetric("wl_webrtc_rtc_keyframe_requests_total") as Counter<"reason">,
-          framesDropped: opts.metrics.registry.getSingleMetric("wl_webrtc_rtc_frames_dropped_total") as Counter,
-          retransmits: opts.metrics.registry.getSingleMetric("wl_webrtc_rtc_retransmitted_packets_total") as Counter,
-        }
-      : {
-          viewers: new Gauge({ name: "wl_webrtc_rtc_viewers", help: "Viewers with a peer connection", registers: r }),
-          keyframeRequests: new Counter({ name: "wl_webrtc_rtc_keyframe_requests_total", help: "Keyframe wishes by reason (before rate limiting)", labelNames: ["reason"], registers: r }),
-          framesDropped: new Counter({ name: "wl_webrtc_rtc_frames_dropped_total", help: "Frames not sent to a viewer (over its budget, or waiting for a keyframe)", registers: r }),
-          retransmits: new Counter({ name: "wl_webrtc_rtc_retransmitted_packets_total", help: "Packets resent from our own history (older than werift's)", registers: r }),
-        };
+    const get = <T>(name: string, make: () => T): T => (opts.metrics.registry.getSingleMetric(name) as T | undefined) ?? make();
+    this.#m = {
+      viewers: get("wl_webrtc_rtc_viewers", () => new Gauge({ name: "wl_webrtc_rtc_viewers", help: "Viewers with a peer connection", registers: r })),
+      keyframeRequests: get("wl_webrtc_rtc_keyframe_requests_total", () => new Counter({ name: "wl_webrtc_rtc_keyframe_requests_total", help: "Keyframe wishes by reason (before rate limiting)", labelNames: ["reason"], registers: r })),
+      framesDropped: get("wl_webrtc_rtc_frames_dropped_total", () => new Counter({ name: "wl_webrtc_rtc_frames_dropped_total", help: "Frames not sent to a viewer (over its budget, or waiting for a keyframe)", registers: r })),
+      retransmits: get("wl_webrtc_rtc_retransmitted_packets_total", () => new Counter({ name: "wl_webrtc_rtc_retransmitted_packets_total", help: "Packets resent from our own history (older than werift's)", registers: r })),
+      rungViewers: get("wl_webrtc_rtc_rung_viewers", () => new Gauge({ name: "wl_webrtc_rtc_rung_viewers", help: "Viewers per encoder rung (main, low)", labelNames: ["rung"], registers: r })),
+      rungOpens: get("wl_webrtc_rtc_rung_opens_total", () => new Counter({ name: "wl_webrtc_rtc_rung_opens_total", help: "Low-rung encoders opened", registers: r })),
+      rungCloses: get("wl_webrtc_rtc_rung_closes_total", () => new Counter({ name: "wl_webrtc_rtc_rung_closes_total", help: "Low-rung encoders closed", registers: r })),
+      rungOpenFailures: get("wl_webrtc_rtc_rung_open_failures_total", () => new Counter({ name: "wl_webrtc_rtc_rung_open_failures_total", help: "Low-rung encoders that could not open (slow viewers fall back to frame dropping)", registers: r })),
+      rungSwitches: get("wl_webrtc_rtc_rung_switches_total", () => new Counter({ name: "wl_webrtc_rtc_rung_switches_total", help: "Viewers switched between rungs, by destination", labelNames: ["to"], registers: r })),
+    };
+    const c = opts.config;
+    this.#policy = c.low_rung
+      ? new RungPolicy({ downRatio: c.low_rung_down_ratio, downMs: c.low_rung_down_ms, upRatio: c.low_rung_up_ratio, upMs: c.low_rung_up_ms, graceMs: c.low_rung_join_grace_ms })
+      : undefined;
     opts.signaling.on("session", this.#onSession);
     // Browsers learn the STUN/TURN servers in `welcome`, so that both ends gather the same kinds of candidates.
     opts.signaling.iceServersFor = (subject) => this.#ice.forBrowser(subject);
-    // The shared encoder follows the fastest viewer; re-evaluated a few times a second.
-    this.#abrTimer = setInterval(() => this.#updateEncoderTarget(), 250);
+    // Rungs and their encoders' targets, re-evaluated a few times a second.
+    this.#abrTimer = setInterval(() => this.#tick(), 250);
     this.#abrTimer.unref();
   }
 
@@ -147,6 +189,20 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     return this.#gate;
   }
 
+  /** The low rung's source while it is open. */
+  get lowRung(): EncodedVideoSource | undefined {
+    return this.#low?.source;
+  }
+
+  get lowRungKeyframeGate(): KeyframeGate | undefined {
+    return this.#low?.gate;
+  }
+
+  /** The rung a viewer is on (undefined: not a viewer). */
+  rungOf(viewer: string): RungName | undefined {
+    return this.#viewerRungs.get(viewer)?.rung;
+  }
+
   #attach(session: Session): void {
     if (this.#closed) return;
     let peer: PeerSession | undefined;
@@ -162,7 +218,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     const start = async (m: ClientMessage & { type: "offer" }): Promise<PeerSession | undefined> => {
       const source = await this.#acquireSource();
       if (session.closed || this.#closed) return undefined;
-      const p = new PeerSession({
+      const p: PeerSession = new PeerSession({
         id: session.id,
         role: session.role,
         config: this.#o.config,
@@ -171,7 +227,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
         firstOffer: m.sdp,
         log,
         signal: (msg) => session.send(msg),
-        encoderInfo: () => ({ bitrateBps: this.#source?.targetBitrate ?? 0, backend: this.#backend, clock: this.#lastClock }),
+        encoderInfo: (): ReturnType<PeerSessionOptions["encoderInfo"]> => ({ bitrateBps: this.#rungFor(session.id)?.source.targetBitrate ?? this.#source?.targetBitrate ?? 0, backend: this.#backend, clock: this.#lastClock }),
         cursorState: () => ({
           mode: this.#source?.cursorMode ?? "embedded",
           ...(this.#cursor ? { last: this.#cursor } : {}),
@@ -179,7 +235,9 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
         }),
       });
       this.#peers.set(session.id, p);
+      this.#viewerRungs.set(p.id, { rung: "main", pending: undefined });
       this.#m.viewers.set(this.#peers.size);
+      this.#countRungViewers();
       this.#cancelLinger();
       p.on("keyframe", (reason) => this.#requestKeyframe(reason, p.id));
       p.once("close", ({ reason }) => {
@@ -190,12 +248,15 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
           session.close(1000, "ice failed");
         }
         this.#peers.delete(session.id);
+        this.#viewerRungs.delete(p.id);
         this.#gate?.withdraw(p.id);
+        this.#low?.gate.withdraw(p.id);
         this.#m.viewers.set(this.#peers.size);
+        this.#countRungViewers();
         this.#m.framesDropped.inc(p.counters.framesDropped);
         this.#m.retransmits.inc(p.counters.packetsRetransmitted);
         if (this.#peers.size === 0) this.#scheduleLinger();
-        this.#updateEncoderTarget();
+        this.#tick();
       });
       this.safeEmit("viewer", p);
       return p;
@@ -266,6 +327,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     src.on("error", (err) => this.#o.log.warn({ err: errorMessage(err) }, "video source error"));
     src.once("close", () => {
       if (this.#source !== src) return;
+      void this.#closeLow("the source closed");
       this.#source = undefined;
       this.#gate?.close();
       this.#gate = undefined;
@@ -277,21 +339,54 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   }
 
   #onFrame(src: EncodedVideoSource, f: EncodedFrame): void {
-    if (this.#source !== src || this.#closed) return;
-    this.#backend = f.backend;
-    this.#lastClock = { rtpTimestamp: f.rtpTimestamp, captureTimeMs: f.captureTimeMs };
-    if (f.keyframe) {
-      this.#gate?.noteKeyframe();
-      if (this.#profileLevelId === undefined) {
-        const sps = splitAnnexB(f.data).find((n) => (n[0]! & 0x1f) === 7);
-        if (sps) this.#profileLevelId = spsProfileLevelId(sps);
+    if (this.#closed) return;
+    let rung: RungName;
+    let packetizer: H264Packetizer | undefined;
+    if (src === this.#source) {
+      rung = "main";
+      packetizer = this.#packetizer;
+      this.#backend = f.backend;
+      this.#lastClock = { rtpTimestamp: f.rtpTimestamp, captureTimeMs: f.captureTimeMs };
+      if (f.keyframe) {
+        this.#gate?.noteKeyframe();
+        if (this.#profileLevelId === undefined) {
+          const sps = splitAnnexB(f.data).find((n) => (n[0]! & 0x1f) === 7);
+          if (sps) this.#profileLevelId = spsProfileLevelId(sps);
+        }
       }
+    } else if (this.#low && src === this.#low.source) {
+      rung = "low";
+      packetizer = this.#low.packetizer;
+      if (f.keyframe) this.#low.gate.noteKeyframe();
+    } else {
+      return;
     }
-    if (this.#peers.size === 0 || !this.#packetizer) return;
-    const packets = this.#packetizer.packetize(f.data, f.rtpTimestamp >>> 0);
+    if (this.#peers.size === 0 || !packetizer) return;
+    let packets: ReturnType<H264Packetizer["packetize"]> | undefined;
     const encoderTarget = src.targetBitrate;
     let sentTo = 0;
-    for (const p of this.#peers.values()) if (p.sendFrame(f, packets, f.data.length, encoderTarget)) sentTo++;
+    for (const p of this.#peers.values()) {
+      const vr = this.#viewerRungs.get(p.id);
+      if (!vr) continue;
+      if (vr.pending === rung && f.keyframe && p.connected) {
+        // The switch: this rung's keyframe starts the viewer on it. Its sequence numbers go on (they are
+        // the viewer's own) and both rungs stamp frames from the same capture clock, so the browser
+        // sees one stream whose resolution changes at an IDR.
+        vr.rung = rung;
+        vr.pending = undefined;
+        if (rung === "low") this.rungCounters.switchesDown++;
+        else this.rungCounters.switchesUp++;
+        this.#m.rungSwitches.inc({ to: rung });
+        this.#countRungViewers();
+        this.#policy?.reset(p.id);
+        this.#o.log.info({ viewer: p.id, to: rung, width: f.width, height: f.height, targetBps: Math.round(p.abr.target) }, "viewer switched rung");
+        this.safeEmit("rungSwitch", { viewer: p.id, to: rung, width: f.width, height: f.height });
+      }
+      if (vr.rung !== rung) continue;
+      packets ??= packetizer.packetize(f.data, f.rtpTimestamp >>> 0);
+      if (p.sendFrame(f, packets, f.data.length, encoderTarget)) sentTo++;
+    }
+    if (rung !== "main") return;
     if (this.listenerCount("frameSent") > 0) {
       this.safeEmit("frameSent", {
         seq: f.seq, rtpTimestamp: f.rtpTimestamp >>> 0, keyframe: f.keyframe, bytes: f.data.length,
@@ -308,17 +403,161 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     for (const p of this.#peers.values()) p.sendCursor(this.#cursor, this.#cursorShape);
   }
 
+  /** The rung whose keyframes a viewer's wishes are for: the one it is moving to, else the one it is on. */
+  #rungFor(viewer: string): { source: EncodedVideoSource; gate: KeyframeGate } | undefined {
+    const vr = this.#viewerRungs.get(viewer);
+    const name = vr?.pending ?? vr?.rung ?? "main";
+    if (name === "low") return this.#low;
+    return this.#source && this.#gate ? { source: this.#source, gate: this.#gate } : undefined;
+  }
+
   #requestKeyframe(reason: KeyframeReason, viewer: string): void {
     this.#m.keyframeRequests.inc({ reason });
-    this.#gate?.request(reason, viewer);
+    // PLI, FIR, recovery of a viewer go to its own rung only: the others do not pay for its keyframes.
+    this.#rungFor(viewer)?.gate.request(reason, viewer);
+  }
+
+  #countRungViewers(): void {
+    let low = 0;
+    for (const vr of this.#viewerRungs.values()) if (vr.rung === "low") low++;
+    this.#m.rungViewers.set({ rung: "main" }, this.#viewerRungs.size - low);
+    this.#m.rungViewers.set({ rung: "low" }, low);
+  }
+
+  #tick(): void {
+    this.#chooseRungs();
+    this.#updateEncoderTargets();
+  }
+
+  /** Moves viewers between rungs (RungPolicy), opens the low rung on first need, closes it when unused. */
+  #chooseRungs(): void {
+    const policy = this.#policy;
+    const main = this.#source;
+    if (!policy || !main || main.closed || this.#closed) return;
+    const now = performance.now();
+    const viewers: RungViewer[] = [];
+    for (const p of this.#peers.values()) {
+      const vr = this.#viewerRungs.get(p.id);
+      if (vr && p.connected) viewers.push({ id: p.id, target: p.abr.target, rung: vr.pending ?? vr.rung, limited: p.abr.state === "decrease" || p.abr.state === "hold" });
+    }
+    for (const [id, to] of policy.decide(viewers, now)) {
+      const vr = this.#viewerRungs.get(id);
+      if (!vr) continue;
+      if (to === "low") {
+        if (!main.openRung || now - this.#lowFailedAt < LOW_RUNG_RETRY_MS) continue; // fallback: the token bucket
+        if (vr.rung === "low") vr.pending = undefined; // it never left
+        else {
+          vr.pending = "low";
+          if (this.#low) this.#low.gate.request("rung-switch", id);
+          else this.#openLow(main);
+        }
+      } else if (vr.rung === "main") {
+        vr.pending = undefined; // it had not switched down yet
+      } else {
+        vr.pending = "main";
+        this.#gate?.request("rung-switch", id);
+      }
+    }
+    // The low rung closes some seconds after nobody is on it or on the way to it.
+    if (this.#low) {
+      let used = false;
+      for (const vr of this.#viewerRungs.values()) if (vr.rung === "low" || vr.pending === "low") used = true;
+      if (used) this.#lowEmptySince = undefined;
+      else {
+        this.#lowEmptySince ??= now;
+        if (now - this.#lowEmptySince >= this.#o.config.low_rung_linger_ms) void this.#closeLow("unused");
+      }
+    }
+  }
+
+  #openLow(main: EncodedVideoSource): void {
+    if (this.#lowOpening || !main.openRung) return;
+    const cfg = this.#o.config;
+    let bitrate = cfg.min_bitrate_bps;
+    for (const p of this.#peers.values()) if (this.#viewerRungs.get(p.id)?.pending === "low") bitrate = Math.max(bitrate, p.abr.target);
+    this.#lowOpening = (async () => {
+      try {
+        const src = await main.openRung!({ scale: cfg.low_rung_scale, bitrateBps: bitrate });
+        if (this.#closed || this.#source !== main || main.closed) {
+          await src.close();
+          return;
+        }
+        this.#low = {
+          name: "low", source: src, lastSetTarget: bitrate,
+          gate: new KeyframeGate({ minIntervalMs: cfg.keyframe_min_interval_ms, request: (reason) => src.requestKeyframe(reason) }),
+          packetizer: new H264Packetizer({ maxPayloadSize: cfg.max_payload_bytes, inputFormat: "annexb" }),
+        };
+        this.#lowEmptySince = undefined;
+        this.rungCounters.opens++;
+        this.#m.rungOpens.inc();
+        this.#o.log.info({ scale: cfg.low_rung_scale, bitrateBps: bitrate }, "low rung opened");
+        src.on("frame", (f) => this.#onFrame(src, f));
+        src.on("error", (err) => this.#o.log.warn({ err: errorMessage(err) }, "low rung error"));
+        src.once("close", () => {
+          if (this.#low?.source === src) this.#lowGone("its encoder closed");
+        });
+      } catch (err) {
+        this.#lowFailedAt = performance.now();
+        this.rungCounters.openFailures++;
+        this.#m.rungOpenFailures.inc();
+        this.#o.log.warn({ err: errorMessage(err), retryInMs: LOW_RUNG_RETRY_MS }, "low rung could not open: slow viewers get the main rung, thinned by frame dropping");
+        for (const [id, vr] of this.#viewerRungs) if (vr.pending === "low") {
+          vr.pending = undefined;
+          this.#policy?.reset(id);
+        }
+      } finally {
+        this.#lowOpening = undefined;
+      }
+    })();
+  }
+
+  /** The low rung is gone: its viewers go back to the main rung from its next keyframe. */
+  #lowGone(why: string): void {
+    const low = this.#low;
+    if (!low) return;
+    this.#low = undefined;
+    this.#lowEmptySince = undefined;
+    low.gate.close();
+    this.rungCounters.closes++;
+    this.#m.rungCloses.inc();
+    this.#o.log.info({ why }, "low rung closed");
+    for (const [id, vr] of this.#viewerRungs) {
+      if (vr.pending === "low") vr.pending = undefined;
+      if (vr.rung !== "low") continue;
+      vr.rung = "main";
+      vr.pending = undefined;
+      this.#peers.get(id)?.waitForKeyframe();
+      this.#gate?.request("rung-switch", id);
+    }
+    this.#countRungViewers();
+  }
+
+  async #closeLow(why: string): Promise<void> {
+    const low = this.#low;
+    if (!low) return;
+    this.#lowGone(why);
+    low.source.removeAllListeners();
+    await low.source.close();
   }
 
   #lastSetTarget = 0;
-  #updateEncoderTarget(): void {
+  /** Each rung's encoder follows the fastest of its own viewers. */
+  #updateEncoderTargets(): void {
     const src = this.#source;
     if (!src || src.closed) return;
     let best = 0;
-    for (const p of this.#peers.values()) if (p.connected) best = Math.max(best, p.abr.target);
+    let lowBest = 0;
+    for (const p of this.#peers.values()) {
+      if (!p.connected) continue;
+      const vr = this.#viewerRungs.get(p.id);
+      if ((vr?.pending ?? vr?.rung) === "low") lowBest = Math.max(lowBest, p.abr.target);
+      else best = Math.max(best, p.abr.target);
+    }
+    const low = this.#low;
+    if (low && !low.source.closed && lowBest > 0 && Math.abs(lowBest - low.lastSetTarget) / Math.max(1, low.lastSetTarget) >= 0.05) {
+      low.lastSetTarget = lowBest;
+      low.source.setTargetBitrate(lowBest);
+    }
     if (best === 0) return;
     // Small changes are not worth an encoder reconfiguration.
     if (Math.abs(best - this.#lastSetTarget) / Math.max(1, this.#lastSetTarget) < 0.05) return;
@@ -342,6 +581,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   }
 
   async #closeSource(): Promise<void> {
+    await this.#lowOpening;
+    await this.#closeLow("the source closed");
     const src = this.#source;
     this.#source = undefined;
     this.#gate?.close();

@@ -166,6 +166,65 @@ describe("encoding fed frames", { timeout: 120_000 }, () => {
     }
   });
 
+  test("two encoders on one source (a lower rung): each its own mailbox; the scaled one is half size and follows a resize; same RTP clock; closing one leaves the other", async () => {
+    const f = feeder();
+    const main = await VideoEncoder.open({ capture: { nativeFrameSource: f }, config: encodeConfig({ max_fps: 240 }), log, width: 640, height: 360 });
+    const cm = collect(main);
+    let low: VideoEncoder | undefined;
+    try {
+      // Frames already published before the rung opened: the rung starts from the newest one at once.
+      f.push(picture(640, 360, 0), 640, 360, 640 * 4, "BGRx", null);
+      await nextFrame(main, 3000);
+      low = await VideoEncoder.open({ capture: { nativeFrameSource: f }, config: encodeConfig({ max_fps: 240 }), log, width: 640, height: 360, outputScale: 0.5, bitrateBps: 500_000 });
+      assert.equal(low.targetBitrate, 500_000);
+      const cl = collect(low);
+      const first = await nextFrame(low, 3000);
+      assert.ok(first.keyframe, "the rung's first frame is an IDR");
+      assert.deepEqual([first.width, first.height], [320, 180]);
+      for (let t = 1; t <= 5; t++) {
+        f.push(picture(640, 360, t), 640, 360, 640 * 4, "BGRx", null);
+        await Promise.all([nextFrame(main, 3000), nextFrame(low, 3000)]);
+      }
+      // A resize: the rung follows, scaled (rounded down to even).
+      f.push(picture(322, 242, 9), 322, 242, 322 * 4, "BGRx", null);
+      const [rm, rl] = await Promise.all([nextFrame(main, 3000), nextFrame(low, 3000)]);
+      assert.deepEqual([rm.width, rm.height], [322, 242]);
+      assert.deepEqual([rl.width, rl.height], [160, 120]);
+      assert.ok(rl.keyframe);
+      const mf = cm.stop().filter((x) => !x.refresh);
+      const lf = cl.stop().filter((x) => !x.refresh);
+      // Both encoders stamp a source frame alike (RTP time from the capture clock, not per encoder).
+      const mainTs = new Set(mf.map((x) => x.rtpTimestamp));
+      const common = lf.filter((x) => mainTs.has(x.rtpTimestamp)).length;
+      assert.ok(common >= 6, `${common} of ${lf.length} rung frames share their RTP time with the main encoder's`);
+      const decodedLow = await decode(Buffer.concat(lf.slice(0, -1).map((x) => x.data)), dir);
+      assert.deepEqual([decodedLow.width, decodedLow.height], [320, 180]);
+      // Each has its own drop count and damage: the rung saw every frame too.
+      assert.ok(low.stats().framesIn >= 7, `rung took ${low.stats().framesIn} frames`);
+      low.close();
+      f.push(picture(322, 242, 10), 322, 242, 322 * 4, "BGRx", null);
+      const after = await nextFrame(main, 3000);
+      assert.equal(after.width, 322, "the main encoder goes on after the rung closed");
+    } finally {
+      cm.stop();
+      low?.close();
+      main.close();
+      f.close();
+    }
+  });
+
+  test("outputScale and bitrateBps are validated", async () => {
+    const f = feeder();
+    try {
+      for (const outputScale of [0, 0.05, 1.5, Number.NaN]) {
+        await assert.rejects(VideoEncoder.open({ capture: { nativeFrameSource: f }, config: encodeConfig(), log, width: 64, height: 64, outputScale }), TypeError);
+      }
+      await assert.rejects(VideoEncoder.open({ capture: { nativeFrameSource: f }, config: encodeConfig(), log, width: 64, height: 64, bitrateBps: 10 }), TypeError);
+    } finally {
+      f.close();
+    }
+  });
+
   test("newest frame wins: frames arriving while the encoder is busy are dropped and counted, never queued", async () => {
     const f = feeder();
     const W = 1920;

@@ -28,7 +28,9 @@ before(async () => {
     server: { host: linkA.hostAddr },
     desktop: { mode: "headless", width: 1280, height: 720, refresh_hz: 30 },
     metrics: { enabled: false },
-    rtc: { start_bitrate_bps: 3_000_000 },
+    // The one-encoder design with its token bucket: what slow viewers get when the low rung is switched
+    // off or cannot open (docs/streaming.md); the low rung itself is shown in rung.test.ts.
+    rtc: { start_bitrate_bps: 3_000_000, low_rung: false },
   });
   term = await t.agent.desktop!.headless!.spawnClient("foot", BUSY_TERMINAL, { name: "busy" });
 });

@@ -1,3 +1,4 @@
+import { RungPolicy } from "../../agent/rtc/rungs.js";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { AbrController, DelayTracker, twccPacketResults } from "../../agent/rtc/abr.js";
@@ -358,4 +359,58 @@ test("cursor bitmaps: sent as is up to 64x64, larger ones downscaled by an integ
   const out = Buffer.from(m.rgba, "base64");
   assert.equal(out.length, 43 * 33 * 4);
   assert.equal(out.readUInt32BE((5 * 43 + 7) * 4), (21 << 16) | 15, "pixel (7,5) comes from (21,15)");
+});
+
+test("rungs: a viewer far under the main rung for 2 s moves down (not while ramping up after joining), comes back over 0.8 for 3 s, hysteresis between", () => {
+  const p = new RungPolicy({ downRatio: 0.5, downMs: 2000, upRatio: 0.8, upMs: 3000, graceMs: 4000 });
+  const at = (fast: number, slow: number, slowRung: "main" | "low") => [
+    { id: "fast", target: fast, rung: "main" as const },
+    { id: "slow", target: slow, rung: slowRung },
+  ];
+  let t = 0;
+  const run = (ms: number, fast: number, slow: number, rung: "main" | "low"): Map<string, string> => {
+    let moves = new Map<string, string>();
+    for (const end = t + ms; t < end; t += 250) {
+      moves = p.decide(at(fast, slow, rung), t);
+      if (moves.size > 0) return moves;
+    }
+    return moves;
+  };
+  // Joining: its target is still far under the fast one's, but during the grace it stays.
+  assert.equal(run(4000, 8e6, 2e6, "main").size, 0, "no move during the join grace");
+  // After the grace: 2 s under half of the main rung's reference -> down.
+  const t0 = t;
+  const down = run(5000, 8e6, 0.6e6, "main");
+  assert.equal(down.get("slow"), "low");
+  assert.equal(down.has("fast"), false, "the fastest viewer never moves");
+  assert.ok(t - t0 >= 2000 && t - t0 <= 2250, `moved after ${t - t0} ms`);
+  // On the low rung: a target between the ratios (0.6 of the main) holds it there (hysteresis).
+  assert.equal(run(10_000, 8e6, 4.8e6, "low").size, 0, "between 0.5 and 0.8: no move either way");
+  // Over 0.8 for 3 s -> up; a dip resets the timer.
+  run(2000, 8e6, 7e6, "low");
+  assert.equal(p.decide(at(8e6, 3e6, "low"), (t += 250)).size, 0, "the dip");
+  const t1 = t;
+  const up = run(5000, 8e6, 7e6, "low");
+  assert.equal(up.get("slow"), "main");
+  assert.ok(t - t1 >= 3000 && t - t1 <= 3250, `moved up after ${t - t1} ms`);
+  // A viewer briefly under the ratio (shorter than downMs) stays.
+  assert.equal(run(1500, 8e6, 1e6, "main").size, 0);
+  assert.equal(run(1000, 8e6, 6e6, "main").size, 0);
+  // Alone on the low rung (the fast viewer left): up at once, the main encoder then follows it.
+  const alone = p.decide([{ id: "slow", target: 0.5e6, rung: "low" }], (t += 250));
+  assert.equal(alone.get("slow"), "main");
+  // Alone on the main rung: it is the reference itself, never moved.
+  for (let i = 0; i < 40; i++) assert.equal(p.decide([{ id: "slow", target: 0.3e6, rung: "main" }], (t += 250)).size, 0);
+  // Three viewers: the reference is the fastest on the main rung.
+  assert.equal(RungPolicy.mainReference([{ id: "a", target: 1e6, rung: "main" }, { id: "b", target: 9e6, rung: "low" }, { id: "c", target: 3e6, rung: "main" }]), 3e6);
+  assert.throws(() => new RungPolicy({ downRatio: 0.8, downMs: 0, upRatio: 0.5, upMs: 0, graceMs: 0 }), TypeError);
+  // A joining viewer whose controller already cut for congestion (a slow link) skips the grace.
+  const q = new RungPolicy({ downRatio: 0.5, downMs: 2000, upRatio: 0.8, upMs: 3000, graceMs: 4000 });
+  let u = 0;
+  let moved: number | undefined;
+  for (; u <= 4000 && moved === undefined; u += 250) {
+    const m = q.decide([{ id: "fast", target: 8e6, rung: "main" }, { id: "slow", target: 0.5e6, rung: "main", limited: true }], u);
+    if (m.get("slow") === "low") moved = u;
+  }
+  assert.equal(moved, 2000, "a congested newcomer moves down after downMs, not after the grace");
 });

@@ -16,16 +16,20 @@
 //     stream recycles a frame's pixel memory only when nobody else holds it (use_count() == 1 in its
 //     pool), so a consumer may keep a frame as long as it likes; it only costs a pool slot.
 //   * A Frame's own `damage` is relative to the frame published just before it.
-//   * The mailbox has one slot: publishing a new frame replaces an untaken one (counted as "dropped")
-//     and merges their damage into the slot, so what a consumer takes (LatestFrame::damage) covers
-//     everything changed since the frame it took before, however many frames it missed.
+//   * Each consumer (encoder) has its own one-slot mailbox (capture/mailbox.h): publishing a new frame
+//     replaces an untaken one there (counted as "dropped" for that consumer) and merges their damage
+//     into the slot, so what a consumer takes (LatestFrame::damage) covers everything changed since
+//     the frame it took before, however many frames it missed. Several encoders (the main one and a
+//     lower rung) read one source, each at its own pace.
 //
 // Encoder usage (thread of its own):
+//     auto box = source->Subscribe();
 //     for (;;) {
-//       LatestFrame latest = source->WaitLatest(std::chrono::milliseconds(100));
+//       LatestFrame latest = box->Wait(std::chrono::milliseconds(100), stop);
 //       if (!latest) { if (source->IsClosed()) break; else continue; }
 //       encode(latest.frame->data(), latest.frame->stride, latest.damage, ...);
 //     }
+//     source->Unsubscribe(box);
 #pragma once
 
 #include <unistd.h>
@@ -115,11 +119,19 @@ struct LatestFrame {
   explicit operator bool() const { return frame != nullptr; }
 };
 
+class FrameMailbox;
+
 /** Implemented by the capture stream; the encoder depends on this interface only. Thread-safe. */
 class LatestFrameSource {
  public:
   virtual ~LatestFrameSource() = default;
-  /** Takes the newest frame out of the mailbox, waiting up to `timeout` for one to arrive.
+  /** Registers a consumer: its own mailbox, which gets every frame published from now on, seeded with
+   *  the newest one. Closed at once (Wait returns nothing) when the source is closed. */
+  virtual std::shared_ptr<FrameMailbox> Subscribe() = 0;
+  /** Unregisters (and closes) a consumer's mailbox. Idempotent. */
+  virtual void Unsubscribe(const std::shared_ptr<FrameMailbox>& mailbox) = 0;
+  /** The single-consumer API (native tests): the source's own consumer, registered on first use.
+   *  Takes the newest frame out of its mailbox, waiting up to `timeout` for one to arrive.
    *  Returns an empty LatestFrame on timeout and immediately once the source is closed. */
   virtual LatestFrame WaitLatest(std::chrono::nanoseconds timeout) = 0;
   /** Takes the newest frame if there is one, without waiting. */

@@ -56,7 +56,7 @@ uint64_t NowNs() {
 }
 
 constexpr uint32_t kMaxDamageRegions = 16;  // what we ask the producer for (xdpw sends up to 4)
-constexpr size_t kPoolSize = 4;             // mailbox + reference + one held by the encoder + one filling
+constexpr size_t kPoolSize = 4;             // newest/reference + one filling + two per encoder (pending, last)
 constexpr uint32_t kCursorMax = 256;
 
 constexpr size_t CursorMetaSize(uint32_t w, uint32_t h) {
@@ -221,7 +221,7 @@ bool PipeWireCapture::Start(std::string* error) {
 
 void PipeWireCapture::Close() {
   if (closed_.exchange(true)) return;
-  mailbox_.Clear(false);  // wakes an encoder blocked in WaitLatest
+  fanout_.Close();  // wakes every encoder blocked in its mailbox; they see the source closed
   if (loop_ != nullptr) {
     pw_thread_loop_lock(loop_);
     if (stream_ != nullptr) {
@@ -247,7 +247,6 @@ void PipeWireCapture::Close() {
   }
   pool_.clear();
   last_published_.reset();
-  mailbox_.Clear(true);
   std::lock_guard<std::mutex> lock(info_mu_);
   info_.state = StreamState::kClosed;
 }
@@ -257,11 +256,13 @@ Snapshot PipeWireCapture::GetSnapshot() const {
   return info_;
 }
 
-LatestFrame PipeWireCapture::WaitLatest(std::chrono::nanoseconds timeout) { return mailbox_.Wait(timeout, closed_); }
+LatestFrame PipeWireCapture::WaitLatest(std::chrono::nanoseconds timeout) {
+  return default_consumer_.Get(fanout_)->Wait(timeout, closed_);
+}
 
-LatestFrame PipeWireCapture::TryTakeLatest() { return mailbox_.TryTake(); }
+LatestFrame PipeWireCapture::TryTakeLatest() { return default_consumer_.Get(fanout_)->TryTake(); }
 
-FramePtr PipeWireCapture::PeekLatest() const { return mailbox_.Peek(); }
+FramePtr PipeWireCapture::PeekLatest() const { return fanout_.Peek(); }
 
 void PipeWireCapture::SetState(StreamState state, const std::string& message) {
   {
@@ -482,7 +483,10 @@ void PipeWireCapture::ReadCursorLocked(const struct spa_meta_cursor* mc, uint32_
 std::shared_ptr<Frame> PipeWireCapture::AcquirePoolFrame() {
   for (auto& f : pool_)
     if (f.use_count() == 1) return f;  // nobody else holds it: safe to overwrite
-  if (pool_.size() < kPoolSize) {
+  // Each consumer (encoder rung) may hold two frames besides the shared newest one (its pending frame
+  // and the one it refreshes from).
+  const size_t limit = std::max(kPoolSize, 2 + 2 * fanout_.Consumers());
+  if (pool_.size() < limit) {
     pool_.push_back(std::make_shared<Frame>());
     return pool_.back();
   }
@@ -703,8 +707,8 @@ void PipeWireCapture::ProcessDmabuf(struct spa_buffer* buf, struct spa_meta_head
 void PipeWireCapture::Publish(const std::shared_ptr<Frame>& frame, uint64_t t0) {
   frame->seq = ++seq_;
   frame->publish_ns = NowNs();
-  // Replaced before anyone took it: whoever takes this one must also redraw what that one changed.
-  const bool dropped = mailbox_.Publish(frame);
+  // Replaced before a consumer took it: when it takes this one it also redraws what that one changed.
+  const bool dropped = fanout_.Publish(frame) > 0;
   last_published_ = frame;
   {
     std::lock_guard<std::mutex> lock(info_mu_);

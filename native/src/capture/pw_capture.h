@@ -60,7 +60,7 @@ struct NegotiatedFormat {
 struct Counters {
   uint64_t frames_received = 0;   // buffers processed that carried a usable frame
   uint64_t frames_delivered = 0;  // frames published to the mailbox (non-zero damage)
-  uint64_t frames_dropped = 0;    // published frames replaced in the mailbox before anyone took them
+  uint64_t frames_dropped = 0;    // published frames that replaced an untaken one in some consumer's mailbox
   uint64_t frames_unchanged = 0;  // frames with zero damage: not published, nobody woken
   uint64_t frames_empty = 0;      // buffers without data (e.g. cursor-only updates)
   uint64_t frames_corrupted = 0;  // buffers flagged corrupted or with an impossible size
@@ -127,6 +127,8 @@ class PipeWireCapture final : public LatestFrameSource {
   void Close();
   Snapshot GetSnapshot() const;
 
+  std::shared_ptr<FrameMailbox> Subscribe() override { return fanout_.Subscribe(); }
+  void Unsubscribe(const std::shared_ptr<FrameMailbox>& m) override { fanout_.Unsubscribe(m); }
   LatestFrame WaitLatest(std::chrono::nanoseconds timeout) override;
   LatestFrame TryTakeLatest() override;
   FramePtr PeekLatest() const override;
@@ -178,7 +180,8 @@ class PipeWireCapture final : public LatestFrameSource {
   bool carry_unknown_ = false;              // a requeued buffer had no damage info: fall back to tiles
   uint64_t seq_ = 0;
 
-  FrameMailbox mailbox_;
+  FrameFanout fanout_;
+  DefaultConsumer default_consumer_;
 
   // What GetSnapshot reports.
   mutable std::mutex info_mu_;

@@ -70,14 +70,15 @@ void Converter::Reset() {
   if (sws_ != nullptr) sws_freeContext(sws_);
   sws_ = nullptr;
   sws_src_fmt_ = sws_dst_fmt_ = -1;
-  sws_w_ = sws_h_ = 0;
+  sws_w_ = sws_h_ = sws_out_w_ = sws_out_h_ = 0;
   if (converted_ != nullptr) av_frame_free(&converted_);
   if (src_frame_ != nullptr) av_frame_free(&src_frame_);
   Invalidate();
 }
 
 bool Converter::Convert(const capture::Frame& frame, const capture::FramePtr& keep, AVPixelFormat dst,
-                        const std::vector<damage::Rect>* damage, bool full, std::string* error) {
+                        const std::vector<damage::Rect>* damage, bool full, std::string* error, uint32_t out_w,
+                        uint32_t out_h) {
   last_ = ConvertInfo();
   const AVPixelFormat src = AvFormatOf(frame.format_name);
   if (src == AV_PIX_FMT_NONE) {
@@ -92,13 +93,15 @@ bool Converter::Convert(const capture::Frame& frame, const capture::FramePtr& ke
     return false;
   }
   const int w = static_cast<int>(frame.width), h = static_cast<int>(frame.height);
+  const int ow = out_w != 0 ? static_cast<int>(out_w) : w, oh = out_h != 0 ? static_cast<int>(out_h) : h;
+  const bool scaled = ow != w || oh != h;
   // A refresh re-encodes the frame converted last time: the converted picture is still there.
   if (valid_ && converted_ != nullptr && from_ == &frame && from_seq_ == frame.seq && converted_->format == dst &&
-      converted_->width == w && converted_->height == h) {
+      converted_->width == ow && converted_->height == oh) {
     last_.reused = true;
     return true;
   }
-  if (dst == src) {
+  if (dst == src && !scaled) {
     // NVENC takes 32-bit RGB as it is: hand it the capture buffer itself, kept alive by a reference.
     if (converted_ == nullptr) converted_ = av_frame_alloc();
     av_frame_unref(converted_);
@@ -115,21 +118,23 @@ bool Converter::Convert(const capture::Frame& frame, const capture::FramePtr& ke
     last_.full = true;
     return true;
   }
-  if (sws_ == nullptr || sws_src_fmt_ != src || sws_dst_fmt_ != dst || sws_w_ != w || sws_h_ != h) {
+  if (sws_ == nullptr || sws_src_fmt_ != src || sws_dst_fmt_ != dst || sws_w_ != w || sws_h_ != h || sws_out_w_ != ow ||
+      sws_out_h_ != oh) {
     if (sws_ != nullptr) sws_freeContext(sws_);
     Invalidate();
     // Same size, so no scaling: the flags only choose the chroma filter. Fast bilinear keeps the
     // SIMD input converters (BGRx -> Y/UV) and averages 2x2 for chroma. Slice threads (swscale's
     // own, FFmpeg >= 5.0) as many as the encoder's: the conversion is the other half of the work.
+    // Scaled (a lower rung): bilinear, whose filter widens with the ratio (see the top of convert.h).
     sws_ = sws_alloc_context();
     const unsigned threads = threads_ ? threads_ : std::max(1u, std::thread::hardware_concurrency());
     av_opt_set_int(sws_, "srcw", w, 0);
     av_opt_set_int(sws_, "srch", h, 0);
     av_opt_set_int(sws_, "src_format", src, 0);
-    av_opt_set_int(sws_, "dstw", w, 0);
-    av_opt_set_int(sws_, "dsth", h, 0);
+    av_opt_set_int(sws_, "dstw", ow, 0);
+    av_opt_set_int(sws_, "dsth", oh, 0);
     av_opt_set_int(sws_, "dst_format", dst, 0);
-    av_opt_set_int(sws_, "sws_flags", SWS_FAST_BILINEAR, 0);
+    av_opt_set_int(sws_, "sws_flags", scaled ? SWS_BILINEAR : SWS_FAST_BILINEAR, 0);
     av_opt_set_int(sws_, "threads", static_cast<int64_t>(std::min(threads, 8u)), 0);
     if (sws_init_context(sws_, nullptr, nullptr) < 0) {
       sws_freeContext(sws_);
@@ -144,6 +149,8 @@ bool Converter::Convert(const capture::Frame& frame, const capture::FramePtr& ke
     sws_dst_fmt_ = dst;
     sws_w_ = w;
     sws_h_ = h;
+    sws_out_w_ = ow;
+    sws_out_h_ = oh;
     // Output bands must start (and, but for the last, end) on swscale's alignment, which covers the
     // chroma subsampling (2 rows for 4:2:0); taken at least as the chroma's own, to be safe.
     const AVPixFmtDescriptor* desc = av_pix_fmt_desc_get(dst);
@@ -151,16 +158,16 @@ bool Converter::Convert(const capture::Frame& frame, const capture::FramePtr& ke
     const uint32_t align_w = desc != nullptr ? 1u << desc->log2_chroma_w : 1u;
     // Below 8 pixels of width a band and a full conversion differ (measured: the SIMD readers work in
     // blocks wider than the row); 16 leaves a margin and no screen is that narrow.
-    bands_ok_ = frame.width % align_w == 0 && frame.height % align_ == 0 && frame.width >= 16;
+    bands_ok_ = !scaled && frame.width % align_w == 0 && frame.height % align_ == 0 && frame.width >= 16;
     if (converted_ != nullptr) av_frame_free(&converted_);
   }
-  if (converted_ == nullptr || converted_->format != dst || converted_->width != w || converted_->height != h) {
+  if (converted_ == nullptr || converted_->format != dst || converted_->width != ow || converted_->height != oh) {
     if (converted_ != nullptr) av_frame_free(&converted_);
     Invalidate();
     converted_ = av_frame_alloc();
     converted_->format = dst;
-    converted_->width = w;
-    converted_->height = h;
+    converted_->width = ow;
+    converted_->height = oh;
     if (av_frame_get_buffer(converted_, 64) < 0) {
       av_frame_free(&converted_);
       *error = "out of memory for the converted frame";
@@ -175,7 +182,7 @@ bool Converter::Convert(const capture::Frame& frame, const capture::FramePtr& ke
     return false;
   }
   std::vector<RowBand> bands;
-  bool whole = full || !valid_ || damage == nullptr || !bands_ok_;
+  bool whole = full || !valid_ || damage == nullptr || !bands_ok_ || scaled;
   uint32_t rows = 0;
   if (!whole) {
     bands = DamageRowBands(*damage, frame.width, frame.height, align_, kMergeGapRows);
@@ -224,7 +231,7 @@ bool Converter::Convert(const capture::Frame& frame, const capture::FramePtr& ke
   from_ = &frame;
   from_seq_ = frame.seq;
   last_.full = whole;
-  last_.rows = whole ? static_cast<uint32_t>(h) : rows;
+  last_.rows = whole ? static_cast<uint32_t>(oh) : rows;
   last_.bands = whole ? 0 : static_cast<uint32_t>(bands.size());
   return true;
 }

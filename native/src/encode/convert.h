@@ -70,10 +70,12 @@ class Converter {
   void SetFullRatio(double ratio) { full_ratio_ = ratio; }
 
   /** Converts `frame` (kept alive by `keep` while swscale or the encoder reference it) into the
-   *  persistent picture of format `dst`. `damage`: what changed since the frame converted last;
-   *  nullptr or `full` converts everything. On failure the picture is invalid (next one is full). */
+   *  persistent picture of format `dst`, of `out_w` x `out_h` (0: the frame's size; else scaled, and
+   *  always whole). `damage`: what changed since the frame converted last; nullptr or `full` converts
+   *  everything. On failure the picture is invalid (next one is full). */
   bool Convert(const capture::Frame& frame, const capture::FramePtr& keep, AVPixelFormat dst,
-               const std::vector<damage::Rect>* damage, bool full, std::string* error);
+               const std::vector<damage::Rect>* damage, bool full, std::string* error, uint32_t out_w = 0,
+               uint32_t out_h = 0);
 
   /** The picture no longer stands for the frame converted last (a frame was taken but not converted,
    *  the backend changed): the next Convert() converts everything. */
@@ -96,6 +98,7 @@ class Converter {
   int sws_src_fmt_ = -1;
   int sws_dst_fmt_ = -1;
   int sws_w_ = 0, sws_h_ = 0;
+  int sws_out_w_ = 0, sws_out_h_ = 0;
   uint32_t align_ = 2;
   bool bands_ok_ = false;  // this size can be converted in bands (see the top of this file)
   AVFrame* converted_ = nullptr;  // persistent, refcounted

@@ -133,7 +133,7 @@ void CallJs(Napi::Env env, Napi::Function callback, std::shared_ptr<Channel>* ct
     o.Set("encodeUs", out->encode_us);
     o.Set("waitUs", out->wait_us);
     o.Set("convertUs", out->convert_us);
-    o.Set("rtpTimestamp", Napi::Number::New(env, static_cast<double>(static_cast<uint32_t>(out->pts_90k))));
+    o.Set("rtpTimestamp", Napi::Number::New(env, static_cast<double>(out->rtp_90k)));
     o.Set("backend", out->backend);
     arr.Set(i++, o);
   }
@@ -321,6 +321,7 @@ class EncoderWrap final : public Napi::ObjectWrap<EncoderWrap> {
     if (o.Has("refreshMaxIntervalMs") && o.Get("refreshMaxIntervalMs").IsNumber())
       cfg.refresh_max_interval_ms = o.Get("refreshMaxIntervalMs").As<Napi::Number>().Uint32Value();
     cfg.benchmark = o.Has("benchmark") && o.Get("benchmark").ToBoolean().Value();
+    if (o.Has("outputScale") && o.Get("outputScale").IsNumber()) cfg.output_scale = o.Get("outputScale").As<Napi::Number>().DoubleValue();
 
     channel_ = std::make_shared<Channel>();
     auto* ctx = new std::shared_ptr<Channel>(channel_);

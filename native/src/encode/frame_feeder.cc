@@ -25,7 +25,7 @@ void FrameFeeder::Publish(std::shared_ptr<capture::Frame> f) {
   f->seq = ++seq_;
   f->publish_ns = MonoNs();
   if (f->process_ns == 0) f->process_ns = f->publish_ns;
-  mailbox_.Publish(std::move(f));
+  fanout_.Publish(std::move(f));
 }
 
 void FrameFeeder::Push(const uint8_t* data, uint32_t width, uint32_t height, uint32_t stride, const std::string& format,
@@ -138,7 +138,7 @@ void FrameFeeder::Play(double fps, uint32_t loops) {
         if (stop_player_.load() || closed_.load()) break;
         if (interval == 0) {
           // As fast as the encoder goes: wait until the previous frame was taken.
-          mailbox_.WaitEmpty([&] { return stop_player_.load() || closed_.load(); });
+          fanout_.WaitEmpty([&] { return stop_player_.load() || closed_.load(); });
         } else {
           const uint64_t now = MonoNs();
           if (next > now) {
@@ -162,25 +162,27 @@ void FrameFeeder::Play(double fps, uint32_t loops) {
 
 void FrameFeeder::StopPlayer() {
   stop_player_.store(true);
-  mailbox_.Wake();
+  fanout_.Wake();
   if (player_.joinable()) player_.join();
   playing_.store(false);
 }
 
 void FrameFeeder::Close() {
   if (closed_.exchange(true)) return;
-  mailbox_.Wake();
+  fanout_.Wake();
   StopPlayer();
   // Loaded frames can be gigabytes (4K bench): free them now, not when the JS wrapper is collected.
   loaded_.clear();
   loaded_.shrink_to_fit();
-  mailbox_.Clear(true);
+  fanout_.Close();
 }
 
-capture::LatestFrame FrameFeeder::WaitLatest(std::chrono::nanoseconds timeout) { return mailbox_.Wait(timeout, closed_); }
+capture::LatestFrame FrameFeeder::WaitLatest(std::chrono::nanoseconds timeout) {
+  return default_consumer_.Get(fanout_)->Wait(timeout, closed_);
+}
 
-capture::LatestFrame FrameFeeder::TryTakeLatest() { return mailbox_.TryTake(); }
+capture::LatestFrame FrameFeeder::TryTakeLatest() { return default_consumer_.Get(fanout_)->TryTake(); }
 
-capture::FramePtr FrameFeeder::PeekLatest() const { return mailbox_.Peek(); }
+capture::FramePtr FrameFeeder::PeekLatest() const { return fanout_.Peek(); }
 
 }  // namespace wl::encode

@@ -1,6 +1,6 @@
 // A LatestFrameSource fed from JavaScript or from recorded raw frames instead of PipeWire: the bench
 // (identical recorded frames through our path and through the ffmpeg CLI) and tests that need exact
-// control over frame content and timing. Same one-slot mailbox semantics as the capture stream.
+// control over frame content and timing. Same mailboxes (one per consumer) as the capture stream.
 #pragma once
 
 #include <atomic>
@@ -44,6 +44,8 @@ class FrameFeeder final : public capture::LatestFrameSource {
   bool Playing() const { return playing_.load(); }
   void Close();
 
+  std::shared_ptr<capture::FrameMailbox> Subscribe() override { return fanout_.Subscribe(); }
+  void Unsubscribe(const std::shared_ptr<capture::FrameMailbox>& m) override { fanout_.Unsubscribe(m); }
   capture::LatestFrame WaitLatest(std::chrono::nanoseconds timeout) override;
   capture::LatestFrame TryTakeLatest() override;
   capture::FramePtr PeekLatest() const override;
@@ -53,7 +55,8 @@ class FrameFeeder final : public capture::LatestFrameSource {
   void Publish(std::shared_ptr<capture::Frame> f);
   void StopPlayer();
 
-  capture::FrameMailbox mailbox_;
+  capture::FrameFanout fanout_;
+  capture::DefaultConsumer default_consumer_;
   uint64_t seq_ = 0;  // Publish() runs on one thread at a time (Push from JS, or the player)
   std::atomic<bool> closed_{false};
   std::vector<std::shared_ptr<capture::Frame>> loaded_;

@@ -47,6 +47,23 @@ void Histogram::Add(double us) {
 Pipeline::Pipeline(std::shared_ptr<capture::LatestFrameSource> source, const PipelineConfig& config, PipelineSink* sink)
     : source_(std::move(source)), config_(config), sink_(sink) {
   converter_.SetThreads(config_.encoder.threads);
+  SetInputSize(config_.encoder.width, config_.encoder.height);
+  // Registered before the thread starts: no frame published from now on is missed.
+  mailbox_ = source_->Subscribe();
+}
+
+void Pipeline::SetInputSize(uint32_t width, uint32_t height) {
+  in_w_ = width;
+  in_h_ = height;
+  const double s = config_.output_scale;
+  if (s > 0 && s < 1) {
+    auto scale = [s](uint32_t v) { return std::min(v, std::max<uint32_t>(16, static_cast<uint32_t>(v * s) & ~1u)); };
+    config_.encoder.width = scale(width);
+    config_.encoder.height = scale(height);
+  } else {
+    config_.encoder.width = width;
+    config_.encoder.height = height;
+  }
 }
 
 Pipeline::~Pipeline() { Stop(); }
@@ -170,8 +187,10 @@ void Pipeline::Start() {
 }
 
 void Pipeline::Stop() {
-  stop_.store(true);  // the thread sees it within one WaitLatest timeout (<= 100 ms)
+  stop_.store(true);
+  if (mailbox_) mailbox_->Wake();  // the thread sees stop_ at once
   if (thread_.joinable()) thread_.join();
+  source_->Unsubscribe(mailbox_);
   // Everything that owns threads (the encoder's slice threads, swscale's) goes now, not at GC.
   if (backend_) backend_->Close();
   converter_.Reset();
@@ -264,9 +283,8 @@ int64_t Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<
                               bool refresh, uint64_t wait_start_ns) {
   const uint64_t t0 = MonoNs();
   // A size change: reopen the same backend for the new size (ok | reinit | error, the reinit step).
-  if (frame->width != config_.encoder.width || frame->height != config_.encoder.height) {
-    config_.encoder.width = frame->width;
-    config_.encoder.height = frame->height;
+  if (frame->width != in_w_ || frame->height != in_h_) {
+    SetInputSize(frame->width, frame->height);
     {
       std::lock_guard<std::mutex> lock(stats_mu_);
       ++stats_.reinits;
@@ -288,7 +306,10 @@ int64_t Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<
     std::string err;
     const uint64_t c0 = MonoNs();
     InputFrame in;
-    if (frame->is_dmabuf() && backend_->Caps().zero_copy_dmabuf) {
+    // A lower rung (output smaller than the capture) scales on the CPU (convert.h); the zero-copy
+    // import converts at the capture's size only.
+    const bool scaled = config_.encoder.width != frame->width || config_.encoder.height != frame->height;
+    if (frame->is_dmabuf() && backend_->Caps().zero_copy_dmabuf && !scaled) {
       // Zero copy: the backend imports the planes and converts on the GPU (vaapi_backend.cc). The
       // CPU picture no longer stands for the last frame.
       in.dmabuf = frame->dmabuf.get();
@@ -297,7 +318,7 @@ int64_t Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<
       capture::FramePtr src = frame;
       bool full = full_damage;
       if (frame->is_dmabuf()) {
-        // A software backend (after a fallback) got a DMA-BUF: readable only when LINEAR
+        // A software backend (after a fallback), or a scaled rung, got a DMA-BUF: readable only when LINEAR
         // (dmabuf_map.h); otherwise capture renegotiates to shared memory and this frame is lost.
         src = MapLinearDmabuf(frame, &err);
         if (!src) {
@@ -310,7 +331,8 @@ int64_t Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<
         full = true;  // a new mapping each time: the converter cannot tell it holds this picture
       }
       // Only the rows the damage covers are converted again; refreshes (no damage) reuse the picture.
-      if (!converter_.Convert(*src, src, backend_->InputFormat(), damage, full, &err)) {
+      if (!converter_.Convert(*src, src, backend_->InputFormat(), damage, full, &err,
+                              scaled ? config_.encoder.width : 0, scaled ? config_.encoder.height : 0)) {
         PipelineEvent e;
         e.kind = PipelineEvent::Kind::kError;
         e.reason = err;
@@ -335,6 +357,19 @@ int64_t Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<
     if (pts <= last_pts_) pts = last_pts_ + 1;
     in.pts_90k = pts;
     in.damage = damage;
+    if (scaled && damage != nullptr) {
+      // The encoder's ROI is in its own (scaled) coordinates: rects rounded outwards.
+      scaled_damage_.clear();
+      const double sx = static_cast<double>(config_.encoder.width) / frame->width;
+      const double sy = static_cast<double>(config_.encoder.height) / frame->height;
+      for (const damage::Rect& r : *damage) {
+        const uint32_t x0 = static_cast<uint32_t>(r.x * sx), y0 = static_cast<uint32_t>(r.y * sy);
+        const uint32_t x1 = std::min(config_.encoder.width, static_cast<uint32_t>(std::ceil((r.x + r.width) * sx)));
+        const uint32_t y1 = std::min(config_.encoder.height, static_cast<uint32_t>(std::ceil((r.y + r.height) * sy)));
+        if (x1 > x0 && y1 > y0) scaled_damage_.push_back(damage::Rect{x0, y0, x1 - x0, y1 - y0});
+      }
+      in.damage = &scaled_damage_;
+    }
     in.refresh = refresh;
     AdaptRate(c1, refresh);
     const bool idr = force_idr_;
@@ -369,8 +404,8 @@ int64_t Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<
           fmt.kind = PipelineEvent::Kind::kFormat;
           fmt.backend = backend_->Name();
           fmt.profile_level_id = plid;
-          fmt.width = frame->width;
-          fmt.height = frame->height;
+          fmt.width = config_.encoder.width;
+          fmt.height = config_.encoder.height;
           Emit(fmt);
         }
       }
@@ -390,13 +425,20 @@ int64_t Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<
       out->refresh = refresh;
       out->seq = ++out_seq_;
       out->source_seq = frame->seq;
-      out->width = frame->width;
-      out->height = frame->height;
+      out->width = config_.encoder.width;
+      out->height = config_.encoder.height;
       out->capture_wall_ms = WallMsOfMono(refresh ? t0 : frame->process_ns);
       out->encode_us = static_cast<double>(e1 - c1) / 1e3;
       out->convert_us = static_cast<double>(c1 - c0) / 1e3;
       out->wait_us = static_cast<double>(t0 - std::min(t0, wait_start_ns)) / 1e3;
       out->pts_90k = pts;
+      // RTP time from the capture clock itself, not from this pipeline's first frame: two encoders of
+      // one capture (rungs) stamp the same frame alike, so a viewer moved between them sees a timeline
+      // that just goes on. Strictly increasing per pipeline (mod 2^32), as RTP receivers want.
+      uint32_t rtp = static_cast<uint32_t>(static_cast<uint64_t>(refresh ? t0 : frame->process_ns) * 9 / 100'000);
+      if (out_seq_ > 1 && static_cast<int32_t>(rtp - last_rtp_) <= 0) rtp = last_rtp_ + 1;
+      last_rtp_ = rtp;
+      out->rtp_90k = rtp;
       out->backend = backend_->Name();
       const size_t bytes = out->data.size();
       const bool key = out->keyframe;
@@ -467,7 +509,7 @@ void Pipeline::Run() {
       const uint64_t due = last_activity_ns + next_refresh_ns();
       wait = due > now ? std::min(wait, due - now) : 0;
     }
-    capture::LatestFrame lf = source_->WaitLatest(std::chrono::nanoseconds(wait));
+    capture::LatestFrame lf = mailbox_->Wait(std::chrono::nanoseconds(wait), stop_);
     if (stop_.load()) break;
     now = MonoNs();
     if (lf) {
@@ -506,7 +548,7 @@ void Pipeline::Run() {
       next_slot_ns = config_.benchmark ? now : now + 1'000'000'000ull / fps;
       capture::LatestFrame f = std::move(pending);
       pending = capture::LatestFrame();
-      if (f.frame->width != config_.encoder.width || f.frame->height != config_.encoder.height) {
+      if (f.frame->width != in_w_ || f.frame->height != in_h_) {
         f.damage_source = capture::DamageSource::kFull;
       }
       EncodeFrame(f.frame, &f.damage, f.damage_source == capture::DamageSource::kFull, false, f.frame->publish_ns);

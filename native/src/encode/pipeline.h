@@ -1,6 +1,8 @@
 // The encoder thread: capture mailbox (LatestFrameSource) -> convert once -> encode -> deliver.
 //
-//  * Newest frame wins: the thread takes the newest frame from the capture mailbox when it is free;
+//  * Each pipeline registers its own mailbox on the source (several encoders, e.g. a lower rung, read
+//    one capture) and unregisters it when it stops.
+//  * Newest frame wins: the thread takes the newest frame from its mailbox when it is free;
 //    frames replaced there meanwhile are counted as dropped ("busy"), never queued. A max_fps limit
 //    holds at most one pending frame, replaced by newer ones ("rate").
 //  * Frames with zero damage are not encoded. When nothing changed for a while the last frame is
@@ -34,6 +36,7 @@
 #include <vector>
 
 #include "capture/frame.h"
+#include "capture/mailbox.h"
 #include "encode/backend.h"
 #include "encode/convert.h"
 
@@ -41,7 +44,10 @@ namespace wl::encode {
 
 struct PipelineConfig {
   std::vector<std::string> backends;  // priority order
-  EncoderConfig encoder;              // width/height: initial; followed frame by frame
+  EncoderConfig encoder;              // width/height: the initial input size; followed frame by frame
+  // Output size as a fraction of the input's (a lower rung): each dimension scaled and rounded down to
+  // even, at least 16. 1: the input's size (no scaling).
+  double output_scale = 1.0;
   uint32_t refresh_interval_ms = 1000;  // 0: never
   // Backoff cap for converged refreshes; <= refresh_interval_ms: a constant interval (no backoff).
   uint32_t refresh_max_interval_ms = 8000;
@@ -99,7 +105,8 @@ struct EncodedOutput {
   double encode_us = 0;
   double wait_us = 0;         // capture publish -> encoder picked it up
   double convert_us = 0;
-  int64_t pts_90k = 0;
+  int64_t pts_90k = 0;         // the encoder's own pts (from this pipeline's first frame)
+  uint32_t rtp_90k = 0;        // 90 kHz of CLOCK_MONOTONIC itself: the same clock in every pipeline (rungs)
   std::string backend;
 };
 
@@ -161,8 +168,14 @@ class Pipeline {
                       uint64_t wait_start_ns);
   void Emit(PipelineEvent e);
 
+  /** The encoded size for an input size (output_scale). */
+  void SetInputSize(uint32_t width, uint32_t height);
+
   const std::shared_ptr<capture::LatestFrameSource> source_;
+  std::shared_ptr<capture::FrameMailbox> mailbox_;  // this pipeline's own, registered on source_
   PipelineConfig config_;
+  uint32_t in_w_ = 0, in_h_ = 0;  // the input size config_.encoder's (output) size is made for
+  std::vector<damage::Rect> scaled_damage_;  // damage in output coordinates (ROI) when scaling
   PipelineSink* const sink_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
@@ -179,6 +192,7 @@ class Pipeline {
   // The backend's input picture: persistent, converted only where the damage says (refreshes reuse it).
   Converter converter_;
   int64_t last_pts_ = -1;
+  uint32_t last_rtp_ = 0;
   uint64_t base_ns_ = 0;
   uint64_t out_seq_ = 0;
   std::vector<uint8_t> sps_, pps_;
