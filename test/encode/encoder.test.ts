@@ -320,6 +320,42 @@ describe("encoding fed frames", { timeout: 120_000 }, () => {
     }
   });
 
+  test("a keyframe request on a still screen wakes the encoder thread at once (no poll): ten chained requests, ten IDR refreshes well inside one poll period each", async () => {
+    // No refresh (refresh_interval_ms 0) and no new frame: the thread sleeps in its mailbox wait, whose
+    // cap is 100 ms (kMaxWaitNs, native/src/encode/pipeline.cc). Each request is made the moment the
+    // previous IDR arrives, i.e. just after the thread went back to sleep: a thread that only looked at
+    // requests when its wait ran out would answer each ~100 ms later (>= ~950 ms for ten, whatever the
+    // load); the request's kick ends the wait, so each costs one small IDR encode.
+    const f = feeder();
+    const enc = await VideoEncoder.open({ capture: { nativeFrameSource: f }, config: encodeConfig({ refresh_interval_ms: 0, keyframe_min_interval_ms: 0 }), log, width: 320, height: 240 });
+    try {
+      f.push(picture(320, 240, 1), 320, 240, 320 * 4, "BGRx", null);
+      await nextFrame(enc, 3000);
+      await sleep(300); // the thread is asleep on a still screen
+      const keyframesBefore = enc.stats().keyframes;
+      const N = 10;
+      const latencies: number[] = [];
+      const t0 = performance.now();
+      for (let i = 0; i < N; i++) {
+        const tReq = performance.now();
+        const idr = nextFrame(enc, 3000, (fr) => fr.keyframe);
+        enc.requestKeyframe("api");
+        const fr = await idr;
+        latencies.push(performance.now() - tReq);
+        assert.equal(fr.refresh, true, "the still screen's picture, encoded again as an IDR");
+      }
+      const total = performance.now() - t0;
+      const s = enc.stats();
+      console.log(`# ${N} chained keyframe requests on a still screen: ${total.toFixed(0)} ms, each ${latencies.map((l) => l.toFixed(0)).join(" ")} ms`);
+      assert.equal(s.keyframes - keyframesBefore, N, "one IDR per request");
+      assert.equal(s.framesIn, 1, "no frame came in meanwhile: the kicks woke the thread, not frames");
+      assert.ok(total < 500, `${N} requests answered in ${total.toFixed(0)} ms: the thread waited out its poll instead of being woken`);
+    } finally {
+      enc.close();
+      f.close();
+    }
+  });
+
   test("DMA-BUF frames reaching a software backend: LINEAR ones are mmapped and encoded, tiled ones make the source renegotiate to shared memory", async () => {
     // No GPU here: FrameFeeder.pushMemfdAsDmabuf publishes a memfd as a DMA-BUF frame (dup'ed fd,
     // offset 4096, padded rows, no pixels), the shape capture gives DMA-BUF frames. x264 cannot import

@@ -58,13 +58,17 @@ class FrameMailbox {
     return replaced;
   }
 
-  /** Takes the slot, waiting up to `timeout` for a frame; empty at once once `closed` is set (and Wake()). */
+  /** Takes the slot, waiting up to `timeout` for a frame; empty at once once `closed` is set (and Kick()),
+   *  and empty at once after a Kick(): the consumer has a request to act on without a new frame. */
   LatestFrame Wait(std::chrono::nanoseconds timeout, const std::atomic<bool>& closed) {
     LatestFrame out;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, timeout, [&] { return slot_.frame != nullptr || closed.load() || closed_; });
+      cv_.wait_for(lock, timeout, [&] { return slot_.frame != nullptr || kicked_ || closed.load() || closed_; });
+      // A kick is consumed by the wake it caused (or made moot by a frame): one kick, one wake-up.
+      const bool kicked = std::exchange(kicked_, false);
       if (closed.load() || closed_) return LatestFrame{};
+      if (kicked && slot_.frame == nullptr) return LatestFrame{};
       out = std::exchange(slot_, LatestFrame{});
     }
     cv_.notify_all();  // a pacing producer waits for the slot to empty
@@ -147,7 +151,19 @@ class FrameMailbox {
     cv_.notify_all();
   }
 
-  /** Wakes every waiter so it re-checks its stop condition (closing). */
+  /** Makes the consumer's current or next Wait() return at once, frame or not: a request it must act on
+   *  now (a keyframe on a still screen, stopping) rather than at the end of its wait. The flag is set
+   *  under the lock, so a consumer between its predicate check and its sleep cannot miss it (a bare
+   *  notify could be lost there and cost a whole wait timeout). */
+  void Kick() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      kicked_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  /** Wakes every waiter so it re-checks its stop condition (a pacing producer in WaitEmpty). */
   void Wake() { cv_.notify_all(); }
 
  private:
@@ -156,6 +172,7 @@ class FrameMailbox {
   LatestFrame slot_;
   FramePtr latest_;
   bool closed_ = false;
+  bool kicked_ = false;
   uint64_t drops_ = 0;
 };
 

@@ -188,7 +188,7 @@ void Pipeline::Start() {
 
 void Pipeline::Stop() {
   stop_.store(true);
-  if (mailbox_) mailbox_->Wake();  // the thread sees stop_ at once
+  if (mailbox_) mailbox_->Kick();  // the thread sees stop_ at once
   if (thread_.joinable()) thread_.join();
   source_->Unsubscribe(mailbox_);
   // Everything that owns threads (the encoder's slice threads, swscale's) goes now, not at GC.

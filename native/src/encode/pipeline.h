@@ -17,7 +17,8 @@
 //    pixel, and one 4K x264 pass costs ~20 ms, so a static 4K screen at a constant 1 s cost 2 % of a
 //    core; every refresh that carries content (the ones after a change) keeps the short interval.
 //  * A keyframe request on a static screen is answered at once (an IDR refresh), not at the next
-//    refresh: with the backoff that could be refresh_max_interval_ms away.
+//    refresh: with the backoff that could be refresh_max_interval_ms away. The request kicks the
+//    thread's mailbox wait (FrameMailbox::Kick), so "at once" is one encode, not the wait's 100 ms cap.
 //  * Keyframe requests, bitrate and frame-rate changes and fault injection come from JS through
 //    atomics and are applied between frames.
 //  * Fallback: when a backend cannot open or fails mid-stream, it is closed, the next backend of the
@@ -147,7 +148,12 @@ class Pipeline {
   /** Stops and joins the thread, closes the backend. Idempotent. */
   void Stop();
 
-  void RequestKeyframe() { keyframe_.store(true); }
+  // Kicks the thread out of its wait: on a still screen nothing else would wake it before the next
+  // refresh or the wait's cap (Run()), and the keyframe is answered at once (an IDR refresh).
+  void RequestKeyframe() {
+    keyframe_.store(true);
+    if (mailbox_) mailbox_->Kick();
+  }
   void SetBitrate(uint32_t bps) { pending_bitrate_.store(bps); }
   void SetFramerate(uint32_t fps) { pending_fps_.store(fps); }
   void InjectFault() { fault_.store(true); }
