@@ -50,6 +50,10 @@ export interface NativeFormat {
   format: string;
   /** null until the first buffer arrives (a static screen may send none for a while). */
   bufferType: NativeBufferType | null;
+  /** Buffers negotiated with the producer (0 until they are added). We ask for as many as fit in 64 MB,
+   *  3..8 (native/src/capture/dmabuf.h: a producer short of buffers delays changes); the producer may
+   *  give fewer. */
+  buffers: number;
   /** Negotiated frame rate; 0 means variable. */
   framerate: number;
   maxFramerate: number;

@@ -149,7 +149,7 @@ std::vector<Case> Cases() {
     uint8_t buf[1024];
     struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buf, sizeof(buf));
     for (bool dmabuf : {true, false}) {
-      const struct spa_pod* p = capture::BuildBuffersParam(&b, dmabuf);
+      const struct spa_pod* p = capture::BuildBuffersParam(&b, dmabuf, 1920, 1080);
       const struct spa_pod_prop* prop = spa_pod_find_prop(p, nullptr, SPA_PARAM_BUFFERS_dataType);
       EXPECT(prop != nullptr, "a dataType property");
       uint32_t n = 0, choice = 0;
@@ -159,6 +159,24 @@ std::vector<Case> Cases() {
       const int32_t want = dmabuf ? (1 << SPA_DATA_DmaBuf) : ((1 << SPA_DATA_MemFd) | (1 << SPA_DATA_MemPtr));
       EXPECT(types == want, "dataType " + std::to_string(types));
     }
+    return std::string();
+  }});
+  c.push_back({"Buffers param: as many buffers as fit in 64 MB preferred (8 at 1080p, 4 at 1440p, 3 at 4K), any count accepted", [] {
+    EXPECT(capture::CaptureBufferCount(1920, 1080) == 8, "1080p: 8");
+    EXPECT(capture::CaptureBufferCount(2560, 1440) == 4, "1440p: 4");
+    EXPECT(capture::CaptureBufferCount(3840, 2160) == 3, "4K: 3 (the floor)");
+    EXPECT(capture::CaptureBufferCount(640, 480) == 8, "small: 8 (the cap)");
+    uint8_t buf[1024];
+    struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buf, sizeof(buf));
+    const struct spa_pod* p = capture::BuildBuffersParam(&b, false, 2560, 1440);
+    const struct spa_pod_prop* prop = spa_pod_find_prop(p, nullptr, SPA_PARAM_BUFFERS_buffers);
+    EXPECT(prop != nullptr, "a buffers property");
+    uint32_t n = 0, choice = 0;
+    const struct spa_pod* v = spa_pod_get_values(&prop->value, &n, &choice);
+    EXPECT(choice == SPA_CHOICE_Range && n == 3, "a range choice (default, min, max)");
+    const int32_t* vals = static_cast<const int32_t*>(SPA_POD_BODY_CONST(v));
+    EXPECT(vals[0] == 4 && vals[1] == 1 && vals[2] == 32, "default 4 in 1..32, got " + std::to_string(vals[0]) + " in " +
+                                                             std::to_string(vals[1]) + ".." + std::to_string(vals[2]));
     return std::string();
   }});
   c.push_back({"a fixated Format with a modifier selects DMA-BUF; with DONT_FIXATE it still needs fixation; without one, shm", [] {

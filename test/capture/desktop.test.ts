@@ -87,6 +87,9 @@ test("an animated client at 60 Hz: frames of the configured size at >= 50 fps, t
     const changed = still.frames.filter((f) => f.damage.length > 0 && f.damageRatio > 0);
     assert.equal(changed.length, 0, `a static screen produced ${changed.length} frames with damage`);
     assert.equal(cap.stream.format?.bufferType, "memfd");
+    // xdpw offers 2 buffers; we ask for as many as fit in 64 MB (8 at this size) and get them: with 2 a
+    // late consumer left xdpw out of buffers, and a change made then waited for the next one.
+    assert.equal(cap.stream.format?.buffers, 8, "the buffer count we asked xdpw for");
   } finally {
     await stopClient(term);
     await cap.close();

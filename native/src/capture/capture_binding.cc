@@ -169,6 +169,7 @@ Napi::Value FormatToJs(Napi::Env env, const NegotiatedFormat& f) {
   o.Set("stride", f.stride);
   o.Set("format", f.format_name);
   o.Set("bufferType", f.buffer_type.empty() ? env.Null() : Napi::String::New(env, f.buffer_type));
+  o.Set("buffers", f.buffers);
   o.Set("dmabuf", f.dmabuf);
   if (f.dmabuf) {
     char mod[24];

@@ -165,10 +165,19 @@ uint32_t BuildEnumFormats(struct spa_pod_builder* b, const DmabufOffer& offer, c
   return n;
 }
 
-const struct spa_pod* BuildBuffersParam(struct spa_pod_builder* b, bool dmabuf) {
+uint32_t CaptureBufferCount(uint32_t width, uint32_t height) {
+  const uint64_t frame = static_cast<uint64_t>(width) * height * 4;
+  const uint64_t fit = frame == 0 ? 8 : kCaptureBufferBudgetBytes / frame;
+  return static_cast<uint32_t>(std::clamp<uint64_t>(fit, 3, 8));
+}
+
+const struct spa_pod* BuildBuffersParam(struct spa_pod_builder* b, bool dmabuf, uint32_t width, uint32_t height) {
   const int data_types = dmabuf ? (1 << SPA_DATA_DmaBuf) : ((1 << SPA_DATA_MemFd) | (1 << SPA_DATA_MemPtr));
+  // A preference, not a demand: the range accepts whatever the producer can do.
+  const int count = static_cast<int>(CaptureBufferCount(width, height));
   return static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
-      b, SPA_TYPE_OBJECT_ParamBuffers, SPA_PARAM_Buffers, SPA_PARAM_BUFFERS_dataType, SPA_POD_CHOICE_FLAGS_Int(data_types)));
+      b, SPA_TYPE_OBJECT_ParamBuffers, SPA_PARAM_Buffers, SPA_PARAM_BUFFERS_buffers, SPA_POD_CHOICE_RANGE_Int(count, 1, 32),
+      SPA_PARAM_BUFFERS_dataType, SPA_POD_CHOICE_FLAGS_Int(data_types)));
 }
 
 bool FormatSelectsDmabuf(const struct spa_pod* format, uint64_t* modifier, bool* needs_fixation) {

@@ -51,8 +51,22 @@ uint32_t DrmFourccOfSpa(uint32_t spa_format);
 uint32_t BuildEnumFormats(struct spa_pod_builder* b, const DmabufOffer& offer, const uint32_t* shm_formats, size_t n_shm,
                           const struct spa_pod** params, uint32_t max);
 
-/** SPA_PARAM_Buffers for the negotiated format: DMA-BUF only when the format carries a modifier. */
-const struct spa_pod* BuildBuffersParam(struct spa_pod_builder* b, bool dmabuf);
+/**
+ * How many buffers the consumer asks the producer for at a frame size: as many as fit in a memory
+ * budget (kCaptureBufferBudgetBytes), at least 3, at most 8. Why: xdg-desktop-portal-wlr 0.7 offers
+ * 2 and PipeWire recycles a buffer the consumer returned only at the producer's next cycle, so with 2 the
+ * producer is out of buffers whenever the consumer is a little late (a loaded machine: every run here
+ * logged hundreds of "pipewire: out of buffers"). xdpw then re-requests the screencopy, and
+ * wlroots answers a copy_with_damage only at the next output commit: a change made during the shortage
+ * (one cursor move, one typed character) on a screen that then stays still is not delivered until
+ * something else changes. With 8 at 1080p (~64 MB of shared memory) the shortage was not seen again.
+ */
+constexpr uint64_t kCaptureBufferBudgetBytes = 64ull << 20;
+uint32_t CaptureBufferCount(uint32_t width, uint32_t height);
+
+/** SPA_PARAM_Buffers for the negotiated format: DMA-BUF only when the format carries a modifier;
+ *  CaptureBufferCount buffers preferred (any count the producer allows is accepted). */
+const struct spa_pod* BuildBuffersParam(struct spa_pod_builder* b, bool dmabuf, uint32_t width, uint32_t height);
 
 /** Whether a negotiated (SPA_PARAM_Format) param selected DMA-BUF: it has a modifier property.
  *  `needs_fixation`: the property still has DONT_FIXATE (a producer's job; a consumer never sees it

@@ -193,6 +193,8 @@ bool PipeWireCapture::Start(std::string* error) {
     e.state_changed = &PipeWireCapture::OnStreamStateChanged;
     e.param_changed = &PipeWireCapture::OnStreamParamChanged;
     e.process = &PipeWireCapture::OnStreamProcess;
+    e.add_buffer = &PipeWireCapture::OnStreamAddBuffer;
+    e.remove_buffer = &PipeWireCapture::OnStreamRemoveBuffer;
     return e;
   }();
   pw_stream_add_listener(stream_, &stream_listener_, &stream_events, this);
@@ -340,7 +342,7 @@ void PipeWireCapture::HandleFormat(const struct spa_pod* param) {
   struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buffer, sizeof(buffer));
   const struct spa_pod* params[5];
   uint32_t n = 0;
-  params[n++] = BuildBuffersParam(&b, dmabuf_negotiated_);
+  params[n++] = BuildBuffersParam(&b, dmabuf_negotiated_, raw.size.width, raw.size.height);
   params[n++] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
       &b, SPA_TYPE_OBJECT_ParamMeta, SPA_PARAM_Meta, SPA_PARAM_META_type, SPA_POD_Id(SPA_META_Header), SPA_PARAM_META_size,
       SPA_POD_Int(sizeof(struct spa_meta_header))));
@@ -364,6 +366,7 @@ void PipeWireCapture::HandleFormat(const struct spa_pod* param) {
   fmt.format_name = FormatName(raw.format);
   fmt.dmabuf = dmabuf_negotiated_;
   fmt.modifier = dmabuf_negotiated_ ? modifier : 0;
+  fmt.buffers = n_buffers_;  // buffers of a renegotiation come after this; add_buffer updates it
   fmt.framerate_num = raw.framerate.num;
   fmt.framerate_den = raw.framerate.denom;
   fmt.max_framerate_num = raw.max_framerate.num;
@@ -374,6 +377,20 @@ void PipeWireCapture::HandleFormat(const struct spa_pod* param) {
     info_.format = fmt;
   }
   if (!closed_.load()) sink_->OnFormatChanged(fmt);
+}
+
+// The negotiated buffer count (format.buffers): what the producer really gave, whatever we asked.
+void PipeWireCapture::OnStreamAddBuffer(void* data, struct pw_buffer* /*b*/) {
+  auto* self = static_cast<PipeWireCapture*>(data);
+  std::lock_guard<std::mutex> lock(self->info_mu_);
+  self->info_.format.buffers = ++self->n_buffers_;
+}
+
+void PipeWireCapture::OnStreamRemoveBuffer(void* data, struct pw_buffer* /*b*/) {
+  auto* self = static_cast<PipeWireCapture*>(data);
+  std::lock_guard<std::mutex> lock(self->info_mu_);
+  if (self->n_buffers_ > 0) --self->n_buffers_;
+  self->info_.format.buffers = self->n_buffers_;
 }
 
 void PipeWireCapture::OnStreamProcess(void* data) {

@@ -49,6 +49,7 @@ struct NegotiatedFormat {
   uint32_t spa_format = 0;
   std::string format_name;
   std::string buffer_type;        // "memfd" | "memptr" | "dmabuf" ("" until the first buffer)
+  uint32_t buffers = 0;           // buffers negotiated with the producer (0 until they are added)
   bool dmabuf = false;            // the format carries a modifier: DMA-BUF buffers were asked for
   uint64_t modifier = 0;          // the producer's fixated DRM modifier (dmabuf only)
   uint32_t framerate_num = 0;
@@ -143,6 +144,8 @@ class PipeWireCapture final : public LatestFrameSource {
   static void OnStreamStateChanged(void* data, enum pw_stream_state old, enum pw_stream_state state, const char* error);
   static void OnStreamParamChanged(void* data, uint32_t id, const struct spa_pod* param);
   static void OnStreamProcess(void* data);
+  static void OnStreamAddBuffer(void* data, struct pw_buffer* b);
+  static void OnStreamRemoveBuffer(void* data, struct pw_buffer* b);
 
   void SetState(StreamState state, const std::string& message);
   void HandleFormat(const struct spa_pod* param);
@@ -174,6 +177,7 @@ class PipeWireCapture final : public LatestFrameSource {
   // Loop-thread only.
   struct spa_video_info_raw raw_ {};
   bool have_format_ = false;
+  uint32_t n_buffers_ = 0;  // buffers the stream holds now (add_buffer - remove_buffer); info_mu_ too
   std::vector<std::shared_ptr<Frame>> pool_;
   std::shared_ptr<Frame> last_published_;   // the tile differ's reference frame
   std::vector<damage::Rect> carry_damage_;  // compositor damage of buffers requeued unseen
