@@ -485,6 +485,8 @@ void Pipeline::Run() {
   uint64_t last_activity_ns = MonoNs();
   uint32_t refreshes = 0;                // since the last real frame
   uint64_t backoff = 1;                  // the refresh interval is refresh_interval_ms x this
+  // The wait's cap: on a still screen, bitrate/frame-rate changes and fault injection apply within it.
+  // A keyframe request and Stop() kick the wait (FrameMailbox::Kick) and need no poll.
   constexpr uint64_t kMaxWaitNs = 100'000'000;
   constexpr uint64_t kRefineNs = 250'000'000;
   const uint64_t refresh_ns = static_cast<uint64_t>(config_.refresh_interval_ms) * 1'000'000ull;
