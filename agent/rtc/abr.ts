@@ -54,6 +54,12 @@ const BETA = 0.85;
 const STUCK_MS = 1000;
 /** Fastest increase towards a measured capacity, fraction per second. */
 const MAX_INCREASE_PER_S = 1;
+/** How late the encoder follows a new target (the stage re-evaluates every 250 ms, then the next frame). */
+const ENCODER_LAG_MS = 300;
+/** After the measured capacity jumped up, the encoder's overshoot is relearned faster for this long (ms). */
+const RELEARN_MS = 3000;
+/** A capacity this many times the one the overshoot was last learned at is a jump. */
+const CAPACITY_JUMP = 1.4;
 
 export class AbrController {
   readonly #o: Required<AbrOptions>;
@@ -72,10 +78,13 @@ export class AbrController {
   #acked: number | undefined;
   #ackedAt = -Infinity;
   #capacity: { t: number; bps: number }[] = [];
-  /** Targets of the last 1.5 s, to tell a steady target from a transition. */
+  /** Targets of the last 2.5 s: what the encoder was asked for during a send-rate window. */
   #targets: { t: number; bps: number }[] = [];
   /** What the encoder really sends per bit of target (EWMA over steady periods), 1 = exact. */
   #utilization = 1;
+  /** The capacity when the overshoot was last learned, and when it was last seen to jump above it. */
+  #capacityAtLearn: number | undefined;
+  #capacityJumpAt = -Infinity;
   #rttMs: number | undefined;
   #preferredMax: number | undefined;
 
@@ -158,22 +167,35 @@ export class AbrController {
   }
 
   /**
-   * What this viewer really sent lately (media, bit/s, as on the wire). An encoder that overshoots its
-   * target (x264 on busy content: up to ~15 %) would overfill a link the target fits; rates about the
-   * link are divided by this overshoot before they become the target. Measured only while the target
-   * was steady (an encoder lags a change by a few hundred ms); undershoot is not compensated (a static
-   * screen would drive the target up blind).
+   * What this viewer really sent over the last `windowMs` (media, bit/s, as on the wire). An encoder
+   * that overshoots its target (x264 on busy content: up to ~15 %) would overfill a link the target fits;
+   * rates about the link are divided by this overshoot before they become the target. It is compared
+   * with the targets of the same window `ENCODER_LAG_MS` earlier (the encoder follows a new target that
+   * late), so it is learned while the target creeps too, not only once it has stood still: learned at a
+   * narrow link and carried to a wider one, a stale factor held the target under the new goal for
+   * seconds, each relearning step moving the target enough to stop the next one. A target that moved
+   * more than 25 % within that window (the fast part of a climb or a cut) is not compared: there the
+   * encoder's real lag matters more than the ratio. After the measured capacity jumped (a raised link),
+   * the factor is relearned faster. Undershoot is not compensated (a static screen would drive the target
+   * up blind).
    */
-  onSendRate(bps: number, now: number): void {
+  onSendRate(bps: number, now: number, windowMs = 1000): void {
     if (!Number.isFinite(bps) || bps <= 0 || this.#targets.length < 2) return;
-    if (this.#targets[0]!.t > now - 1400) return;
-    let lo = Infinity, hi = 0;
+    const from = now - windowMs - ENCODER_LAG_MS, to = now - ENCODER_LAG_MS;
+    if (this.#targets[0]!.t > from + 100) return;
+    let lo = Infinity, hi = 0, sum = 0, n = 0;
     for (const x of this.#targets) {
+      if (x.t < from || x.t > to) continue;
       lo = Math.min(lo, x.bps);
       hi = Math.max(hi, x.bps);
+      sum += x.bps;
+      n++;
     }
-    if (hi > lo * 1.05) return;
-    this.#utilization += 0.15 * (clamp(bps / this.#target, 0.5, 2) - this.#utilization);
+    const relearn = now - this.#capacityJumpAt < RELEARN_MS;
+    if (n === 0 || hi > lo * (relearn ? 2 : 1.25)) return;
+    const gain = relearn ? 0.4 : 0.15;
+    this.#utilization += gain * (clamp(bps / (sum / n), 0.5, 2) - this.#utilization);
+    this.#capacityAtLearn = this.#capacityNow(now) ?? this.#capacityAtLearn;
   }
 
   /** The encoder's measured overshoot factor applied to the target (1 .. 1.3). */
@@ -208,6 +230,11 @@ export class AbrController {
     const canDecrease = now - this.#lastDecrease >= o.decreaseSpacingMs;
     const acked = now - this.#ackedAt < 1000 ? this.#acked : undefined;
 
+    const capNow = this.#capacityNow(now);
+    if (capNow !== undefined && this.#capacityAtLearn !== undefined && capNow > CAPACITY_JUMP * this.#capacityAtLearn) {
+      this.#capacityJumpAt = now;
+      this.#capacityAtLearn = capNow;
+    }
     if (loss > 0.1 || delayHigh) this.#lastCongested = now;
     if (delayHigh) this.#lastQueueCongested = now;
     if ((loss > 0.1 || delayHigh) && canDecrease) {
@@ -229,7 +256,7 @@ export class AbrController {
       // Congested, still draining a queue, or less than holdMs since the last congestion: no increase.
       if (this.#state !== "decrease" || canDecrease) this.#state = "hold";
     } else {
-      const cap = this.#capacityNow(now);
+      const cap = capNow;
       const before = this.#target;
       if (cap === undefined) {
         this.#target *= 1 + o.increasePerSecond * dt;
@@ -252,7 +279,7 @@ export class AbrController {
     if (this.#preferredMax !== undefined) ceiling = Math.min(ceiling, this.#preferredMax);
     this.#target = clamp(this.#target, o.minBps, Math.max(o.minBps, ceiling));
     this.#targets.push({ t: now, bps: this.#target });
-    while (this.#targets.length > 0 && this.#targets[0]!.t < now - 1500) this.#targets.shift();
+    while (this.#targets.length > 0 && this.#targets[0]!.t < now - 2500) this.#targets.shift();
     return this.target;
   }
 

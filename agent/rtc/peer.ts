@@ -486,7 +486,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#sendLog.push({ t: now, bytes: this.#wireBytes });
     while (this.#sendLog.length > 1 && this.#sendLog[0]!.t < now - 1000) this.#sendLog.shift();
     const first = this.#sendLog[0]!;
-    if (now - first.t >= 800) this.abr.onSendRate(((this.#wireBytes - first.bytes) * 8) / ((now - first.t) / 1000), now);
+    if (now - first.t >= 800) this.abr.onSendRate(((this.#wireBytes - first.bytes) * 8) / ((now - first.t) / 1000), now, now - first.t);
     this.abr.update(now);
     if (++this.#ticks % 5 === 0) this.sendControl({ type: "stats", stats: this.stats() });
   }

@@ -161,6 +161,65 @@ test("ABR: with capacity samples, climbs fast to just under the capacity and sta
   assert.ok(reached !== undefined && reached <= 3000, `reached in ${reached} ms`);
 });
 
+/**
+ * A link and an encoder, per 100 ms tick: the encoder follows the controller's target 300 ms late (the
+ * stage's 250 ms re-evaluation, then the next frame) and really sends `overshoot(rate)` x its target, as
+ * on the wire; the controller hears that send rate over the last second every 200 ms, as PeerSession
+ * tells it. Returns the wire rates of each 1 s window (one per tick).
+ */
+function linkAndEncoder(abr: AbrController, t0: number, t1: number, capacity: (t: number) => number, overshoot: (bps: number) => number, onTick?: (t: number, wire: number) => void): void {
+  const targets: { t: number; bps: number }[] = [];
+  const sent: { t: number; bits: number }[] = [];
+  for (let t = t0; t <= t1; t += 100) {
+    const enc = [...targets].reverse().find((x) => x.t <= t - 300)?.bps ?? abr.target;
+    sent.push({ t, bits: (enc * overshoot(enc)) / 10 });
+    while (sent.length > 10) sent.shift();
+    const wire = sent.reduce((s, x) => s + x.bits, 0) / (sent.length / 10);
+    abr.onQueueingDelay(1, t);
+    abr.onLoss(0, t);
+    for (const k of [0.95, 1, 1.05]) abr.onCapacity(capacity(t) * k, t);
+    if (t % 200 === 0 && sent.length === 10) abr.onSendRate(wire, t, 1000);
+    abr.update(t);
+    targets.push({ t, bps: abr.target });
+    onTick?.(t, wire);
+  }
+}
+
+test("ABR: the encoder's overshoot learned on a narrow link is relearned when the link widens: 90 % of a raised link within seconds, never over it", () => {
+  // x264 on busy content overshoots more at low rates: 20 % at 2 Mbit/s, 3 % at 5 (as on the wire).
+  const overshoot = (bps: number): number => (bps < 2_500_000 ? 1.2 : 1.03);
+  const abr = new AbrController({ ...opts, startBps: 1_500_000 });
+  let maxWire = 0;
+  linkAndEncoder(abr, 0, 20_000, () => 2_000_000, overshoot, (t, w) => {
+    if (t > 8000) maxWire = Math.max(maxWire, w);
+  });
+  assert.ok(abr.overshoot > 1.15, `learned at 2 Mbit/s: ${abr.overshoot}`);
+  assert.ok(maxWire <= 2_000_000, `under the narrow link: ${maxWire}`);
+  let reached: number | undefined;
+  const trace: number[] = [];
+  maxWire = 0;
+  linkAndEncoder(abr, 20_100, 40_000, () => 5_000_000, overshoot, (t, w) => {
+    if (reached === undefined && w >= 0.9 * 5_000_000) reached = t - 20_100;
+    maxWire = Math.max(maxWire, w);
+    if (t % 500 === 0) trace.push(Math.round(w / 1e4) / 100);
+  });
+  // The 1 s window itself lags the target; with the factor carried over unchanged this took 6.9 s.
+  assert.ok(reached !== undefined && reached <= 4000, `90 % of 5 Mbit/s on the wire after ${reached} ms: ${trace.join(" ")}`);
+  assert.ok(maxWire <= 0.97 * 5_000_000, `never over the link: max ${maxWire}: ${trace.join(" ")}`);
+  // The other way: an encoder that overshoots more at the higher rate is never pushed over the link
+  // while the factor is relearned (the factor learned low is not thrown away on a jump).
+  const worse = new AbrController({ ...opts, startBps: 1_500_000 });
+  const worseOvershoot = (bps: number): number => (bps < 2_500_000 ? 1.02 : 1.15);
+  linkAndEncoder(worse, 0, 20_000, () => 2_000_000, worseOvershoot);
+  let worst = 0;
+  const wtrace: number[] = [];
+  linkAndEncoder(worse, 20_100, 40_000, () => 5_000_000, worseOvershoot, (t, w) => {
+    worst = Math.max(worst, w);
+    if (t % 500 === 0) wtrace.push(Math.round(w / 1e4) / 100);
+  });
+  assert.ok(worst <= 1.0 * 5_000_000, `an encoder overshooting more at 5 Mbit/s: max ${worst}: ${wtrace.join(" ")}`);
+});
+
 test("ABR: a capacity that is not there (congestion despite the samples) still backs off and holds", () => {
   const abr = new AbrController(opts);
   let d = 0;
@@ -262,6 +321,38 @@ test("keyframe gate: merges requests inside the interval, forwards one when it e
   now = 500;
   g.request("api", "d");
   assert.deepEqual(got, ["new-viewer", "pli", "api"]);
+  g.close();
+});
+
+test("keyframe gate: a new viewer's request is forwarded at once, inside the interval too, merged only with one on its way", () => {
+  let now = 0;
+  const got: KeyframeReason[] = [];
+  const g = new KeyframeGate({ minIntervalMs: 1000, request: (r) => got.push(r), now: () => now });
+  g.request("pli", "a");
+  now = 50;
+  g.noteKeyframe();
+  // 300 ms after a keyframe: a PLI waits for the interval, a joining viewer does not.
+  now = 350;
+  g.request("pli", "b");
+  assert.deepEqual(got, ["pli"]);
+  assert.equal(g.pending, true);
+  g.request("new-viewer", "c");
+  assert.deepEqual(got, ["pli", "new-viewer"]);
+  assert.equal(g.pending, false, "the merged PLI is answered by the new viewer's keyframe");
+  // A second viewer joining before that keyframe came out: the one on its way answers it.
+  now = 360;
+  g.request("new-viewer", "d");
+  assert.deepEqual(got, ["pli", "new-viewer"]);
+  now = 400;
+  g.noteKeyframe();
+  now = 420;
+  g.request("new-viewer", "e");
+  assert.deepEqual(got, ["pli", "new-viewer", "new-viewer"]);
+  // PLIs are still limited: the interval counts from that request.
+  now = 430;
+  g.request("pli", "e");
+  assert.deepEqual(got, ["pli", "new-viewer", "new-viewer"]);
+  assert.equal(g.pending, true);
   g.close();
 });
 

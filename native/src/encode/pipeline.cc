@@ -227,6 +227,7 @@ void Pipeline::ApplyControls() {
   }
   if (keyframe_.exchange(false)) {
     force_idr_ = true;
+    idr_requested_ = true;
     std::lock_guard<std::mutex> lock(stats_mu_);
     ++stats_.keyframe_requests;
   }
@@ -411,7 +412,9 @@ void Pipeline::Run() {
   uint64_t next_slot_ns = 0;
   uint64_t last_activity_ns = MonoNs();
   uint32_t refreshes = 0;                // since the last real frame
-  constexpr uint64_t kMaxWaitNs = 100'000'000;
+  // Controls (a keyframe request) are looked at least this often: on a still screen a new viewer's
+  // keyframe is made from the last picture within this time, not at the next change or refresh.
+  constexpr uint64_t kMaxWaitNs = 20'000'000;
   constexpr uint64_t kRefineNs = 250'000'000;
   while (!stop_.load()) {
     ApplyControls();
@@ -469,16 +472,26 @@ void Pipeline::Run() {
       if (f.frame->width != config_.encoder.width || f.frame->height != config_.encoder.height) {
         f.damage_source = capture::DamageSource::kFull;
       }
+      idr_requested_ = false;  // this frame is the IDR asked for
       EncodeFrame(f.frame, &f.damage, f.damage_source == capture::DamageSource::kFull, false, f.frame->publish_ns);
       last = f.frame;
       last_activity_ns = MonoNs();
       refreshes = 0;
+    } else if (!pending && last && idr_requested_) {
+      // A keyframe was asked for (a viewer joined or lost the picture) and the screen is still: encode
+      // the last picture again now, as an IDR, instead of keeping the viewer black until something
+      // changes or the next refresh (up to refresh_interval_ms). Only on request: an IDR forced from
+      // inside (JS behind, a unit lost) waits for the next frame, or it would spin while JS is behind.
+      idr_requested_ = false;
+      EncodeFrame(last, nullptr, false, true, now);
+      last_activity_ns = MonoNs();
     } else if (!pending && last && refresh_ns > 0 && now >= last_activity_ns + next_refresh_ns) {
       // Nothing changed for refresh_interval_ms: encode the same picture again (a P frame).
       // The first refresh after a change converts the whole frame again (~2 ms at 1080p, once per burst
       // of changes): conversion trusts the compositor's damage, and this bounds what an under-reporting
       // compositor could leave stale to kRefineNs, at no cost on a static screen.
       if (refreshes == 0) converter_.Invalidate();
+      idr_requested_ = false;
       EncodeFrame(last, nullptr, false, true, now);
       last_activity_ns = MonoNs();
       ++refreshes;

@@ -150,6 +150,8 @@ class Pipeline {
   std::unique_ptr<Backend> backend_;
   size_t backend_index_ = 0;
   bool force_idr_ = true;
+  // A keyframe was requested from JS and not yet made: on a still screen it is made from the last picture.
+  bool idr_requested_ = false;
   // The backend's input picture: persistent, converted only where the damage says (refreshes reuse it).
   Converter converter_;
   int64_t last_pts_ = -1;
