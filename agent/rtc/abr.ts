@@ -169,32 +169,39 @@ export class AbrController {
   /**
    * What this viewer really sent over the last `windowMs` (media, bit/s, as on the wire). An encoder
    * that overshoots its target (x264 on busy content: up to ~15 %) would overfill a link the target fits;
-   * rates about the link are divided by this overshoot before they become the target. It is compared
-   * with the targets of the same window `ENCODER_LAG_MS` earlier (the encoder follows a new target that
-   * late), so it is learned while the target creeps too, not only once it has stood still: learned at a
-   * narrow link and carried to a wider one, a stale factor held the target under the new goal for
-   * seconds, each relearning step moving the target enough to stop the next one. A target that moved
-   * more than 25 % within that window (the fast part of a climb or a cut) is not compared: there the
-   * encoder's real lag matters more than the ratio. After the measured capacity jumped (a raised link),
-   * the factor is relearned faster. Undershoot is not compensated (a static screen would drive the target
-   * up blind).
+   * rates about the link are divided by this overshoot before they become the target.
+   *
+   * Normally compared with this controller's targets of the same window `ENCODER_LAG_MS` earlier (the
+   * encoder follows late), once they stayed within 5 % over it: the ratio then also holds the stage's
+   * 5 % dead band (the encoder keeps a setpoint up to 5 % off the target), so that target x factor is
+   * what goes on the wire. After the measured capacity jumped (a raised link), for `RELEARN_MS`, it is
+   * compared with `encoder` instead, what the encoder was really asked for over the same window (mean,
+   * least, most), when the caller knows it, even while that moved (up to 2 x), and learned faster: a
+   * factor learned at a narrow link and carried to a wider one held the target under the new goal for
+   * seconds, each relearning step moving the target enough to stop the next one (the target never stood
+   * still long enough). Undershoot is not compensated (a static screen would drive the target up blind).
    */
-  onSendRate(bps: number, now: number, windowMs = 1000): void {
-    if (!Number.isFinite(bps) || bps <= 0 || this.#targets.length < 2) return;
-    const from = now - windowMs - ENCODER_LAG_MS, to = now - ENCODER_LAG_MS;
-    if (this.#targets[0]!.t > from + 100) return;
-    let lo = Infinity, hi = 0, sum = 0, n = 0;
-    for (const x of this.#targets) {
-      if (x.t < from || x.t > to) continue;
-      lo = Math.min(lo, x.bps);
-      hi = Math.max(hi, x.bps);
-      sum += x.bps;
-      n++;
-    }
+  onSendRate(bps: number, now: number, windowMs = 1000, encoder?: { meanBps: number; minBps: number; maxBps: number }): void {
+    if (!Number.isFinite(bps) || bps <= 0) return;
     const relearn = now - this.#capacityJumpAt < RELEARN_MS;
-    if (n === 0 || hi > lo * (relearn ? 2 : 1.25)) return;
+    let asked: number | undefined;
+    if (relearn && encoder !== undefined && encoder.minBps > 0 && encoder.maxBps <= encoder.minBps * 2) asked = encoder.meanBps;
+    else if (this.#targets.length >= 2) {
+      const from = now - windowMs - ENCODER_LAG_MS, to = now - ENCODER_LAG_MS;
+      if (this.#targets[0]!.t > from + 100) return;
+      let lo = Infinity, hi = 0, sum = 0, n = 0;
+      for (const x of this.#targets) {
+        if (x.t < from || x.t > to) continue;
+        lo = Math.min(lo, x.bps);
+        hi = Math.max(hi, x.bps);
+        sum += x.bps;
+        n++;
+      }
+      if (n > 0 && hi <= lo * 1.05) asked = sum / n;
+    }
+    if (asked === undefined) return;
     const gain = relearn ? 0.4 : 0.15;
-    this.#utilization += gain * (clamp(bps / (sum / n), 0.5, 2) - this.#utilization);
+    this.#utilization += gain * (clamp(bps / asked, 0.5, 2) - this.#utilization);
     this.#capacityAtLearn = this.#capacityNow(now) ?? this.#capacityAtLearn;
   }
 
