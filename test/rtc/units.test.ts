@@ -163,7 +163,8 @@ test("ABR: with capacity samples, climbs fast to just under the capacity and sta
 
 /**
  * A link, the stage and an encoder, per 100 ms tick: every 300 ms the stage hands the controller's target
- * to the encoder unless it changed less than 5 % (as RtcStage does every 250 ms); the encoder really
+ * to the encoder unless it is less than 5 % off, or 2-5 % off for under a second (as RtcStage does every
+ * 250 ms); the encoder really
  * sends `overshoot(rate)` x its setpoint, as on the wire, from the next tick on; every 200 ms the
  * controller hears the send rate of the last second and the encoder's setpoints over it, as
  * PeerSession tells it. `onTick` gets each 1 s window's wire rate.
@@ -171,6 +172,7 @@ test("ABR: with capacity samples, climbs fast to just under the capacity and sta
 function linkAndEncoder(abr: AbrController, t0: number, t1: number, capacity: (t: number) => number, overshoot: (bps: number) => number, onTick?: (t: number, wire: number) => void): void {
   let setpoint = abr.target;
   let out = setpoint * overshoot(setpoint);
+  let offSince: number | undefined;
   const log: { bits: number; enc: number }[] = [];
   for (let t = t0; t <= t1; t += 100) {
     log.push({ bits: out / 10, enc: setpoint });
@@ -185,7 +187,15 @@ function linkAndEncoder(abr: AbrController, t0: number, t1: number, capacity: (t
     }
     abr.update(t);
     out = setpoint * overshoot(setpoint);
-    if (t % 300 === 0 && Math.abs(abr.target - setpoint) / setpoint >= 0.05) setpoint = abr.target;
+    if (t % 300 === 0) {
+      const off = Math.abs(abr.target - setpoint) / setpoint;
+      if (off < 0.02) offSince = undefined;
+      else offSince ??= t;
+      if (off >= 0.05 || (offSince !== undefined && t - offSince >= 1000)) {
+        setpoint = abr.target;
+        offSince = undefined;
+      }
+    }
     onTick?.(t, wire);
   }
 }
