@@ -58,6 +58,15 @@ const MAX_INCREASE_PER_S = 1;
 const ENCODER_LAG_MS = 300;
 /** After the measured capacity jumped up, the encoder's overshoot is relearned faster for this long (ms). */
 const RELEARN_MS = 3000;
+/**
+ * Least overshoot factor (wire bytes per bit of target): an encoder that makes less than its target while
+ * busy (x264 at 5 Mbit/s on a terminal: ~9 % under, the steady rate then sat at 0.90 of the link instead
+ * of `capacityUse`) is compensated, by at most this much. The cost: a screen that turns busy suddenly is
+ * sent up to 1/0.93 x the goal until the factor is relearned (~1 s), i.e. about the link's capacity.
+ */
+const MIN_OVERSHOOT = 0.93;
+/** Sending less than this share of the target is the content's limit, not the encoder's error. */
+const CONTENT_LIMITED = 0.8;
 /** A capacity this many times the one the overshoot was last learned at is a jump. */
 const CAPACITY_JUMP = 1.4;
 
@@ -179,7 +188,9 @@ export class AbrController {
    * least, most), when the caller knows it, even while that moved (up to 2 x), and learned faster: a
    * factor learned at a narrow link and carried to a wider one held the target under the new goal for
    * seconds, each relearning step moving the target enough to stop the next one (the target never stood
-   * still long enough). Undershoot is not compensated (a static screen would drive the target up blind).
+   * still long enough). Undershoot while busy is compensated down to `MIN_OVERSHOOT`; sending under
+   * `CONTENT_LIMITED` x the target is the content's limit and is not learned (a still screen would
+   * otherwise drive the target up blind).
    */
   onSendRate(bps: number, now: number, windowMs = 1000, encoder?: { meanBps: number; minBps: number; maxBps: number }): void {
     if (!Number.isFinite(bps) || bps <= 0) return;
@@ -200,14 +211,21 @@ export class AbrController {
       if (n > 0 && hi <= lo * 1.05) asked = sum / n;
     }
     if (asked === undefined) return;
+    // Far under what it may send, the encoder is limited by the content (a still or quiet screen), which
+    // says nothing about how far it over- or undershoots when busy: not learned (before, a still screen
+    // pulled the factor towards 0.5 and the next busy period started from there).
+    if (bps < CONTENT_LIMITED * asked) return;
     const gain = relearn ? 0.4 : 0.15;
-    this.#utilization += gain * (clamp(bps / asked, 0.5, 2) - this.#utilization);
+    this.#utilization += gain * (clamp(bps / asked, CONTENT_LIMITED, 2) - this.#utilization);
     this.#capacityAtLearn = this.#capacityNow(now) ?? this.#capacityAtLearn;
   }
 
-  /** The encoder's measured overshoot factor applied to the target (1 .. 1.3). */
+  /**
+   * The encoder's measured overshoot factor applied to the target (wire bytes per bit of target, 0.93 ..
+   * 1.3; an exact encoder is ~1.075 with the packets' overhead).
+   */
   get overshoot(): number {
-    return clamp(this.#utilization, 1, 1.3);
+    return clamp(this.#utilization, MIN_OVERSHOOT, 1.3);
   }
 
   /** One capacity sample (bit/s): the rate at which a burst of packets (a frame) arrived. */

@@ -241,6 +241,26 @@ test("ABR: the encoder's overshoot learned on a narrow link is relearned when th
   assert.ok(worst <= 1.0 * 5_000_000, `an encoder overshooting more at 5 Mbit/s: max ${worst}: ${wtrace.join(" ")}`);
 });
 
+test("ABR: an encoder that makes less than its target while busy is compensated (a little); a still screen is not", () => {
+  // x264 at 5 Mbit/s on a terminal: 9 % under its target (as on the wire, with the packets' overhead 1.075).
+  const under = new AbrController({ ...opts, startBps: 4_000_000 });
+  const steady: number[] = [];
+  linkAndEncoder(under, 0, 20_000, () => 5_000_000, () => 0.91 * 1.075, (t, w) => {
+    if (t > 10_000) steady.push(w);
+  });
+  const mean = steady.reduce((a, b) => a + b, 0) / steady.length;
+  assert.ok(mean >= (USE - 0.02) * 5_000_000 && Math.max(...steady) <= 0.97 * 5_000_000, `on the wire: mean ${mean}, max ${Math.max(...steady)}`);
+  // A still screen sends a tenth of its target: the target stays at the capacity goal, not above it.
+  const still = new AbrController({ ...opts, startBps: 4_000_000 });
+  linkAndEncoder(still, 0, 20_000, () => 5_000_000, () => 0.1);
+  assert.ok(still.target <= USE * 5_000_000 + 1, `still screen: target ${still.target}`);
+  assert.equal(still.overshoot, 1, "nothing learned from a still screen");
+  // It turns busy (exact encoder): on the wire at most about the link while the factor is learned.
+  let max = 0;
+  linkAndEncoder(still, 20_100, 30_000, () => 5_000_000, () => 1.075, (_t, w) => (max = Math.max(max, w)));
+  assert.ok(max <= 1.0 * 5_000_000, `turning busy: max ${max}`);
+});
+
 test("ABR: a capacity that is not there (congestion despite the samples) still backs off and holds", () => {
   const abr = new AbrController(opts);
   let d = 0;
