@@ -67,7 +67,7 @@ const RELEARN_MS = 3000;
 const MIN_OVERSHOOT = 0.93;
 /** Sending less than this share of the target is the content's limit, not the encoder's error. */
 const CONTENT_LIMITED = 0.8;
-/** A capacity this many times the one the overshoot was last learned at is a jump. */
+/** A capacity this many times the one the overshoot was last learned at (or this many times less) is a jump. */
 const CAPACITY_JUMP = 1.4;
 
 export class AbrController {
@@ -91,7 +91,7 @@ export class AbrController {
   #targets: { t: number; bps: number }[] = [];
   /** What the encoder really sends per bit of target (EWMA over steady periods), 1 = exact. */
   #utilization = 1;
-  /** The capacity when the overshoot was last learned, and when it was last seen to jump above it. */
+  /** The capacity when the overshoot was last learned, and when it was last seen to jump away from it. */
   #capacityAtLearn: number | undefined;
   #capacityJumpAt = -Infinity;
   #rttMs: number | undefined;
@@ -256,7 +256,8 @@ export class AbrController {
     const acked = now - this.#ackedAt < 1000 ? this.#acked : undefined;
 
     const capNow = this.#capacityNow(now);
-    if (capNow !== undefined && this.#capacityAtLearn !== undefined && capNow > CAPACITY_JUMP * this.#capacityAtLearn) {
+    // Either way: the encoder's over- or undershoot at the new rate is not the one learned at the old.
+    if (capNow !== undefined && this.#capacityAtLearn !== undefined && (capNow > CAPACITY_JUMP * this.#capacityAtLearn || capNow * CAPACITY_JUMP < this.#capacityAtLearn)) {
       this.#capacityJumpAt = now;
       this.#capacityAtLearn = capNow;
     }

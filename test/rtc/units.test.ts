@@ -239,6 +239,19 @@ test("ABR: the encoder's overshoot learned on a narrow link is relearned when th
     if (t % 500 === 0) wtrace.push(Math.round(w / 1e4) / 100);
   });
   assert.ok(worst <= 1.0 * 5_000_000, `an encoder overshooting more at 5 Mbit/s: max ${worst}: ${wtrace.join(" ")}`);
+  // And down again, from an encoder 9 % under its target at 5 Mbit/s to one 15 % over it at 2: the factor
+  // learned at 5 is relearned, the 1 s windows are back under the narrowed link within seconds.
+  const down = new AbrController({ ...opts, startBps: 4_000_000 });
+  const downOvershoot = (bps: number): number => (bps < 2_500_000 ? 1.15 * 1.075 : 0.91 * 1.075);
+  linkAndEncoder(down, 0, 20_000, () => 5_000_000, downOvershoot);
+  assert.ok(down.overshoot < 1, `learned at 5 Mbit/s: ${down.overshoot}`);
+  let over: number | undefined;
+  const dtrace: number[] = [];
+  linkAndEncoder(down, 20_100, 40_000, () => 2_000_000, downOvershoot, (t, w) => {
+    if (w > 2_000_000) over = t - 20_100;
+    if (t % 500 === 0) dtrace.push(Math.round(w / 1e4) / 100);
+  });
+  assert.ok(over === undefined || over <= 4000, `over the narrowed link until ${over} ms: ${dtrace.join(" ")}`);
 });
 
 test("ABR: an encoder that makes less than its target while busy is compensated (a little); a still screen is not", () => {
