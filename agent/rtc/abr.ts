@@ -59,12 +59,12 @@ const ENCODER_LAG_MS = 300;
 /** After the measured capacity jumped up, the encoder's overshoot is relearned faster for this long (ms). */
 const RELEARN_MS = 3000;
 /**
- * Least overshoot factor (wire bytes per bit of target): an encoder that makes less than its target while
- * busy (x264 at 5 Mbit/s on a terminal: ~9 % under, the steady rate then sat at 0.90 of the link instead
- * of `capacityUse`) is compensated, by at most this much. The cost: a screen that turns busy suddenly is
- * sent up to 1/0.93 x the goal until the factor is relearned (~1 s), i.e. about the link's capacity.
+ * Least overshoot factor (wire bytes per bit of target; an exact encoder is ~1.075 with the packets'
+ * overhead): undershoot beyond that is not compensated. Tried: compensating down to 0.93 (x264 at
+ * 5 Mbit/s on a terminal made ~9 % less than its target, the steady rate sat at 0.90 of the link) made
+ * the climb to a raised link reliable but pushed 2 Mbit/s over its limit in 1 s windows in 5 runs of 5.
  */
-const MIN_OVERSHOOT = 0.93;
+const MIN_OVERSHOOT = 1;
 /** Sending less than this share of the target is the content's limit, not the encoder's error. */
 const CONTENT_LIMITED = 0.8;
 /** A capacity this many times the one the overshoot was last learned at (or this many times less) is a jump. */
@@ -188,9 +188,9 @@ export class AbrController {
    * least, most), when the caller knows it, even while that moved (up to 2 x), and learned faster: a
    * factor learned at a narrow link and carried to a wider one held the target under the new goal for
    * seconds, each relearning step moving the target enough to stop the next one (the target never stood
-   * still long enough). Undershoot while busy is compensated down to `MIN_OVERSHOOT`; sending under
-   * `CONTENT_LIMITED` x the target is the content's limit and is not learned (a still screen would
-   * otherwise drive the target up blind).
+   * still long enough). Undershoot is not compensated (`MIN_OVERSHOOT`); sending under
+   * `CONTENT_LIMITED` x the target is the content's limit and is not learned at all (a still screen
+   * pulled the factor towards 0.5, and the next busy period started from there).
    */
   onSendRate(bps: number, now: number, windowMs = 1000, encoder?: { meanBps: number; minBps: number; maxBps: number }): void {
     if (!Number.isFinite(bps) || bps <= 0) return;
@@ -212,8 +212,8 @@ export class AbrController {
     }
     if (asked === undefined) return;
     // Far under what it may send, the encoder is limited by the content (a still or quiet screen), which
-    // says nothing about how far it over- or undershoots when busy: not learned (before, a still screen
-    // pulled the factor towards 0.5 and the next busy period started from there).
+    // says nothing about how far it overshoots when busy: not learned (before, a still screen pulled the
+    // factor towards 0.5, and the next busy period relearned from there).
     if (bps < CONTENT_LIMITED * asked) return;
     const gain = relearn ? 0.4 : 0.15;
     this.#utilization += gain * (clamp(bps / asked, CONTENT_LIMITED, 2) - this.#utilization);
@@ -221,7 +221,7 @@ export class AbrController {
   }
 
   /**
-   * The encoder's measured overshoot factor applied to the target (wire bytes per bit of target, 0.93 ..
+   * The encoder's measured overshoot factor applied to the target (wire bytes per bit of target, 1 ..
    * 1.3; an exact encoder is ~1.075 with the packets' overhead).
    */
   get overshoot(): number {

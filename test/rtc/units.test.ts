@@ -239,12 +239,12 @@ test("ABR: the encoder's overshoot learned on a narrow link is relearned when th
     if (t % 500 === 0) wtrace.push(Math.round(w / 1e4) / 100);
   });
   assert.ok(worst <= 1.0 * 5_000_000, `an encoder overshooting more at 5 Mbit/s: max ${worst}: ${wtrace.join(" ")}`);
-  // And down again, from an encoder 9 % under its target at 5 Mbit/s to one 15 % over it at 2: the factor
+  // And down again, from an encoder exact at 5 Mbit/s to one 20 % over its target at 2: the factor
   // learned at 5 is relearned, the 1 s windows are back under the narrowed link within seconds.
   const down = new AbrController({ ...opts, startBps: 4_000_000 });
-  const downOvershoot = (bps: number): number => (bps < 2_500_000 ? 1.15 * 1.075 : 0.91 * 1.075);
+  const downOvershoot = (bps: number): number => (bps < 2_500_000 ? 1.2 * 1.075 : 1.075);
   linkAndEncoder(down, 0, 20_000, () => 5_000_000, downOvershoot);
-  assert.ok(down.overshoot < 1, `learned at 5 Mbit/s: ${down.overshoot}`);
+  assert.ok(down.overshoot < 1.1, `learned at 5 Mbit/s: ${down.overshoot}`);
   let over: number | undefined;
   const dtrace: number[] = [];
   linkAndEncoder(down, 20_100, 40_000, () => 2_000_000, downOvershoot, (t, w) => {
@@ -254,24 +254,22 @@ test("ABR: the encoder's overshoot learned on a narrow link is relearned when th
   assert.ok(over === undefined || over <= 4000, `over the narrowed link until ${over} ms: ${dtrace.join(" ")}`);
 });
 
-test("ABR: an encoder that makes less than its target while busy is compensated (a little); a still screen is not", () => {
-  // x264 at 5 Mbit/s on a terminal: 9 % under its target (as on the wire, with the packets' overhead 1.075).
-  const under = new AbrController({ ...opts, startBps: 4_000_000 });
-  const steady: number[] = [];
-  linkAndEncoder(under, 0, 20_000, () => 5_000_000, () => 0.91 * 1.075, (t, w) => {
-    if (t > 10_000) steady.push(w);
-  });
-  const mean = steady.reduce((a, b) => a + b, 0) / steady.length;
-  assert.ok(mean >= (USE - 0.02) * 5_000_000 && Math.max(...steady) <= 0.97 * 5_000_000, `on the wire: mean ${mean}, max ${Math.max(...steady)}`);
+test("ABR: a still screen teaches nothing about the encoder's overshoot; turning busy, it is learned from where it was", () => {
   // A still screen sends a tenth of its target: the target stays at the capacity goal, not above it.
   const still = new AbrController({ ...opts, startBps: 4_000_000 });
   linkAndEncoder(still, 0, 20_000, () => 5_000_000, () => 0.1);
   assert.ok(still.target <= USE * 5_000_000 + 1, `still screen: target ${still.target}`);
-  assert.equal(still.overshoot, 1, "nothing learned from a still screen");
-  // It turns busy (exact encoder): on the wire at most about the link while the factor is learned.
-  let max = 0;
-  linkAndEncoder(still, 20_100, 30_000, () => 5_000_000, () => 1.075, (_t, w) => (max = Math.max(max, w)));
-  assert.ok(max <= 1.0 * 5_000_000, `turning busy: max ${max}`);
+  // It turns busy with an encoder 15 % over its target: the factor is learned from 1, not from the
+  // still screen's 0.1 (before: pulled towards 0.5, then relearned from there while over the link).
+  let overUntil: number | undefined;
+  const trace: number[] = [];
+  linkAndEncoder(still, 20_100, 35_000, () => 5_000_000, () => 1.15 * 1.075, (t, w) => {
+    if (w > 5_000_000) overUntil = t - 20_100;
+    if (t % 500 === 0) trace.push(Math.round(w / 1e4) / 100);
+  });
+  // (Here nothing but the factor brings it down; on a real link the queue's delay cuts first.) Learned from
+  // the still screen's 0.1, this took 7.2 s.
+  assert.ok(overUntil === undefined || overUntil <= 5000, `over the link until ${overUntil} ms: ${trace.join(" ")}`);
 });
 
 test("ABR: a capacity that is not there (congestion despite the samples) still backs off and holds", () => {
