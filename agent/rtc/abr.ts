@@ -180,15 +180,19 @@ export class AbrController {
    * that overshoots its target (x264 on busy content: up to ~15 %) would overfill a link the target fits;
    * rates about the link are divided by this overshoot before they become the target.
    *
-   * Normally compared with this controller's targets of the same window `ENCODER_LAG_MS` earlier (the
-   * encoder follows late), once they stayed within 5 % over it: the ratio then also holds the stage's
-   * 5 % dead band (the encoder keeps a setpoint up to 5 % off the target), so that target x factor is
-   * what goes on the wire. After the measured capacity jumped (a raised link), for `RELEARN_MS`, it is
-   * compared with `encoder` instead, what the encoder was really asked for over the same window (mean,
-   * least, most), when the caller knows it, even while that moved (up to 2 x), and learned faster: a
-   * factor learned at a narrow link and carried to a wider one held the target under the new goal for
-   * seconds, each relearning step moving the target enough to stop the next one (the target never stood
-   * still long enough). Undershoot is not compensated (`MIN_OVERSHOOT`); sending under
+   * Compared with `encoder`, what the encoder was really asked for over the same window (mean, least,
+   * most), when the caller knows it: the encoder follows this controller's target late (the stage
+   * re-evaluates every 250 ms and keeps a dead band), so the target itself is a biased yardstick while
+   * it moves, and it moves all the time when congestion cuts saw it (seen: a target sawing 4.1-4.6
+   * under a 5 Mbit/s link never stood still long enough to learn that x264 sent 5 % more). Used
+   * unless it moved more than 25 % within the window; for `RELEARN_MS` after the measured capacity
+   * jumped (a raised or narrowed link) up to 2 x, with a faster gain: a factor learned at one rate and
+   * carried to another held the target off the new goal for seconds. Without it, compared with this
+   * controller's targets of the same window `ENCODER_LAG_MS` earlier, once they stayed within 5 %
+   * (the factor then also holds the stage's dead band). The factor is not reset on a jump: an encoder
+   * that overshoots more at the new rate would then be pushed over the link. Before, it was learned
+   * only from the target, once that had stood still for 1.5 s: each relearning step moved the target
+   * enough to stop the next one. Undershoot is not compensated (`MIN_OVERSHOOT`); sending under
    * `CONTENT_LIMITED` x the target is the content's limit and is not learned at all (a still screen
    * pulled the factor towards 0.5, and the next busy period started from there).
    */
@@ -196,8 +200,9 @@ export class AbrController {
     if (!Number.isFinite(bps) || bps <= 0) return;
     const relearn = now - this.#capacityJumpAt < RELEARN_MS;
     let asked: number | undefined;
-    if (relearn && encoder !== undefined && encoder.minBps > 0 && encoder.maxBps <= encoder.minBps * 2) asked = encoder.meanBps;
-    else if (this.#targets.length >= 2) {
+    if (encoder !== undefined && encoder.minBps > 0) {
+      if (encoder.maxBps <= encoder.minBps * (relearn ? 2 : 1.25)) asked = encoder.meanBps;
+    } else if (this.#targets.length >= 2) {
       const from = now - windowMs - ENCODER_LAG_MS, to = now - ENCODER_LAG_MS;
       if (this.#targets[0]!.t > from + 100) return;
       let lo = Infinity, hi = 0, sum = 0, n = 0;
