@@ -110,7 +110,10 @@ async function agentRole(): Promise<void> {
   let scene: ChildProcess | undefined;
   const scripts: Record<string, string> = {
     small: "i=0; while :; do i=$((i+1)); printf '\\r%012d' $i; sleep 0.016; done",
-    full: "i=0; while :; do i=$((i+1)); seq -f \"$i %g the quick brown fox jumps over the lazy dog 0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ\" 1 40; sleep 0.016; done",
+    still: "seq -f '%g a still screen: nothing changes' 1 40; exec sleep 100000",
+    // Random text, 200 columns, a screenful every ~16 ms: nothing for motion search to reuse, so x264
+    // needs far more than 6 Mbit/s for it and sits at its target (scrolling repeated text came to ~1.7).
+    full: "while :; do head -c 8000 /dev/urandom | base64 -w 200; sleep 0.016; done",
   };
   const stopScene = async (): Promise<void> => {
     const s = scene;
@@ -121,13 +124,66 @@ async function agentRole(): Promise<void> {
       await exited;
     }
   };
+  // Milestones of each signaling session on the agent's side (wall clock ms), for the first-frame breakdown.
+  const wall = (): number => performance.timeOrigin + performance.now();
+  type Trace = Record<string, number>;
+  const traces: { subject: string; marks: Trace }[] = [];
+  const rtc = t.agent.rtc!;
+  t.agent.signaling.on("session", (s) => {
+    const tr = { subject: s.info.subject, marks: { session: wall() } as Trace };
+    traces.push(tr);
+    if (traces.length > 64) traces.shift();
+    const once = (k: string): void => {
+      tr.marks[k] ??= wall();
+    };
+    s.on("message", (m) => once(m.type === "offer" ? "offer" : m.type === "candidate" ? "firstRemoteCandidate" : m.type));
+    const send = s.send.bind(s);
+    s.send = ((msg: Parameters<typeof s.send>[0]) => {
+      once(msg.type === "answer" ? "answerSent" : msg.type === "candidate" ? "firstLocalCandidate" : `sent-${msg.type}`);
+      return send(msg);
+    }) as typeof s.send;
+  });
+  let current: Trace | undefined;
+  rtc.on("viewer", (p) => {
+    const tr = traces.find((x) => x.subject === "cost-browser" && x.marks.peer === undefined);
+    if (!tr) return;
+    tr.marks.peer = wall();
+    current = tr.marks;
+    const marks = tr.marks;
+    p.on("connected", () => (marks.connected ??= wall()));
+    p.peerConnection.iceConnectionStateChange.subscribe((st) => (marks[`agentIce-${st}`] ??= wall()));
+    p.peerConnection.connectionStateChange.subscribe((st) => (marks[`agentPc-${st}`] ??= wall()));
+    p.on("keyframe", (reason) => (marks[`wish-${reason}`] ??= wall()));
+  });
+  let wrapped: unknown;
+  let producedBytes = 0, producedFrames = 0;
+  rtc.on("frameSent", (f) => {
+    producedBytes += f.bytes;
+    producedFrames++;
+    const src = rtc.source;
+    if (src && wrapped !== src) {
+      wrapped = src;
+      const orig = src.requestKeyframe.bind(src);
+      src.requestKeyframe = (reason) => {
+        if (current && current.connected !== undefined) current.encoderRequest ??= wall();
+        orig(reason);
+      };
+    }
+    if (!current || current.connected === undefined || !f.keyframe || current.keyframeSent !== undefined) return;
+    current.keyframeCaptured = f.captureTimeMs;
+    current.keyframeEncoded = f.readyTimeMs;
+    current.keyframeSent = f.sentTimeMs;
+    current.keyframeBytes = f.bytes;
+  });
   serve(
     {
+      trace: async () => ({ marks: traces.filter((x) => x.subject === "cost-browser").at(-1)?.marks ?? {} }),
       scene: async (m) => {
         await stopScene();
         scene = await desktop.spawnClient("foot", ["sh", "-c", scripts[String(m.which)]!], { name: `scene-${String(m.which)}` });
         return {};
       },
+      browserToken: async () => ({ token: (await t.agent.tokens.mint({ role: "view", ttlS: 3600, subject: "cost-browser" })).token }),
       tokens: async (m) => {
         const out: string[] = [];
         for (let i = 0; i < Number(m.n); i++) out.push((await t.agent.tokens.mint({ role: "view", ttlS: 3600, subject: `cost-${i}` })).token);
@@ -143,6 +199,8 @@ async function agentRole(): Promise<void> {
           framesDropped: v.map((p) => p.counters.framesDropped),
           bytesSent: v.reduce((s, p) => s + p.counters.bytesSent, 0),
           encoderTargetBps: rtc.source?.targetBitrate ?? 0,
+          producedBytes,
+          producedFrames,
         };
       },
     },
@@ -274,6 +332,8 @@ interface Window {
   framesPerSecondPerViewer: number;
   framesDroppedForViewers: number;
   encoderTargetMbps: number;
+  producedMbps: number;
+  producedFps: number;
   loadavg: number;
 }
 
@@ -310,6 +370,9 @@ async function measure(agentPid: number, viewersPid: number, agent: Rpc, seconds
     framesPerSecondPerViewer: Math.round(((f1.reduce((s, x) => s + x, 0) - f0.reduce((s, x) => s + x, 0)) / dt / n) * 10) / 10,
     framesDroppedForViewers: dropped,
     encoderTargetMbps: Number(c1.encoderTargetBps) / 1e6,
+    // What the encoder really produced (the scene decides: a still screen makes almost nothing).
+    producedMbps: Math.round(((Number(c1.producedBytes) - Number(c0.producedBytes)) * 8) / dt / 1e4) / 100,
+    producedFps: Math.round(((Number(c1.producedFrames) - Number(c0.producedFrames)) / dt) * 10) / 10,
     loadavg: Number(loadavg()[0]!.toFixed(2)),
   };
 }
@@ -318,6 +381,12 @@ async function main(): Promise<void> {
   const seconds = Number(arg("seconds", "10"));
   const steps = arg("viewers", "1,5,10,20").split(",").map(Number);
   const trials = Number(arg("first-frame-trials", "8"));
+  const ffScenes = arg("first-frame-scenes", "full,still").split(",").filter((x) => x !== "");
+  /** Pause between a trial's disconnect and the next connect (ms). */
+  const gapMs = Number(arg("first-frame-gap-ms", "500"));
+  /** Which parts: cpu (scenes and fan-out), first-frame, or both. */
+  const only = arg("only", "");
+  const fanScenes = arg("fanout-scenes", "small,full").split(",").filter((x) => x !== "");
   const agent = new Rpc(fork(SELF, ["agent", "--bitrate-kbps", arg("bitrate-kbps", "6000")], { stdio: ["ignore", "inherit", "inherit", "ipc"] }));
   let viewers: Rpc | undefined;
   let browser: import("../test/helpers/browser.js").TestBrowser | undefined;
@@ -331,64 +400,112 @@ async function main(): Promise<void> {
 
     const scenes: Record<string, Window> = {};
     await viewers.call("set", { n: 1, tokens });
-    for (const which of ["small", "full"]) {
+    for (const which of only === "first-frame" ? [] : ["small", "full"]) {
       await agent.call("scene", { which });
       await new Promise((r) => setTimeout(r, 4000));
       scenes[which] = await measure(agentPid, viewersPid, agent, seconds);
       console.log(`# scene ${which}, 1 viewer: ${JSON.stringify(scenes[which])}`);
     }
 
-    const fanout: (Window & { viewers: number })[] = [];
-    for (const n of steps) {
-      await viewers.call("set", { n, tokens }, 120_000);
-      await new Promise((r) => setTimeout(r, 3000));
-      const w = { viewers: n, ...(await measure(agentPid, viewersPid, agent, seconds)) };
-      fanout.push(w);
-      console.log(`# full scene, ${n} viewers: ${JSON.stringify(w)}`);
+    // Fan-out for both scenes: the small changing region and the whole screen moving.
+    const fanout: Record<string, (Window & { viewers: number })[]> = {};
+    const perExtra: Record<string, { viewers: number; cpuPctPerExtraViewer: number; jsThreadCpuPctPerExtraViewer: number; jsThreadUsPerPacket: number; rssMbPerExtraViewer: number }[]> = {};
+    for (const which of only === "first-frame" ? [] : fanScenes) {
+      await viewers.call("set", { n: 1, tokens });
+      await agent.call("scene", { which });
+      const rows: (Window & { viewers: number })[] = (fanout[which] = []);
+      for (const n of steps) {
+        await viewers.call("set", { n, tokens }, 120_000);
+        await new Promise((r) => setTimeout(r, 3000));
+        const w = { viewers: n, ...(await measure(agentPid, viewersPid, agent, seconds)) };
+        rows.push(w);
+        console.log(`# ${which} scene, ${n} viewers: ${JSON.stringify(w)}`);
+      }
+      const one = rows.find((w) => w.viewers === 1);
+      perExtra[which] = one
+        ? rows.filter((w) => w.viewers > 1).map((w) => ({
+            viewers: w.viewers,
+            cpuPctPerExtraViewer: Math.round(((w.agentCpuPct - one.agentCpuPct) / (w.viewers - 1)) * 100) / 100,
+            // The encoder's share moves with the desktop's frame rate (load-dependent); the JS thread carries the per-viewer work.
+            jsThreadCpuPctPerExtraViewer: Math.round(((w.agentJsThreadCpuPct - one.agentJsThreadCpuPct) / (w.viewers - 1)) * 100) / 100,
+            jsThreadUsPerPacket: Math.round(((w.agentJsThreadCpuPct / 100) * 1e6) / Math.max(1, w.packetsPerSecond)),
+            rssMbPerExtraViewer: Math.round(((w.agentRssMb - one.agentRssMb) / (w.viewers - 1)) * 100) / 100,
+          }))
+        : [];
+      console.log(`# ${which} scene: agent CPU per extra viewer (% of one core): ${JSON.stringify(perExtra[which])}`);
     }
-    const one = fanout.find((w) => w.viewers === 1);
-    const perExtra = one
-      ? fanout.filter((w) => w.viewers > 1).map((w) => ({
-          viewers: w.viewers,
-          cpuPctPerExtraViewer: Math.round(((w.agentCpuPct - one.agentCpuPct) / (w.viewers - 1)) * 100) / 100,
-          // The encoder's share moves with the desktop's frame rate (load-dependent); the JS thread carries the per-viewer work.
-          jsThreadCpuPctPerExtraViewer: Math.round(((w.agentJsThreadCpuPct - one.agentJsThreadCpuPct) / (w.viewers - 1)) * 100) / 100,
-          jsThreadUsPerPacket: Math.round(((w.agentJsThreadCpuPct / 100) * 1e6) / Math.max(1, w.packetsPerSecond)),
-        }))
-      : [];
-    console.log(`# agent CPU per extra viewer (% of one core): ${JSON.stringify(perExtra)}`);
 
-    // WebSocket connect -> first decoded frame, warm agent (one werift viewer keeps the source open).
+
+    // WebSocket connect -> first decoded frame, warm agent (one werift viewer keeps the source open), on
+    // the moving full scene and on a still screen (nothing changes: the encoder has no next frame to make
+    // the new viewer's keyframe from). Each trial is broken down from the page's milestones (wl.marks) and
+    // the agent's (trace), on one wall clock.
     await viewers.call("set", { n: 1, tokens });
     const { TestBrowser } = await import("../test/helpers/browser.js");
     browser = await TestBrowser.launch();
     const page = await browser.context.newPage();
-    const firstFrameMs: number[] = [];
-    await page.goto(`${String(ready.httpUrl)}/#token=${tokens[tokens.length - 1]!}`);
+    const browserToken = String((await agent.call("browserToken")).token);
+    await page.goto(`${String(ready.httpUrl)}/#token=${browserToken}`);
     await page.waitForFunction("window.wl && window.wl.state === 'streaming' || (window.wl && window.wl.stats && window.wl.stats.framesDecoded > 0)", undefined, { timeout: 20_000 }).catch(() => undefined);
-    for (let i = 0; i < trials; i++) {
-      await page.evaluate("window.wlDisconnect()");
-      await new Promise((r) => setTimeout(r, 500));
-      // Timed inside the page: from the reconnect (which opens the WebSocket) to the first frame counted by getStats.
-      const ms = (await page.evaluate(`new Promise((resolve, reject) => {
-        window.wl.pc = undefined;
-        const t0 = performance.now();
-        window.wlReconnect();
-        const iv = setInterval(async () => {
-          const pc = window.wl.pc;
-          if (!pc) return;
-          let f = 0, r;
-          try { r = await pc.getStats(); } catch { return; }
-          r.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") f = Number(s.framesDecoded || 0); });
-          if (f > 0) { clearInterval(iv); resolve(performance.now() - t0); }
-          if (performance.now() - t0 > 15000) { clearInterval(iv); reject(new Error("no frame in 15 s")); }
-        }, 5);
-      })`)) as number;
-      firstFrameMs.push(Math.round(ms));
+    const firstFrame: Record<string, { trialsMs: number[]; p50: number; max: number; breakdownMedianMs: Record<string, number>; loadavg: number[] }> = {};
+    for (const sceneName of only === "cpu" ? [] : ffScenes) {
+      await agent.call("scene", { which: sceneName });
+      await new Promise((r) => setTimeout(r, 2000));
+      const trialsMs: number[] = [];
+      const bd: Record<string, number>[] = [];
+      const load0 = loadavg()[0]!;
+      for (let i = 0; i < trials; i++) {
+        await page.evaluate("window.wlDisconnect()");
+        // Spaced like a user's reload, and past the keyframe gate's interval since the previous trial's keyframe.
+        await new Promise((r) => setTimeout(r, gapMs));
+        // Timed inside the page: from the reconnect (which opens the WebSocket) to the first frame counted by getStats.
+        const r = (await page.evaluate(`new Promise((resolve, reject) => {
+          window.wl.pc = undefined;
+          const wall = () => performance.timeOrigin + performance.now();
+          const t0 = performance.now();
+          const seen = {};
+          window.wlReconnect();
+          const iv = setInterval(async () => {
+            const pc = window.wl.pc;
+            if (!pc) return;
+            let f = 0, pk = 0, fr = 0, r;
+            try { r = await pc.getStats(); } catch { return; }
+            r.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") { f = Number(s.framesDecoded || 0); pk = Number(s.packetsReceived || 0); fr = Number(s.framesReceived || 0); } });
+            if (pk > 0) seen.firstRtp ??= wall();
+            if (fr > 0) seen.firstFrameReceived ??= wall();
+            if (f > 0) { clearInterval(iv); seen.firstDecoded = wall(); resolve({ ms: performance.now() - t0, seen, marks: window.wl.marks }); }
+            if (performance.now() - t0 > 15000) { clearInterval(iv); reject(new Error("no frame in 15 s")); }
+          }, 5);
+        })`)) as { ms: number; seen: Record<string, number>; marks: Record<string, number> };
+        const ag = (await agent.call("trace")).marks as Record<string, number>;
+        trialsMs.push(Math.round(r.ms));
+        const m = { ...r.marks, ...r.seen };
+        const t0 = m.connect!;
+        // Each step: from the previous milestone to this one (ms); milestones in pipeline order.
+        const order: [string, number | undefined][] = [
+          ["wsOpen", m.wsOpen], ["welcome", m.welcome], ["offerSent(browser)", m.offerSent], ["offerAtAgent", ag.offer],
+          ["peerCreated", ag.peer], ["answerSent", ag.answerSent], ["answerAtBrowser", m.answer],
+          ["iceChecking(agent)", ag["agentIce-checking"]], ["iceConnected(agent)", ag["agentIce-connected"]], ["iceConnected(browser)", m["ice-connected"]],
+          ["dtlsConnected(agent)", ag.connected], ["connected(browser)", m.connected],
+          ["encoderRequest", ag.encoderRequest], ["keyframeCaptured", ag.keyframeCaptured], ["keyframeEncoded", ag.keyframeEncoded], ["keyframeSent", ag.keyframeSent],
+          ["firstRtp(browser)", m.firstRtp], ["firstFrameReceived", m.firstFrameReceived], ["firstDecoded", m.firstDecoded],
+        ];
+        const step: Record<string, number> = {};
+        for (const [k, v] of order) if (v !== undefined) step[k] = Math.round((v - t0) * 10) / 10;
+        step.keyframeBytes = ag.keyframeBytes ?? 0;
+        bd.push(step);
+        console.log(`# first frame, ${sceneName} screen, trial ${i + 1}: ${Math.round(r.ms)} ms; milestones (ms after connect): ${JSON.stringify(step)}`);
+      }
+      const med = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+      const breakdownMedianMs: Record<string, number> = {};
+      for (const k of Object.keys(bd[0] ?? {})) {
+        const xs = bd.map((x) => x[k]).filter((x): x is number => x !== undefined);
+        if (xs.length > 0) breakdownMedianMs[k] = med(xs);
+      }
+      firstFrame[sceneName] = { trialsMs, p50: med(trialsMs), max: Math.max(...trialsMs), breakdownMedianMs, loadavg: [Number(load0.toFixed(2)), Number(loadavg()[0]!.toFixed(2))] };
+      console.log(`# WebSocket connect -> first decoded frame, ${sceneName} screen (warm agent, ms): ${trialsMs.join(" ")}; median milestones ${JSON.stringify(breakdownMedianMs)}; load ${firstFrame[sceneName].loadavg.join(" -> ")}`);
     }
     await page.close();
-    const sorted = [...firstFrameMs].sort((a, b) => a - b);
-    console.log(`# WebSocket connect -> first decoded frame (warm agent, ms): ${firstFrameMs.join(" ")}`);
 
     console.log(
       JSON.stringify({
@@ -400,11 +517,11 @@ async function main(): Promise<void> {
         scenes,
         fanout,
         cpuPerExtraViewer: perExtra,
-        firstFrame: { trialsMs: firstFrameMs, p50: sorted[Math.floor(sorted.length / 2)], max: sorted[sorted.length - 1], target: 500 },
+        firstFrame: { ...firstFrame, target: 500 },
         targets: {
-          cpuPerExtraViewerPct: { value: perExtra.length ? Math.max(...perExtra.map((p) => p.cpuPctPerExtraViewer)) : null, target: 3 },
-          jsThreadCpuPerExtraViewerPct: { value: perExtra.length ? Math.max(...perExtra.map((p) => p.jsThreadCpuPctPerExtraViewer)) : null, target: 3 },
-          firstFrameP50Ms: { value: sorted[Math.floor(sorted.length / 2)], target: 500 },
+          cpuPerExtraViewerPct: { value: Object.fromEntries(Object.entries(perExtra).map(([k, v]) => [k, v.length ? Math.max(...v.map((p) => p.cpuPctPerExtraViewer)) : null])), target: 3 },
+          jsThreadCpuPerExtraViewerPct: { value: Object.fromEntries(Object.entries(perExtra).map(([k, v]) => [k, v.length ? Math.max(...v.map((p) => p.jsThreadCpuPctPerExtraViewer)) : null])), target: 3 },
+          firstFrameP50Ms: { value: Object.fromEntries(Object.entries(firstFrame).map(([k, v]) => [k, v.p50])), target: 500 },
         },
       }),
     );

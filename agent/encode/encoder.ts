@@ -60,7 +60,8 @@ export interface EncoderStats extends NativeEncoderStats {
  *
  * Keyframe requests are rate-limited: requests closer together than `keyframe_min_interval_ms`
  * (a joining browser sends several PLIs per second until it gets one) are merged into one IDR at the
- * end of the interval.
+ * end of the interval. A new viewer's request (`new-viewer`) is not delayed: that viewer sees nothing
+ * until it comes; on a still screen the native pipeline makes it from the last picture at once.
  */
 export class VideoEncoder extends TypedEmitter<VideoEncoderEvents> implements EncodedVideoSource {
   readonly #native: NativeVideoEncoder;
@@ -159,11 +160,19 @@ export class VideoEncoder extends TypedEmitter<VideoEncoderEvents> implements En
   requestKeyframe(reason: KeyframeReason): void {
     if (this.#closed) return;
     this.#metrics?.keyframeRequests.inc({ reason });
+    const now = performance.now();
+    // A new viewer sees nothing until a keyframe: it does not wait for the interval (the stage's gate
+    // already keeps these to one per joining viewer); a merged request waiting is answered by it.
+    if (reason === "new-viewer") {
+      if (this.#keyframeTimer !== undefined) clearTimeout(this.#keyframeTimer);
+      this.#keyframeTimer = undefined;
+      this.#sendKeyframe(reason);
+      return;
+    }
     if (this.#keyframeTimer !== undefined) {
       this.#coalesced++;
       return;
     }
-    const now = performance.now();
     const wait = this.#lastKeyframeRequest + this.#config.keyframe_min_interval_ms - now;
     if (wait <= 0) {
       this.#sendKeyframe(reason);

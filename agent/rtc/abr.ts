@@ -54,6 +54,21 @@ const BETA = 0.85;
 const STUCK_MS = 1000;
 /** Fastest increase towards a measured capacity, fraction per second. */
 const MAX_INCREASE_PER_S = 1;
+/** How late the encoder follows a new target (the stage re-evaluates every 250 ms, then the next frame). */
+const ENCODER_LAG_MS = 300;
+/** After the measured capacity jumped up, the encoder's overshoot is relearned faster for this long (ms). */
+const RELEARN_MS = 3000;
+/**
+ * Least overshoot factor (wire bytes per bit of target; an exact encoder is ~1.075 with the packets'
+ * overhead): undershoot beyond that is not compensated. Tried: compensating down to 0.93 (x264 at
+ * 5 Mbit/s on a terminal made ~9 % less than its target, the steady rate sat at 0.90 of the link) made
+ * the climb to a raised link reliable but pushed 2 Mbit/s over its limit in 1 s windows in 5 runs of 5.
+ */
+const MIN_OVERSHOOT = 1;
+/** Sending less than this share of the target is the content's limit, not the encoder's error. */
+const CONTENT_LIMITED = 0.8;
+/** A capacity this many times the one the overshoot was last learned at (or this many times less) is a jump. */
+const CAPACITY_JUMP = 1.4;
 
 export class AbrController {
   readonly #o: Required<AbrOptions>;
@@ -72,10 +87,13 @@ export class AbrController {
   #acked: number | undefined;
   #ackedAt = -Infinity;
   #capacity: { t: number; bps: number }[] = [];
-  /** Targets of the last 1.5 s, to tell a steady target from a transition. */
+  /** Targets of the last 2.5 s: what the encoder was asked for during a send-rate window. */
   #targets: { t: number; bps: number }[] = [];
   /** What the encoder really sends per bit of target (EWMA over steady periods), 1 = exact. */
   #utilization = 1;
+  /** The capacity when the overshoot was last learned, and when it was last seen to jump away from it. */
+  #capacityAtLearn: number | undefined;
+  #capacityJumpAt = -Infinity;
   #rttMs: number | undefined;
   #preferredMax: number | undefined;
 
@@ -158,27 +176,61 @@ export class AbrController {
   }
 
   /**
-   * What this viewer really sent lately (media, bit/s, as on the wire). An encoder that overshoots its
-   * target (x264 on busy content: up to ~15 %) would overfill a link the target fits; rates about the
-   * link are divided by this overshoot before they become the target. Measured only while the target
-   * was steady (an encoder lags a change by a few hundred ms); undershoot is not compensated (a static
-   * screen would drive the target up blind).
+   * What this viewer really sent over the last `windowMs` (media, bit/s, as on the wire). An encoder
+   * that overshoots its target (x264 on busy content: up to ~15 %) would overfill a link the target fits;
+   * rates about the link are divided by this overshoot before they become the target.
+   *
+   * Compared with `encoder`, what the encoder was really asked for over the same window (mean, least,
+   * most), when the caller knows it: the encoder follows this controller's target late (the stage
+   * re-evaluates every 250 ms and keeps a dead band), so the target itself is a biased yardstick while
+   * it moves, and it moves all the time when congestion cuts saw it (seen: a target sawing 4.1-4.6
+   * under a 5 Mbit/s link never stood still long enough to learn that x264 sent 5 % more). Used
+   * unless it moved more than 25 % within the window; for `RELEARN_MS` after the measured capacity
+   * jumped (a raised or narrowed link) up to 2 x, with a faster gain: a factor learned at one rate and
+   * carried to another held the target off the new goal for seconds. Without it, compared with this
+   * controller's targets of the same window `ENCODER_LAG_MS` earlier, once they stayed within 5 %
+   * (the factor then also holds the stage's dead band). The factor is not reset on a jump: an encoder
+   * that overshoots more at the new rate would then be pushed over the link. Before, it was learned
+   * only from the target, once that had stood still for 1.5 s: each relearning step moved the target
+   * enough to stop the next one. Undershoot is not compensated (`MIN_OVERSHOOT`); sending under
+   * `CONTENT_LIMITED` x the target is the content's limit and is not learned at all (a still screen
+   * pulled the factor towards 0.5, and the next busy period started from there).
    */
-  onSendRate(bps: number, now: number): void {
-    if (!Number.isFinite(bps) || bps <= 0 || this.#targets.length < 2) return;
-    if (this.#targets[0]!.t > now - 1400) return;
-    let lo = Infinity, hi = 0;
-    for (const x of this.#targets) {
-      lo = Math.min(lo, x.bps);
-      hi = Math.max(hi, x.bps);
+  onSendRate(bps: number, now: number, windowMs = 1000, encoder?: { meanBps: number; minBps: number; maxBps: number }): void {
+    if (!Number.isFinite(bps) || bps <= 0) return;
+    const relearn = now - this.#capacityJumpAt < RELEARN_MS;
+    let asked: number | undefined;
+    if (encoder !== undefined && encoder.minBps > 0) {
+      if (encoder.maxBps <= encoder.minBps * (relearn ? 2 : 1.25)) asked = encoder.meanBps;
+    } else if (this.#targets.length >= 2) {
+      const from = now - windowMs - ENCODER_LAG_MS, to = now - ENCODER_LAG_MS;
+      if (this.#targets[0]!.t > from + 100) return;
+      let lo = Infinity, hi = 0, sum = 0, n = 0;
+      for (const x of this.#targets) {
+        if (x.t < from || x.t > to) continue;
+        lo = Math.min(lo, x.bps);
+        hi = Math.max(hi, x.bps);
+        sum += x.bps;
+        n++;
+      }
+      if (n > 0 && hi <= lo * 1.05) asked = sum / n;
     }
-    if (hi > lo * 1.05) return;
-    this.#utilization += 0.15 * (clamp(bps / this.#target, 0.5, 2) - this.#utilization);
+    if (asked === undefined) return;
+    // Far under what it may send, the encoder is limited by the content (a still or quiet screen), which
+    // says nothing about how far it overshoots when busy: not learned (before, a still screen pulled the
+    // factor towards 0.5, and the next busy period relearned from there).
+    if (bps < CONTENT_LIMITED * asked) return;
+    const gain = relearn ? 0.4 : 0.15;
+    this.#utilization += gain * (clamp(bps / asked, CONTENT_LIMITED, 2) - this.#utilization);
+    this.#capacityAtLearn = this.#capacityNow(now) ?? this.#capacityAtLearn;
   }
 
-  /** The encoder's measured overshoot factor applied to the target (1 .. 1.3). */
+  /**
+   * The encoder's measured overshoot factor applied to the target (wire bytes per bit of target, 1 ..
+   * 1.3; an exact encoder is ~1.075 with the packets' overhead).
+   */
   get overshoot(): number {
-    return clamp(this.#utilization, 1, 1.3);
+    return clamp(this.#utilization, MIN_OVERSHOOT, 1.3);
   }
 
   /** One capacity sample (bit/s): the rate at which a burst of packets (a frame) arrived. */
@@ -208,6 +260,12 @@ export class AbrController {
     const canDecrease = now - this.#lastDecrease >= o.decreaseSpacingMs;
     const acked = now - this.#ackedAt < 1000 ? this.#acked : undefined;
 
+    const capNow = this.#capacityNow(now);
+    // Either way: the encoder's over- or undershoot at the new rate is not the one learned at the old.
+    if (capNow !== undefined && this.#capacityAtLearn !== undefined && (capNow > CAPACITY_JUMP * this.#capacityAtLearn || capNow * CAPACITY_JUMP < this.#capacityAtLearn)) {
+      this.#capacityJumpAt = now;
+      this.#capacityAtLearn = capNow;
+    }
     if (loss > 0.1 || delayHigh) this.#lastCongested = now;
     if (delayHigh) this.#lastQueueCongested = now;
     if ((loss > 0.1 || delayHigh) && canDecrease) {
@@ -229,7 +287,7 @@ export class AbrController {
       // Congested, still draining a queue, or less than holdMs since the last congestion: no increase.
       if (this.#state !== "decrease" || canDecrease) this.#state = "hold";
     } else {
-      const cap = this.#capacityNow(now);
+      const cap = capNow;
       const before = this.#target;
       if (cap === undefined) {
         this.#target *= 1 + o.increasePerSecond * dt;
@@ -252,7 +310,7 @@ export class AbrController {
     if (this.#preferredMax !== undefined) ceiling = Math.min(ceiling, this.#preferredMax);
     this.#target = clamp(this.#target, o.minBps, Math.max(o.minBps, ceiling));
     this.#targets.push({ t: now, bps: this.#target });
-    while (this.#targets.length > 0 && this.#targets[0]!.t < now - 1500) this.#targets.shift();
+    while (this.#targets.length > 0 && this.#targets[0]!.t < now - 2500) this.#targets.shift();
     return this.target;
   }
 

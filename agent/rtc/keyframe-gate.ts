@@ -12,7 +12,8 @@ export interface KeyframeGateOptions {
  * Rate limit between every viewer's keyframe wishes (PLI, FIR, new viewer, recovery) and the one shared
  * encoder. A keyframe costs every viewer several frames' worth of bits, so a lossy viewer that sends
  * PLIs several times a second must not turn the stream into keyframes only: requests inside the interval
- * are merged into one, issued when the interval since the last keyframe is over.
+ * are merged into one, issued when the interval since the last keyframe is over. A new viewer's request
+ * is the exception: it is forwarded at once (merged only with a request already on its way).
  */
 export class KeyframeGate {
   readonly #opts: KeyframeGateOptions;
@@ -60,6 +61,19 @@ export class KeyframeGate {
     if (this.#closed) return;
     this.requested++;
     const now = this.#now();
+    if (reason === "new-viewer") {
+      // A viewer who just joined sees nothing until a keyframe: it does not wait for the interval (seen:
+      // up to 1 s of black on a reconnect, the interval counting from the previous viewer's keyframe).
+      // It cannot be repeated like a PLI: each one is a whole authenticated connection. A request already
+      // forwarded and not yet answered by a keyframe answers it too.
+      if (this.#lastRequestAt > this.#lastKeyframeAt && now - this.#lastRequestAt < this.#opts.minIntervalMs) return;
+      if (this.#timer !== undefined) clearTimeout(this.#timer);
+      this.#timer = undefined;
+      this.#pendingReason = undefined;
+      this.#waiting.clear();
+      this.#forward(reason);
+      return;
+    }
     const since = now - Math.max(this.#lastKeyframeAt, this.#lastRequestAt);
     if (since >= this.#opts.minIntervalMs) {
       this.#forward(reason);

@@ -185,6 +185,10 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
       // werift would answer the first offered H.264, whatever its profile: show it only the one chosen.
       const offer = this.#codecPt === undefined ? sdp : keepOnlyVideoPayload(sdp, this.#codecPt);
       await this.#pc.setRemoteDescription({ type: "offer", sdp: offer });
+      // Answer a=setup:passive (DTLS server): as the client, werift sleeps 100 ms after ICE connects before
+      // its ClientHello (RTCDtlsTransport.start), most of the DTLS time of a new viewer; the browser as
+      // the client starts the handshake at once. Kept across renegotiations (the role is no longer auto).
+      for (const t of this.#pc.dtlsTransports) if (t.role === "auto") t.role = "server";
       const video = this.#pc.getTransceivers().find((t) => t.kind === "video");
       if (!video) throw new UnsupportedError("the offer has no video section: offer to receive video (recvonly)");
       if (this.#sender === undefined) {
@@ -384,6 +388,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     // The viewer the encoder follows is never throttled here: the encoder already keeps to its rate, and
     // its overshoots (keyframes, VBV) must not cost the fastest viewer frames.
     const throttled = target < encoderTargetBps * 0.95;
+    this.#encoderSetpoint = throttled ? 0 : encoderTargetBps;
     if (!throttled) this.#tokens = Math.max(this.#tokens, 0);
     // The pacer's backlog is bounded too (a sudden cut of the target leaves bytes queued at the old rate).
     if (throttled && !frame.keyframe && (this.#tokens < -target * 0.5 || this.#pacedBytes * 8 > target)) {
@@ -562,7 +567,9 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
 
   #ticks = 0;
   #wireBytes = 0;
-  #sendLog: { t: number; bytes: number }[] = [];
+  #sendLog: { t: number; bytes: number; enc: number }[] = [];
+  /** The encoder's target at the last frame while this viewer is the one it follows (0: throttled). */
+  #encoderSetpoint = 0;
   #tick(): void {
     if (this.#closed || !this.#sender) return;
     const now = performance.now();
@@ -573,10 +580,16 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
       // stats are best effort
     }
     // What this viewer really sent over the last second (media only), for the encoder's overshoot.
-    this.#sendLog.push({ t: now, bytes: this.#wireBytes });
+    this.#sendLog.push({ t: now, bytes: this.#wireBytes, enc: this.#encoderSetpoint });
     while (this.#sendLog.length > 1 && this.#sendLog[0]!.t < now - 1000) this.#sendLog.shift();
     const first = this.#sendLog[0]!;
-    if (now - first.t >= 800) this.abr.onSendRate(((this.#wireBytes - first.bytes) * 8) / ((now - first.t) / 1000), now);
+    if (now - first.t >= 800) {
+      // What the encoder was really asked for over the same window (it follows this viewer's target
+      // late and only past a 5 % dead band), when this viewer got all it made.
+      const enc = this.#sendLog.slice(1).map((x) => x.enc);
+      const encoder = enc.length > 0 && enc.every((x) => x > 0) ? { meanBps: enc.reduce((a, b) => a + b, 0) / enc.length, minBps: Math.min(...enc), maxBps: Math.max(...enc) } : undefined;
+      this.abr.onSendRate(((this.#wireBytes - first.bytes) * 8) / ((now - first.t) / 1000), now, now - first.t, encoder);
+    }
     this.abr.update(now);
     if (++this.#ticks % 5 === 0) this.sendControl({ type: "stats", stats: this.stats() });
   }

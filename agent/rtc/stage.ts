@@ -541,6 +541,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   }
 
   #lastSetTarget = 0;
+  /** Since when the fastest viewer's target has been 2-5 % off the encoder's (undefined: within 2 %). */
+  #offSince: number | undefined;
   /** Each rung's encoder follows the fastest of its own viewers. */
   #updateEncoderTargets(): void {
     const src = this.#source;
@@ -559,8 +561,15 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       low.source.setTargetBitrate(lowBest);
     }
     if (best === 0) return;
-    // Small changes are not worth an encoder reconfiguration.
-    if (Math.abs(best - this.#lastSetTarget) / Math.max(1, this.#lastSetTarget) < 0.05) return;
+    // Small changes are not worth an encoder reconfiguration (VA-API reopens), unless they last: a 5 %
+    // dead band alone left the encoder up to 5 % off a target that had settled (under it at the end of a
+    // climb, the last part of 2 -> 5 Mbit/s taking seconds; over it after a slow decrease, over the link).
+    const off = Math.abs(best - this.#lastSetTarget) / Math.max(1, this.#lastSetTarget);
+    const now = performance.now();
+    if (off < 0.02) this.#offSince = undefined;
+    else this.#offSince ??= now;
+    if (off < 0.05 && (this.#offSince === undefined || now - this.#offSince < 1000)) return;
+    this.#offSince = undefined;
     this.#lastSetTarget = best;
     src.setTargetBitrate(best);
   }

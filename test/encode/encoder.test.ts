@@ -280,6 +280,33 @@ describe("encoding fed frames", { timeout: 120_000 }, () => {
     }
   });
 
+  test("a keyframe asked for on a still screen is made from the last picture, without a new frame or a refresh", async () => {
+    const f = feeder();
+    // No refresh at all: before, the IDR waited for the next screen change (forever here).
+    const enc = await VideoEncoder.open({ capture: { nativeFrameSource: f }, config: encodeConfig({ refresh_interval_ms: 0 }), log, width: 320, height: 240 });
+    const c = collect(enc);
+    try {
+      f.push(picture(320, 240, 1), 320, 240, 320 * 4, "BGRx", null);
+      await nextFrame(enc, 3000);
+      f.push(picture(320, 240, 2), 320, 240, 320 * 4, "BGRx", null);
+      await nextFrame(enc, 3000);
+      await sleep(300);
+      assert.equal(c.frames.length, 2, "a still screen makes nothing");
+      enc.requestKeyframe("new-viewer");
+      const key = await nextFrame(enc, 3000);
+      assert.equal(key.keyframe, true);
+      await sleep(300);
+      const frames = c.stop();
+      assert.equal(frames.length, 3, `one IDR, then nothing again: ${frames.length} frames`);
+      const decoded = await decode(Buffer.concat(frames.map((fr) => fr.data)), dir);
+      assert.equal(decoded.frames, 3);
+    } finally {
+      c.stop();
+      enc.close();
+      f.close();
+    }
+  });
+
   test("a JS thread that falls behind: the bounded queue drops units and the next one is an IDR", async () => {
     const f = feeder();
     const pics = Array.from({ length: 6 }, (_, t) => picture(320, 240, t));

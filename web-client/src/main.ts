@@ -80,8 +80,15 @@ const wl = {
   cursorMode: undefined as string | undefined,
   /** The overlay as placed, in CSS pixels relative to the viewer (tests, console). */
   cursorOverlay: undefined as { left: number; top: number; width: number; height: number; serial: number } | undefined,
+  /** Milestones of the current connection (wall clock ms: performance.timeOrigin + now), for benches. */
+  marks: {} as Record<string, number>,
 };
 (window as unknown as { wl: typeof wl }).wl = wl;
+
+/** Records the first time a milestone of the current connection is reached. */
+function mark(name: string): void {
+  wl.marks[name] ??= performance.timeOrigin + performance.now();
+}
 
 function setStatus(text: string, kind: Kind = "info"): void {
   statusEl.textContent = text;
@@ -212,11 +219,14 @@ class Connection {
 
   constructor(readonly token: string) {
     wl.state = "connecting";
+    wl.marks = {};
+    mark("connect");
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     this.ws = new WebSocket(`${scheme}//${location.host}/signal`, SUBPROTOCOL);
     let opened = false;
     this.ws.onopen = () => {
       opened = true;
+      mark("wsOpen");
       wl.state = "signaling";
       this.ws.send(JSON.stringify({ type: "hello", v: PROTOCOL_VERSION, token, client: { name: "wl-webrtc-web" } }));
     };
@@ -247,11 +257,13 @@ class Connection {
     }
     switch (msg.type) {
       case "welcome":
+        mark("welcome");
         wl.role = msg.role;
         setStatus(`Connected as ${msg.role ?? "?"}; starting the stream…`, "info");
         void this.#startPeer(msg.role === "control", Array.isArray(msg.iceServers) ? msg.iceServers : []).catch((e: unknown) => this.fail("stream", `Could not start WebRTC in this browser: ${String(e)}`, true));
         break;
       case "answer":
+        mark("answer");
         void this.#onAnswer(msg.sdp ?? "");
         break;
       case "candidate":
@@ -294,6 +306,7 @@ class Connection {
       const inp = pc.createDataChannel("input", { ordered: true });
       wl.input = inp;
     } else wl.input = undefined;
+    pc.oniceconnectionstatechange = () => mark(`ice-${pc.iceConnectionState}`);
     pc.ontrack = (ev) => {
       video.srcObject = ev.streams[0] ?? new MediaStream([ev.track]);
       void video.play().catch(() => undefined);
@@ -306,6 +319,7 @@ class Connection {
     this.#timers.push(window.setInterval(() => this.#syncClock(), 10_000));
     const onFrame = (_now: number, meta: VideoFrameCallbackMetadata & { rtpTimestamp?: number }): void => {
       if (this.#closed) return;
+      mark("firstFrameShown");
       this.#noteFrame(meta);
       video.requestVideoFrameCallback(onFrame);
     };
@@ -319,6 +333,7 @@ class Connection {
     const offer = await pc.createOffer({ iceRestart });
     await pc.setLocalDescription(offer);
     this.#send({ type: "offer", sdp: offer.sdp });
+    mark("offerSent");
   }
 
   async #onAnswer(sdp: string): Promise<void> {
@@ -338,6 +353,7 @@ class Connection {
     if (!pc || this.#closed) return;
     const s = pc.connectionState;
     if (s === "connected") {
+      mark("connected");
       wl.state = "streaming";
       wl.failure = undefined;
       backoffMs = 1000;

@@ -553,6 +553,7 @@ void Pipeline::Run() {
       if (f.frame->width != in_w_ || f.frame->height != in_h_) {
         f.damage_source = capture::DamageSource::kFull;
       }
+      idr_requested_ = false;  // this frame is the IDR asked for
       EncodeFrame(f.frame, &f.damage, f.damage_source == capture::DamageSource::kFull, false, f.frame->publish_ns);
       last = f.frame;
       last_activity_ns = MonoNs();
