@@ -60,6 +60,8 @@ struct InputFrame {
   // A DMA-BUF frame for a backend with Caps().zero_copy_dmabuf (VA-API): the planes to import
   // (fds owned by the capture frame, alive during Encode()); `av` and `planes` are then unset.
   const capture::DmabufPlanes* dmabuf = nullptr;
+  // The DMA-BUF's own size: the encoder's (cfg) size, or larger for a scaled rung (the VPP scales).
+  uint32_t dmabuf_width = 0, dmabuf_height = 0;
 };
 
 /** One access unit in Annex-B form. */

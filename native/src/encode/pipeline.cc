@@ -306,19 +306,21 @@ int64_t Pipeline::EncodeFrame(const capture::FramePtr& frame, const std::vector<
     std::string err;
     const uint64_t c0 = MonoNs();
     InputFrame in;
-    // A lower rung (output smaller than the capture) scales on the CPU (convert.h); the zero-copy
-    // import converts at the capture's size only.
+    // A lower rung (output smaller than the capture) scales: on the GPU with the zero-copy import (the
+    // VPP writes the smaller surface), else on the CPU (convert.h).
     const bool scaled = config_.encoder.width != frame->width || config_.encoder.height != frame->height;
-    if (frame->is_dmabuf() && backend_->Caps().zero_copy_dmabuf && !scaled) {
+    if (frame->is_dmabuf() && backend_->Caps().zero_copy_dmabuf) {
       // Zero copy: the backend imports the planes and converts on the GPU (vaapi_backend.cc). The
       // CPU picture no longer stands for the last frame.
       in.dmabuf = frame->dmabuf.get();
+      in.dmabuf_width = frame->width;
+      in.dmabuf_height = frame->height;
       converter_.Invalidate();
     } else {
       capture::FramePtr src = frame;
       bool full = full_damage;
       if (frame->is_dmabuf()) {
-        // A software backend (after a fallback), or a scaled rung, got a DMA-BUF: readable only when LINEAR
+        // A software backend (after a fallback) got a DMA-BUF: readable only when LINEAR
         // (dmabuf_map.h); otherwise capture renegotiates to shared memory and this frame is lost.
         src = MapLinearDmabuf(frame, &err);
         if (!src) {

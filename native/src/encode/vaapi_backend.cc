@@ -183,9 +183,15 @@ class VaapiBackend final : public LavcBackend {
   bool MapDmaBuf(const InputFrame& in, std::string* error) {
     int r;
     const capture::DmabufPlanes& planes = *in.dmabuf;
-    if (rgb_frames_ != nullptr && rgb_drm_format_ != planes.drm_format) av_buffer_unref(&rgb_frames_);
+    // The imported surface has the capture's size; the VPP below writes the encoder's surface, scaling
+    // when they differ (a lower rung: VAProcPipelineParameterBuffer with no regions = whole surfaces).
+    const uint32_t src_w = in.dmabuf_width != 0 ? in.dmabuf_width : cfg_.width;
+    const uint32_t src_h = in.dmabuf_height != 0 ? in.dmabuf_height : cfg_.height;
+    if (rgb_frames_ != nullptr && (rgb_drm_format_ != planes.drm_format || rgb_w_ != src_w || rgb_h_ != src_h)) av_buffer_unref(&rgb_frames_);
     if (rgb_frames_ == nullptr) {
       rgb_drm_format_ = planes.drm_format;
+      rgb_w_ = src_w;
+      rgb_h_ = src_h;
       rgb_frames_ = av_hwframe_ctx_alloc(device_);
       auto* fc = reinterpret_cast<AVHWFramesContext*>(rgb_frames_->data);
       fc->format = AV_PIX_FMT_VAAPI;
@@ -195,8 +201,8 @@ class VaapiBackend final : public LavcBackend {
         av_buffer_unref(&rgb_frames_);
         return false;
       }
-      fc->width = static_cast<int>(cfg_.width);
-      fc->height = static_cast<int>(cfg_.height);
+      fc->width = static_cast<int>(src_w);
+      fc->height = static_cast<int>(src_h);
       fc->initial_pool_size = 0;  // only mapped (imported) surfaces, never allocated
       if ((r = av_hwframe_ctx_init(rgb_frames_)) < 0) {
         *error = "vaapi: cannot create an RGB frames context for DMA-BUF import: " + AvError(r);
@@ -238,8 +244,8 @@ class VaapiBackend final : public LavcBackend {
     AVFrame* drm = av_frame_alloc();
     AVFrame* mapped = av_frame_alloc();
     drm->format = AV_PIX_FMT_DRM_PRIME;
-    drm->width = static_cast<int>(cfg_.width);
-    drm->height = static_cast<int>(cfg_.height);
+    drm->width = static_cast<int>(src_w);
+    drm->height = static_cast<int>(src_h);
     drm->data[0] = reinterpret_cast<uint8_t*>(desc);
     drm->buf[0] = av_buffer_create(reinterpret_cast<uint8_t*>(desc), sizeof(*desc), FreeDrmDescriptor, nullptr, 0);
     mapped->format = AV_PIX_FMT_VAAPI;
@@ -292,6 +298,7 @@ class VaapiBackend final : public LavcBackend {
   AVBufferRef* rgb_frames_ = nullptr;  // imported DMA-BUF surfaces
   AVFrame* hw_ = nullptr;
   uint32_t rgb_drm_format_ = 0;
+  uint32_t rgb_w_ = 0, rgb_h_ = 0;  // size of the imported (capture) surfaces
   VAConfigID vpp_cfg_ = VA_INVALID_ID;
   VAContextID vpp_ctx_ = VA_INVALID_ID;
 };
