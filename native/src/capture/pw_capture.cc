@@ -510,6 +510,37 @@ std::shared_ptr<Frame> PipeWireCapture::AcquirePoolFrame() {
   return nullptr;
 }
 
+// What a shared-memory and a DMA-BUF frame take alike from the buffer's metas: size, format, pts, the
+// capture time, the producer's crop, and the compositor's damage (clipped: trusted for *where*, but
+// never for memory safety).
+void PipeWireCapture::FillFromMetas(Frame* frame, struct spa_buffer* buf, struct spa_meta_header* header, uint64_t t0,
+                                    uint32_t width, uint32_t height, std::vector<damage::Rect>* compositor) const {
+  frame->width = width;
+  frame->height = height;
+  frame->spa_format = raw_.format;
+  frame->format_name = FormatName(raw_.format);
+  frame->pts_ns = header != nullptr ? header->pts : -1;
+  frame->process_ns = t0;
+  frame->has_crop = false;
+  if (auto* crop = static_cast<struct spa_meta_region*>(spa_buffer_find_meta_data(buf, SPA_META_VideoCrop, sizeof(struct spa_meta_region)));
+      crop != nullptr && spa_meta_region_is_valid(crop)) {
+    damage::Rect r{static_cast<uint32_t>(std::max(0, crop->region.position.x)),
+                   static_cast<uint32_t>(std::max(0, crop->region.position.y)), crop->region.size.width, crop->region.size.height};
+    frame->has_crop = damage::Clip(&r, width, height);
+    frame->crop = r;
+  }
+  compositor->clear();
+  if (struct spa_meta* m = spa_buffer_find_meta(buf, SPA_META_VideoDamage); m != nullptr) {
+    struct spa_meta_region* r;
+    spa_meta_for_each(r, m) {
+      if (!spa_meta_region_is_valid(r)) break;
+      damage::Rect rect{static_cast<uint32_t>(std::max(0, r->region.position.x)),
+                        static_cast<uint32_t>(std::max(0, r->region.position.y)), r->region.size.width, r->region.size.height};
+      if (damage::Clip(&rect, width, height)) compositor->push_back(rect);
+    }
+  }
+}
+
 void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vector<damage::Rect>* carried,
                                     bool* carried_unknown) {
   struct spa_buffer* buf = b->buffer;
@@ -559,34 +590,10 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
     *carried_unknown = true;
     return count(&Counters::frames_no_slot);
   }
-  frame->width = width;
-  frame->height = height;
   frame->stride = row_bytes;
-  frame->spa_format = raw_.format;
-  frame->format_name = FormatName(raw_.format);
-  frame->pts_ns = header != nullptr ? header->pts : -1;
-  frame->process_ns = t0;
   frame->pixels.resize(static_cast<size_t>(row_bytes) * height);
-  frame->has_crop = false;
-  if (auto* crop = static_cast<struct spa_meta_region*>(spa_buffer_find_meta_data(buf, SPA_META_VideoCrop, sizeof(struct spa_meta_region)));
-      crop != nullptr && spa_meta_region_is_valid(crop)) {
-    damage::Rect r{static_cast<uint32_t>(std::max(0, crop->region.position.x)),
-                   static_cast<uint32_t>(std::max(0, crop->region.position.y)), crop->region.size.width, crop->region.size.height};
-    frame->has_crop = damage::Clip(&r, width, height);
-    frame->crop = r;
-  }
-
-  // Compositor damage, clipped: trusted for *where*, but never for memory safety.
   std::vector<damage::Rect> compositor;
-  if (struct spa_meta* m = spa_buffer_find_meta(buf, SPA_META_VideoDamage); m != nullptr) {
-    struct spa_meta_region* r;
-    spa_meta_for_each(r, m) {
-      if (!spa_meta_region_is_valid(r)) break;
-      damage::Rect rect{static_cast<uint32_t>(std::max(0, r->region.position.x)),
-                        static_cast<uint32_t>(std::max(0, r->region.position.y)), r->region.size.width, r->region.size.height};
-      if (damage::Clip(&rect, width, height)) compositor.push_back(rect);
-    }
-  }
+  FillFromMetas(frame.get(), buf, header, t0, width, height, &compositor);
 
   frame->damage.clear();
   if (last_published_ == nullptr || last_published_->width != width || last_published_->height != height ||
@@ -680,31 +687,10 @@ void PipeWireCapture::ProcessDmabuf(struct spa_buffer* buf, struct spa_meta_head
 
   // Not from the pool (the pool recycles pixel memory; a DMA-BUF frame has none): one small object.
   auto frame = std::make_shared<Frame>();
-  frame->width = width;
-  frame->height = height;
   frame->stride = planes->strides[0];
-  frame->spa_format = raw_.format;
-  frame->format_name = FormatName(raw_.format);
-  frame->pts_ns = header != nullptr ? header->pts : -1;
-  frame->process_ns = t0;
   frame->dmabuf = std::move(planes);
-  if (auto* crop = static_cast<struct spa_meta_region*>(spa_buffer_find_meta_data(buf, SPA_META_VideoCrop, sizeof(struct spa_meta_region)));
-      crop != nullptr && spa_meta_region_is_valid(crop)) {
-    damage::Rect r{static_cast<uint32_t>(std::max(0, crop->region.position.x)),
-                   static_cast<uint32_t>(std::max(0, crop->region.position.y)), crop->region.size.width, crop->region.size.height};
-    frame->has_crop = damage::Clip(&r, width, height);
-    frame->crop = r;
-  }
   std::vector<damage::Rect> compositor;
-  if (struct spa_meta* m = spa_buffer_find_meta(buf, SPA_META_VideoDamage); m != nullptr) {
-    struct spa_meta_region* r;
-    spa_meta_for_each(r, m) {
-      if (!spa_meta_region_is_valid(r)) break;
-      damage::Rect rect{static_cast<uint32_t>(std::max(0, r->region.position.x)),
-                        static_cast<uint32_t>(std::max(0, r->region.position.y)), r->region.size.width, r->region.size.height};
-      if (damage::Clip(&rect, width, height)) compositor.push_back(rect);
-    }
-  }
+  FillFromMetas(frame.get(), buf, header, t0, width, height, &compositor);
   const bool continues = last_published_ != nullptr && last_published_->width == width && last_published_->height == height &&
                          last_published_->dmabuf != nullptr;
   if (continues && !compositor.empty() && !*carried_unknown) {

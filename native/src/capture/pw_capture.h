@@ -150,6 +150,8 @@ class PipeWireCapture final : public LatestFrameSource {
   void SetState(StreamState state, const std::string& message);
   void HandleFormat(const struct spa_pod* param);
   void ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vector<damage::Rect>* carried, bool* carried_unknown);
+  void FillFromMetas(Frame* frame, struct spa_buffer* buf, struct spa_meta_header* header, uint64_t t0, uint32_t width,
+                     uint32_t height, std::vector<damage::Rect>* compositor) const;
   void ProcessDmabuf(struct spa_buffer* buf, struct spa_meta_header* header, uint64_t t0, std::vector<damage::Rect>* carried,
                      bool* carried_unknown);
   /** EnumFormat params from offer_ (DMA-BUF first, shared memory last). Loop lock held. */
