@@ -10,6 +10,7 @@ import { CURSOR_MIN_INTERVAL_MS } from "../../agent/rtc/peer.js";
 import { readdirSync } from "node:fs";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
+import { until as waitUntil } from "../helpers/wait.js";
 
 interface WlState {
   state: string;
@@ -81,20 +82,8 @@ async function inboundVideo(page: Page): Promise<Record<string, number>> {
   });
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < end) {
-    try {
-      const v = await fn();
-      if (v !== undefined && v !== false) return v;
-    } catch (e) {
-      last = e;
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
-}
+/** Waits up to 15 s by default in this file. */
+const until = <T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> => waitUntil(what, fn, timeoutMs);
 
 test("Chromium connects, negotiates H.264 and decodes 1280x720 frames", async () => {
   const page = await open("view");

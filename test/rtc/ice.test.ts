@@ -7,6 +7,7 @@ import type { Page } from "playwright-core";
 import { TestBrowser } from "../helpers/browser.js";
 import { TurnServer } from "../helpers/turn.js";
 import { startRtcAgent, type RtcFixture } from "./fixture.js";
+import { until } from "../helpers/wait.js";
 
 /**
  * ICE with real parts: a coturn `turnserver` started by the test (REST-style shared secret, and a static
@@ -39,21 +40,6 @@ after(async () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < end) {
-    try {
-      const v = await fn();
-      if (v !== undefined && v !== false) return v;
-    } catch (e) {
-      last = e;
-    }
-    await sleep(200);
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
-}
 
 interface PathInfo {
   framesDecoded: number;

@@ -5,6 +5,7 @@ import type { Page } from "playwright-core";
 import { startTestAgent, type TestAgent } from "../helpers/agent.js";
 import type { PeerSession } from "../../agent/rtc/peer.js";
 import { BUSY_TERMINAL, NetLink, NsBrowser, viewerSample, type ViewerSample } from "../helpers/netns.js";
+import { until } from "../helpers/wait.js";
 
 /**
  * The streaming stage on real links: the agent (root namespace, its own headless desktop, native capture
@@ -45,15 +46,6 @@ after(async () => {
   }
 });
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    await sleep(200);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 async function openViewer(b: NsBrowser): Promise<Page> {
   const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 600, subject: "net" });

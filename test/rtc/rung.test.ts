@@ -7,6 +7,7 @@ import type { PeerSession } from "../../agent/rtc/peer.js";
 import type { DesktopVideoSource } from "../../agent/encode/desktop-source.js";
 import type { VideoEncoder } from "../../agent/encode/encoder.js";
 import { BUSY_TERMINAL, NetLink, NsBrowser, viewerSample, type ViewerSample } from "../helpers/netns.js";
+import { until } from "../helpers/wait.js";
 
 /**
  * The low encoder rung on real links (docs/streaming.md "Sharing one encoder between viewers"): the agent
@@ -48,15 +49,6 @@ after(async () => {
   }
 });
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    await sleep(200);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 async function openViewer(b: NsBrowser): Promise<Page> {
   const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 600, subject: "rung" });
