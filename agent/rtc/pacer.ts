@@ -1,23 +1,28 @@
 /**
  * One viewer's send queue: pure logic (no timers, no I/O; `PeerSession` owns the timer and the socket,
- * tests drive it with a fake clock). Two limits, each only when it applies:
+ * tests drive it with a fake clock). Either limit applies, never both:
  *
- * - **The 1 s window** (every viewer): what any 1 s of sending holds never exceeds `limitBps` (the
- *   viewer's measured capacity x `SHARE`, set by the caller; Infinity while unknown). The controller
- *   aims the encoder at 0.93 x the capacity, but x264's 1 s output varies by +-4 % (5 Mbit/s) to +-8 %
- *   (2 Mbit/s) around its target and a keyframe adds its own burst, so single 1 s windows went up to
- *   4 % over the link long after the rate had settled (docs/streaming.md, "Measured"). Held here, a
- *   peak becomes tens of milliseconds of latency at the sender instead of a bottleneck queue that grows
- *   (and overflows). Under the limit nothing waits: a frame leaves as one burst, as before (the fast
- *   path, and the burst whose dispersion measures the path).
- * - **Pacing** (`paceBps`, a throttled viewer: the shared encoder makes more than its target): packets
+ * - **Not paced** (the viewer the encoder follows): the limits of the path, from its measured capacity
+ *   (`capacityBps`, set by the caller; Infinity while unknown: nothing waits).
+ *   - *The 1 s window*: any 1 s of sending holds at most `SHARE` x the capacity. The controller aims
+ *     the encoder under the capacity, but x264's 1 s output strays +-4 % (5 Mbit/s) to +-8 % (2 Mbit/s)
+ *     around its target, so single 1 s windows went up to 4 % over the link long after the rate had
+ *     settled (docs/streaming.md, "Measured"). Held here, a peak is tens of ms of latency at the sender
+ *     instead of a bottleneck queue that grows.
+ *   - *Our own burst at the bottleneck*: what our sending would have queued there by now, were the
+ *     queue empty otherwise and drained at the capacity, stays under `BURST_MS` of it. A keyframe
+ *     (several frames' worth) sent as one burst overflowed the 100 ms tbf queue of the bench.
+ *   Under both, nothing waits: a frame leaves as one burst, as before (the fast path, and the burst
+ *   whose dispersion measures the path).
+ * - **Paced** (`paceBps`, a throttled viewer: the shared encoder makes more than its target): packets
  *   leave at that rate with at most ~2 packets of saved-up credit, never as a whole-frame burst (sent as
  *   one burst, a frame sized for the fastest viewer overflowed a 1.5 Mbit/s tbf's 100 ms queue).
  *
  * Capacity samples: a held part of a frame leaves later than its head, and its dispersion would read
  * as a slow path (a sample is min(arrival, send) rate), which would lower the limit, which holds more:
  * a ratchet. Unless paced, each run of a frame's packets released together gets a group (burst id) of
- * its own, so every burst handed to the socket at once is still a valid sample.
+ * its own, so every burst handed to the socket at once is still a valid sample (released one packet at
+ * a time by the burst limit, it gives none).
  */
 export interface PacedSend<T> {
   item: T;
@@ -153,8 +158,10 @@ export class ViewerPacer<T> {
       const e = this.#queue[this.#head]!;
       if (paced && this.#credit <= 0) return ViewerPacer.PACE_TICK_MS;
       // A packet larger than the whole window (a limit under one packet per second) still goes, alone.
-      if (this.#sentSum + e.bytes > limit && this.#sentSum > 0) return this.#untilRoom(now, e.bytes, limit);
-      if (this.#vq + e.bytes > burst && this.#vq > 0) return Math.max(1, Math.ceil(((this.#vq + e.bytes - burst) * 8 * 1000) / this.capacityBps));
+      // Paced, the pacing is the limit: a paced viewer's capacity samples are its send rate (a lower
+      // bound), and a window set from them would hold it under them, lowering the next ones (a ratchet).
+      if (!paced && this.#sentSum + e.bytes > limit && this.#sentSum > 0) return this.#untilRoom(now, e.bytes, limit);
+      if (!paced && this.#vq + e.bytes > burst && this.#vq > 0) return Math.max(1, Math.ceil(((this.#vq + e.bytes - burst) * 8 * 1000) / this.capacityBps));
       this.#head++;
       this.#backlog -= e.bytes;
       let group = e.group;

@@ -82,3 +82,57 @@ test("ABR: the goal keeps more room for an encoder whose 1 s output strays more 
   const u = use(0.045);
   assert.ok(u < 0.91 && u > 0.85, `an encoder straying 4.5 %: ${u}`);
 });
+
+test("ViewerPacer: no 1 s window over SHARE x capacity, no burst over BURST_MS of it, order kept, held runs get their own burst id; paced: the rate", () => {
+  let nextGroup = 1000;
+  const p = new ViewerPacer<number>(() => ++nextGroup);
+  p.capacityBps = 2_000_000;
+  const sent: { t: number; item: number; bytes: number; group: number; frame: number; pushedAt: number }[] = [];
+  const meta = new Map<number, { frame: number; pushedAt: number }>();
+  let item = 0, wake: number | undefined;
+  for (let t = 0; t <= 10_000; t++) {
+    if (t % 33 === 0) {
+      // Frames of 8-12 kB, a keyframe of 40 kB every 3 s: on average ~2.4 Mbit/s, more than the window takes.
+      const bytes = t % 3000 === 0 ? 40_000 : 8000 + ((t * 7919) % 4000);
+      const frame = t;
+      const pkts = Array.from({ length: Math.ceil(bytes / 1200) }, () => ({ item: item++, bytes: 1200, group: frame }));
+      for (const x of pkts) meta.set(x.item, { frame, pushedAt: t });
+      p.push(pkts, t, t % 3000 === 0);
+      wake = t;
+    }
+    if (wake !== undefined && t >= wake) {
+      const next = p.drain(t, (x) => sent.push({ t, ...x, ...meta.get(x.item)! }));
+      wake = next === undefined ? undefined : t + next;
+    }
+  }
+  assert.ok(sent.length > 1000);
+  assert.deepEqual(sent.map((x) => x.item), [...sent.map((x) => x.item)].sort((a, b) => a - b), "order kept");
+  const limit = (ViewerPacer.SHARE * 2_000_000) / 8;
+  let vq = 0, last = 0, maxVq = 0;
+  for (let i = 0, j = 0, sum = 0; i < sent.length; i++) {
+    sum += sent[i]!.bytes;
+    while (sent[j]!.t <= sent[i]!.t - 1000) sum -= sent[j++]!.bytes;
+    assert.ok(sum <= limit, `1 s ending at ${sent[i]!.t} ms: ${sum} bytes > ${limit}`);
+    vq = Math.max(0, vq - ((sent[i]!.t - last) / 1000) * 250_000) + sent[i]!.bytes;
+    last = sent[i]!.t;
+    maxVq = Math.max(maxVq, vq);
+  }
+  assert.ok(maxVq <= 250_000 * (ViewerPacer.BURST_MS / 1000) + 1, `own queue at the bottleneck: ${maxVq} bytes`);
+  for (const x of sent) {
+    if (x.t === x.pushedAt) assert.equal(x.group, x.frame, "sent at once: the frame's burst");
+    else assert.ok(x.group > 1000, "held: a burst of its own");
+  }
+  assert.ok(p.counters.held > 0 && p.counters.maxWaitMs > 0);
+  // Paced: ~paceBps, whatever the capacity says.
+  const q = new ViewerPacer<number>(() => 0);
+  q.capacityBps = 100_000;
+  q.paceBps = 1_000_000;
+  q.push(Array.from({ length: 100 }, (_, k) => ({ item: k, bytes: 1250, group: 1 })), 0, false);
+  let n = 0, t = 0, w: number | undefined = 0;
+  while (w !== undefined && t < 10_000) {
+    t += w;
+    w = q.drain(t, () => n++);
+  }
+  assert.equal(n, 100);
+  assert.ok(t >= 900 && t <= 1100, `100 x 1250 bytes at 1 Mbit/s took ${t} ms`);
+});
