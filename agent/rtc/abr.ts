@@ -23,7 +23,8 @@
  *   under a limit and climbs within seconds when the limit is raised. Without capacity samples (no
  *   transport-cc, a near-static screen sending small frames): the blind probe of old,
  *   `increasePerSecond` multiplicative.
- * - Rates about the link become targets divided by the encoder's measured overshoot (`onSendRate`).
+ * - Rates about the link become targets divided by the encoder's measured overshoot (`onSendRate`); the
+ *   goal's share of the capacity shrinks for an encoder whose 1 s output strays more (`use`).
  * - REMB, when the browser sends it, and the viewer's preference are ceilings.
  */
 export interface AbrOptions {

@@ -430,8 +430,9 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     // A throttled viewer gets frames sized for the fastest viewer's rate: sent as one burst, a frame
     // overflows a slow link's bottleneck queue (seen: 30 % of every frame lost on a 1.5 Mbit/s tbf with
     // a 100 ms queue, loss > 10 % cut the target to the minimum, 1 fps). Paced at a little over its
-    // target, the queue stays short. Every viewer's 1 s of sending is kept under its measured capacity
-    // (ViewerPacer). Packets keep their order; the token bucket and ViewerPacer.HOLD_MAX_MS bound the backlog.
+    // target, the queue stays short. The viewer the encoder follows is held under its path's measured
+    // capacity (ViewerPacer). Packets keep their order; the token bucket and ViewerPacer.HOLD_MAX_MS
+    // bound the backlog.
     this.#pacer.paceBps = throttled ? target * PACE_FACTOR : 0;
     this.#pacer.push(packets.map((p) => ({ item: p, bytes: p.payload.length + WIRE_OVERHEAD, group })), now, frame.keyframe);
     // What this viewer was handed (the encoder's output), for the overshoot: counted before the window
@@ -446,17 +447,17 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     return this.#pacer.counters;
   }
 
-  /** This viewer's send queue: pacing when throttled, the 1 s window always. */
+  /** This viewer's send queue: pacing when throttled, else the limits of its path (ViewerPacer). */
   readonly #pacer = new ViewerPacer<RtpPacket>(() => (this.#frameNo = (this.#frameNo + 1) & 0x7fffffff));
   #paceTimer: NodeJS.Timeout | undefined;
   /** The last capacity the window was set from, and when (held over short gaps in the samples). */
   #limitCap: { bps: number; at: number } | undefined;
 
   /**
-   * The window's limit: `ViewerPacer.SHARE` x the measured capacity, unless more arrived than the
-   * samples say (a starved sender spreading its own bursts reads low: the controller does not follow
-   * that down either). Kept LIMIT_HOLD_MS across a gap in the samples (frames too small, or a still
-   * screen), then no limit.
+   * The capacity the send window limits to (`AbrController.steadyCapacityBps`), unless more arrived
+   * than the samples say (a starved sender spreading its own bursts reads low: the controller does not
+   * follow that down either). Kept LIMIT_HOLD_MS across a gap in the samples (frames too small, or a
+   * still screen), then none (Infinity: nothing waits).
    */
   #windowCapacity(now: number): number {
     const cap = this.abr.steadyCapacityBps;
