@@ -82,25 +82,43 @@ try {
     while (j > 0 && s[i]!.t - s[j]!.t < 1000) j--;
     return ((s[i]!.payload - s[j]!.payload) * 8 * overhead) / Math.max(0.001, (s[i]!.t - s[j]!.t) / 1000);
   };
+  const transientMaxWaits = new Map<Sample[], number>();
   const phase = async (limitKbit: number, seconds: number): Promise<{ s: Sample[]; lost0: number; recv0: number; lost1: number; recv1: number }> => {
     const b0 = (await viewerSample(page)).video;
     await link.shape("down", { rateKbit: limitKbit, latencyMs: queueMs });
     peer.pacerCounters.maxWaitMs = 0;
     const s: Sample[] = [await sample()];
     const end = s[0]!.t + seconds * 1000;
+    let transientMaxWaitMs: number | undefined;
     while (performance.now() < end) {
       await sleep(250);
       s.push(await sample());
+      // The window's longest wait while settling and after (from 5 s on) apart.
+      if (transientMaxWaitMs === undefined && performance.now() - s[0]!.t >= 5000) {
+        transientMaxWaitMs = peer.pacerCounters.maxWaitMs;
+        peer.pacerCounters.maxWaitMs = 0;
+      }
     }
+    transientMaxWaits.set(s, transientMaxWaitMs ?? 0);
     const b1 = (await viewerSample(page)).video;
     return { s, lost0: b0.packetsLost ?? 0, recv0: b0.packetsReceived ?? 0, lost1: b1.packetsLost ?? 0, recv1: b1.packetsReceived ?? 0 };
   };
 
-  /** The send window's cost over a phase: packets held, their mean and longest wait, frames skipped. */
+  /**
+   * The send window's cost over a phase, its first 5 s and the rest apart: packets held (% of those
+   * sent), their mean and longest wait (ms), frames skipped to a keyframe.
+   */
   const pacerStats = (s: Sample[]): Record<string, number> => {
-    const a = s[0]!, b = s[s.length - 1]!;
-    const held = b.held - a.held;
-    return { heldPercent: round((100 * held) / Math.max(1, b.sentQ - a.sentQ), 1), heldMeanWaitMs: round((b.waitSum - a.waitSum) / Math.max(1, held), 1), heldMaxWaitMs: round(peer.pacerCounters.maxWaitMs, 1), framesSkipped: b.skipped - a.skipped, use: round(peer.abr.use, 3), spread: round(peer.abr.spread, 3) };
+    const part = (a: Sample, b: Sample): [number, number, number] => {
+      const held = b.held - a.held;
+      return [round((100 * held) / Math.max(1, b.sentQ - a.sentQ), 1), round((b.waitSum - a.waitSum) / Math.max(1, held), 1), b.skipped - a.skipped];
+    };
+    const k = Math.max(0, s.findIndex((x) => x.t - s[0]!.t >= 5000));
+    const [h0, w0, k0] = part(s[0]!, s[k]!), [h1, w1, k1] = part(s[k]!, s[s.length - 1]!);
+    return {
+      first5sHeldPercent: h0, first5sMeanWaitMs: w0, first5sMaxWaitMs: round(transientMaxWaits.get(s) ?? 0, 1), first5sSkipped: k0,
+      laterHeldPercent: h1, laterMeanWaitMs: w1, laterMaxWaitMs: round(peer.pacerCounters.maxWaitMs, 1), laterSkipped: k1,
+    };
   };
   const lowered = async (name: string, limitKbit: number, seconds: number): Promise<void> => {
     const { s, lost0, recv0, lost1, recv1 } = await phase(limitKbit, seconds);

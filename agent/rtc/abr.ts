@@ -23,8 +23,7 @@
  *   under a limit and climbs within seconds when the limit is raised. Without capacity samples (no
  *   transport-cc, a near-static screen sending small frames): the blind probe of old,
  *   `increasePerSecond` multiplicative.
- * - Rates about the link become targets divided by the encoder's measured overshoot (`onSendRate`); the
- *   goal's share of the capacity shrinks for an encoder whose 1 s output strays more (`use`).
+ * - Rates about the link become targets divided by the encoder's measured overshoot (`onSendRate`).
  * - REMB, when the browser sends it, and the viewer's preference are ceilings.
  */
 export interface AbrOptions {
@@ -68,13 +67,6 @@ const RELEARN_MS = 3000;
 const MIN_OVERSHOOT = 1;
 /** Sending less than this share of the target is the content's limit, not the encoder's error. */
 const CONTENT_LIMITED = 0.8;
-/** Gain of the spread's EWMA per send-rate report (every 200 ms: a time constant of ~4 s). */
-const SPREAD_GAIN = 0.05;
-/** The goal's share of the capacity is at most this minus SPREAD_K x the encoder's spread. */
-const SPREAD_CEILING = Number(process.env.SPREAD_CEIL ?? 0.99);
-const SPREAD_K = Number(process.env.SPREAD_K ?? 2);
-/** The least share of the capacity the goal is set at, however much the encoder strays. */
-const MIN_USE = 0.8;
 /** Window of the steady capacity (ms). */
 const STEADY_CAPACITY_MS = 3000;
 /** A capacity this many times the one the overshoot was last learned at (or this many times less) is a jump. */
@@ -101,8 +93,6 @@ export class AbrController {
   #targets: { t: number; bps: number }[] = [];
   /** What the encoder really sends per bit of target (EWMA over steady periods), 1 = exact. */
   #utilization = 1;
-  /** Mean square of the relative deviation of the encoder's 1 s output from its mean overshoot (EWMA). */
-  #spread = 0;
   /** The capacity when the overshoot was last learned, and when it was last seen to jump away from it. */
   #capacityAtLearn: number | undefined;
   #capacityJumpAt = -Infinity;
@@ -248,11 +238,7 @@ export class AbrController {
     // factor towards 0.5, and the next busy period relearned from there).
     if (bps < CONTENT_LIMITED * asked) return;
     const gain = relearn ? 0.4 : 0.15;
-    const ratio = clamp(bps / asked, CONTENT_LIMITED, 2);
-    // How much the encoder's 1 s output strays from its mean overshoot (relative): the goal keeps that
-    // much more room (see #use). Not while relearning: a jump's transient is not the encoder's spread.
-    if (!relearn) this.#spread += SPREAD_GAIN * (((ratio - this.#utilization) / this.#utilization) ** 2 - this.#spread);
-    this.#utilization += gain * (ratio - this.#utilization);
+    this.#utilization += gain * (clamp(bps / asked, CONTENT_LIMITED, 2) - this.#utilization);
     this.#capacityAtLearn = this.#capacityNow(now) ?? this.#capacityAtLearn;
   }
 
@@ -262,21 +248,6 @@ export class AbrController {
    */
   get overshoot(): number {
     return clamp(this.#utilization, MIN_OVERSHOOT, 1.3);
-  }
-
-  /** The encoder's measured spread: the standard deviation of its 1 s output around its mean, relative. */
-  get spread(): number {
-    return Math.sqrt(this.#spread);
-  }
-
-  /**
-   * The share of the measured capacity that the target approaches: `capacityUse`, or less for an encoder
-   * whose 1 s output strays further (x264 at 2 Mbit/s: +-8 %, at 5: +-4 %): `SPREAD_CEILING` - `SPREAD_K`
-   * x its spread, so that its peaks stay under the send window's share (ViewerPacer.SHARE) and are not
-   * held there (held packets are latency).
-   */
-  get use(): number {
-    return Math.max(MIN_USE, Math.min(this.#o.capacityUse, SPREAD_CEILING - SPREAD_K * this.spread));
   }
 
   /** One capacity sample (bit/s): the rate at which a burst of packets (a frame) arrived. */
@@ -339,7 +310,7 @@ export class AbrController {
         this.#target *= 1 + o.increasePerSecond * dt;
         this.#state = "increase";
       } else {
-        const goal = (cap * this.use) / this.overshoot;
+        const goal = (cap * o.capacityUse) / this.overshoot;
         // Approach the goal exponentially, so it is never crossed; from above too (a path measured
         // narrower, an encoder found to overshoot), unless the path demonstrably carried more than the
         // samples say: a starved sender spreads its own bursts (seen at load 10 on 2 cores: 1.2-2.5 read

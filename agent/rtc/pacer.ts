@@ -62,6 +62,12 @@ export class ViewerPacer<T> {
 
   /** The path's measured capacity, bit/s (Infinity: unknown, no limit). */
   capacityBps = Infinity;
+  /**
+   * The standing queue the bottleneck already holds, as measured (ms): our bursts may add only what is
+   * left of BURST_MS (seen: a 50 ms queue left from a narrowed link, a keyframe on top of it, 16 packets
+   * dropped by the bench's 100 ms tbf).
+   */
+  queueMs = 0;
   /** Pacing rate, bit/s; 0: not paced (frames leave as bursts). */
   paceBps = 0;
   readonly counters = { held: 0, sent: 0, maxWaitMs: 0, waitMsSum: 0 };
@@ -201,7 +207,7 @@ export class ViewerPacer<T> {
   }
 
   #burstBytes(): number {
-    return (this.capacityBps / 8) * (ViewerPacer.BURST_MS / 1000);
+    return (this.capacityBps / 8) * (Math.max(0, ViewerPacer.BURST_MS - this.queueMs) / 1000);
   }
 
   #drainVq(now: number): void {

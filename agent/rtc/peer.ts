@@ -324,6 +324,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     const minGapMs = Math.max(10, (this.abr.rttMs ?? 50) / 2);
     let overBudget = 0;
     this.#pacer.capacityBps = this.#windowCapacity(now);
+    this.#pacer.queueMs = this.abr.queueingDelayMs;
     let room = this.#pacer.room(now);
     for (const seq of lost) {
       const pkt = this.#history.get(seq);
@@ -454,16 +455,18 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
   #limitCap: { bps: number; at: number } | undefined;
 
   /**
-   * The capacity the send window limits to (`AbrController.steadyCapacityBps`), unless more arrived
-   * than the samples say (a starved sender spreading its own bursts reads low: the controller does not
-   * follow that down either). Kept LIMIT_HOLD_MS across a gap in the samples (frames too small, or a
+   * The capacity the send window limits to (`AbrController.steadyCapacityBps`), unless clearly more
+   * arrived than the samples say (a starved sender spreading its own bursts reads low, 1.2-2.5 for a
+   * 5 Mbit/s link at load 10: the controller does not follow that down either). Kept LIMIT_HOLD_MS across a gap in the samples (frames too small, or a
    * still screen), then none (Infinity: nothing waits).
    */
   #windowCapacity(now: number): number {
     const cap = this.abr.steadyCapacityBps;
     const acked = this.abr.ackedBps;
     if (cap !== undefined) {
-      if (acked !== undefined && cap < 0.95 * acked) this.#limitCap = undefined;
+      // (Not the controller's 0.95: while a queue stands, what arrives is the capacity itself, and a
+      // median 5 % low would lift the limit just when a burst overflows that queue.)
+      if (acked !== undefined && cap < 0.85 * acked) this.#limitCap = undefined;
       else this.#limitCap = { bps: cap, at: now };
     }
     if (this.#limitCap === undefined || now - this.#limitCap.at > LIMIT_HOLD_MS || process.env.XX_NO_WINDOW === "1") return Infinity;
@@ -476,6 +479,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#paceTimer = undefined;
     if (this.#closed || !sender) return;
     this.#pacer.capacityBps = this.#windowCapacity(now);
+    this.#pacer.queueMs = this.abr.queueingDelayMs;
     const next = this.#pacer.drain(now, (p) => this.#sendPacket(sender, p.item, now, p.group));
     if (next !== undefined) this.#paceTimer = setTimeout(() => this.#drainPaced(), next);
   }

@@ -48,8 +48,6 @@ export interface SimResult {
   meanWaitMs: number;
   skipped: number;
   targets: { t: number; bps: number }[];
-  /** The encoder's spread as the controller measured it, at the end. */
-  spread: number;
   /** The controller's capacity (median of the samples), every 200 ms. */
   capacities: { t: number; bps: number }[];
 }
@@ -70,31 +68,35 @@ export function simulate(o: SimOptions): SimResult {
   let waitingKeyframe = false, keyframeDue = true;
   let skipped = 0;
   // The bottleneck: FIFO of packets, draining at the capacity; 20 ms of propagation after it.
-  const queue: { seq: number; bytes: number }[] = [];
-  let queueBytes = 0, drainCredit = 0;
+  // The bottleneck, exact in time: busy until `busyUntil` with what it holds; a packet that would wait
+  // more than 100 ms is dropped.
+  let busyUntil = 0;
+  const inFlight: { seq: number; at: number }[] = [];
   const arrivals: { sequenceNumber: number; received: boolean; receivedAtMs: number }[] = [];
   const offered: { t: number; bytes: number }[] = [];
   const handed: { t: number; bytes: number }[] = [];
   const setpoints: { t: number; bps: number }[] = [];
-  const res: SimResult = { windows: [], drops: [], held: 0, sent: 0, maxWaitMs: 0, meanWaitMs: 0, skipped: 0, targets: [], capacities: [], spread: 0 };
+  const res: SimResult = { windows: [], drops: [], held: 0, sent: 0, maxWaitMs: 0, meanWaitMs: 0, skipped: 0, targets: [], capacities: [] };
   let lastCap: { bps: number; at: number } | undefined;
 
   const send = (t: number) => (p: { item: number; bytes: number; group: number }): void => {
     tracker.sent(p.item, t, p.bytes, p.group);
     offered.push({ t, bytes: p.bytes });
     const cap = o.capacity(t);
-    if (queueBytes + p.bytes > (cap / 8) * 0.1) {
+    const start = Math.max(t, busyUntil);
+    if (start - t > 100) {
       res.drops.push({ t });
       arrivals.push({ sequenceNumber: p.item, received: false, receivedAtMs: 0 });
     } else {
-      queue.push({ seq: p.item, bytes: p.bytes });
-      queueBytes += p.bytes;
+      busyUntil = start + (p.bytes * 8 * 1000) / cap;
+      inFlight.push({ seq: p.item, at: busyUntil + 20 });
     }
   };
   const drain = (t: number): void => {
     const cap = abr.steadyCapacityBps, acked = abr.ackedBps;
-    if (cap !== undefined) lastCap = acked !== undefined && cap < 0.95 * acked ? undefined : { bps: cap, at: t };
+    if (cap !== undefined) lastCap = acked !== undefined && cap < 0.85 * acked ? undefined : { bps: cap, at: t };
     pacer.capacityBps = o.window && lastCap && t - lastCap.at <= 3000 ? lastCap.bps : Infinity;
+    pacer.queueMs = abr.queueingDelayMs;
     const next = pacer.drain(t, send(t));
     nextDrain = next === undefined ? undefined : t + Math.ceil(next);
   };
@@ -125,15 +127,11 @@ export function simulate(o: SimOptions): SimResult {
       }
     }
     if (nextDrain !== undefined && t >= nextDrain) drain(t);
-    // The bottleneck drains.
-    drainCredit = Math.min(drainCredit + o.capacity(t) / 8 / 1000, o.capacity(t) / 8 / 1000 + 1600);
-    while (queue.length > 0 && drainCredit >= queue[0]!.bytes) {
-      const p = queue.shift()!;
-      drainCredit -= p.bytes;
-      queueBytes -= p.bytes;
-      arrivals.push({ sequenceNumber: p.seq, received: true, receivedAtMs: t + 20 });
+    // What crossed the bottleneck by now reaches the receiver.
+    while (inFlight.length > 0 && inFlight[0]!.at <= t) {
+      const p = inFlight.shift()!;
+      arrivals.push({ sequenceNumber: p.seq, received: true, receivedAtMs: p.at });
     }
-    if (queue.length === 0) drainCredit = Math.min(drainCredit, 0);
     // Transport-cc feedback every 50 ms, as PeerSession digests it.
     if (t % 50 === 0 && arrivals.length > 0) {
       const r = tracker.feedback(arrivals.splice(0), t);
@@ -175,7 +173,6 @@ export function simulate(o: SimOptions): SimResult {
   res.maxWaitMs = pacer.counters.maxWaitMs;
   res.meanWaitMs = pacer.counters.held > 0 ? pacer.counters.waitMsSum / pacer.counters.held : 0;
   res.skipped = skipped;
-  res.spread = abr.spread;
   return res;
 }
 
