@@ -469,7 +469,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
       if (acked !== undefined && cap < 0.85 * acked) this.#limitCap = undefined;
       else this.#limitCap = { bps: cap, at: now };
     }
-    if (this.#limitCap === undefined || now - this.#limitCap.at > LIMIT_HOLD_MS || process.env.XX_NO_WINDOW === "1") return Infinity;
+    if (this.#limitCap === undefined || now - this.#limitCap.at > LIMIT_HOLD_MS) return Infinity;
     return this.#limitCap.bps;
   }
 

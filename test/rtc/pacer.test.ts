@@ -58,6 +58,9 @@ test("send window: a raised link is climbed as fast as without it; a lowered one
     const c = simulate({ ...base, capacity: lower, startBps: 4e6, window: true });
     const late = over(c, lower, 20_000).filter((w) => w.t >= 23_000);
     assert.equal(late.length, 0, `seed ${seed}: 5 -> 2 Mbit/s, over the link 3 s later: ${fmt(c, 19_000, 30_000)}`);
+    // ... and uses it again (a window set from a rate it holds down itself would spiral: seen in a variant).
+    const tail = c.windows.filter((w) => w.t >= 25_000);
+    assert.ok(tail.reduce((a, w) => a + w.bps, 0) / tail.length >= 0.8 * 2e6, `seed ${seed}: 5 -> 2 Mbit/s, the link unused: ${fmt(c, 19_000, 30_000)}`);
   }
 });
 
