@@ -30,7 +30,7 @@ const term = await t.agent.desktop!.headless!.spawnClient("foot", BUSY_TERMINAL,
 const browser = await NsBrowser.launch(link);
 const txBytes = (): number => Number(readFileSync(`/sys/class/net/${link.hostIf}/statistics/tx_bytes`, "utf8"));
 
-interface Sample { t: number; payload: number; target: number; enc: number; cap: number; qd: number; kf: number; tbfSent: number; tbfDropped: number; tbfBytes: number; tbfBacklog: number }
+interface Sample { held: number; sentQ: number; waitSum: number; skipped: number; t: number; payload: number; target: number; enc: number; cap: number; qd: number; kf: number; tbfSent: number; tbfDropped: number; tbfBytes: number; tbfBacklog: number }
 const results: Record<string, unknown> = {};
 try {
   const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 600, subject: "bench" });
@@ -59,7 +59,8 @@ try {
   const sample = async (): Promise<Sample> => {
     const q = await link.qdiscStats("down");
     // Resends count as sent: under congestion they are a large part of what the link is offered.
-    return { t: performance.now(), payload: peer.counters.bytesSent + peer.counters.bytesRetransmitted, target: peer.abr.target, enc: src.targetBitrate, cap: peer.abr.capacityBps ?? 0, qd: peer.abr.queueingDelayMs, kf: peer.counters.keyframesSent, tbfSent: q.sentPackets, tbfDropped: q.dropped, tbfBytes: q.sentBytes, tbfBacklog: q.backlogBytes };
+    const pc = peer.pacerCounters;
+    return { held: pc.held, sentQ: pc.sent, waitSum: pc.waitMsSum, skipped: peer.counters.framesHeldTooLong, t: performance.now(), payload: peer.counters.bytesSent + peer.counters.bytesRetransmitted, target: peer.abr.target, enc: src.targetBitrate, cap: peer.abr.capacityBps ?? 0, qd: peer.abr.queueingDelayMs, kf: peer.counters.keyframesSent, tbfSent: q.sentPackets, tbfDropped: q.dropped, tbfBytes: q.sentBytes, tbfBacklog: q.backlogBytes };
   };
   /**
    * Send rate over the last second ending at sample i, bit/s, as offered to the link: what the tbf sent,
@@ -81,19 +82,44 @@ try {
     while (j > 0 && s[i]!.t - s[j]!.t < 1000) j--;
     return ((s[i]!.payload - s[j]!.payload) * 8 * overhead) / Math.max(0.001, (s[i]!.t - s[j]!.t) / 1000);
   };
+  const transientMaxWaits = new Map<Sample[], number>();
   const phase = async (limitKbit: number, seconds: number): Promise<{ s: Sample[]; lost0: number; recv0: number; lost1: number; recv1: number }> => {
     const b0 = (await viewerSample(page)).video;
     await link.shape("down", { rateKbit: limitKbit, latencyMs: queueMs });
+    peer.pacerCounters.maxWaitMs = 0;
     const s: Sample[] = [await sample()];
     const end = s[0]!.t + seconds * 1000;
+    let transientMaxWaitMs: number | undefined;
     while (performance.now() < end) {
       await sleep(250);
       s.push(await sample());
+      // The window's longest wait while settling and after (from 5 s on) apart.
+      if (transientMaxWaitMs === undefined && performance.now() - s[0]!.t >= 5000) {
+        transientMaxWaitMs = peer.pacerCounters.maxWaitMs;
+        peer.pacerCounters.maxWaitMs = 0;
+      }
     }
+    transientMaxWaits.set(s, transientMaxWaitMs ?? 0);
     const b1 = (await viewerSample(page)).video;
     return { s, lost0: b0.packetsLost ?? 0, recv0: b0.packetsReceived ?? 0, lost1: b1.packetsLost ?? 0, recv1: b1.packetsReceived ?? 0 };
   };
 
+  /**
+   * The send window's cost over a phase, its first 5 s and the rest apart: packets held (% of those
+   * sent), their mean and longest wait (ms), frames skipped to a keyframe.
+   */
+  const pacerStats = (s: Sample[]): Record<string, number> => {
+    const part = (a: Sample, b: Sample): [number, number, number] => {
+      const held = b.held - a.held;
+      return [round((100 * held) / Math.max(1, b.sentQ - a.sentQ), 1), round((b.waitSum - a.waitSum) / Math.max(1, held), 1), b.skipped - a.skipped];
+    };
+    const k = Math.max(0, s.findIndex((x) => x.t - s[0]!.t >= 5000));
+    const [h0, w0, k0] = part(s[0]!, s[k]!), [h1, w1, k1] = part(s[k]!, s[s.length - 1]!);
+    return {
+      first5sHeldPercent: h0, first5sMeanWaitMs: w0, first5sMaxWaitMs: round(transientMaxWaits.get(s) ?? 0, 1), first5sSkipped: k0,
+      laterHeldPercent: h1, laterMeanWaitMs: w1, laterMaxWaitMs: round(peer.pacerCounters.maxWaitMs, 1), laterSkipped: k1,
+    };
+  };
   const lowered = async (name: string, limitKbit: number, seconds: number): Promise<void> => {
     const { s, lost0, recv0, lost1, recv1 } = await phase(limitKbit, seconds);
     const limit = limitKbit * 1000;
@@ -140,6 +166,7 @@ try {
       headTrace: s.slice(1, 17).map((x, k) => `${round(x.target / 1e6, 1)}/${round(x.enc / 1e6, 1)}/${Math.round(x.qd)}/${x.tbfDropped - s[k]!.tbfDropped}`).join(" "),
       keyframes: s[s.length - 1]!.kf - s[0]!.kf,
       dropTrace: s.filter((_, i) => i % 4 === 0 && i > 0).map((x, k) => x.tbfDropped - s[k * 4]!.tbfDropped).join(" "),
+      pacer: pacerStats(s),
     };
     results[name] = r;
     console.log(`${name}: ${JSON.stringify(r)}`);
@@ -162,6 +189,7 @@ try {
     capacityTrace: s.filter((_, i) => i % 4 === 0).map((x) => round(x.cap / 1e6, 1)).join(" "),
     queueMsTrace: s.filter((_, i) => i % 4 === 0).map((x) => Math.round(x.qd)).join(" "),
     keyframes: s[s.length - 1]!.kf - s[0]!.kf,
+    pacer: pacerStats(s),
     fineTrace: s.map((x) => `${round(x.target / 1e6, 1)}/${Math.round(x.qd)}/${x.kf - s[0]!.kf}`).join(" "),
   };
   results.raise2to5 = raised;

@@ -13,6 +13,7 @@ import type { CandidateInit } from "../signaling/protocol.js";
 import { TypedEmitter } from "../util/events.js";
 import { ExhaustedError, InvalidStateError, UnsupportedError, errorMessage } from "../util/errors.js";
 import { AbrController, DelayTracker, twccPacketResults, type TwccFeedback } from "./abr.js";
+import { ViewerPacer } from "./pacer.js";
 import { RtpHistory } from "./history.js";
 import { chooseOfferedH264, keepOnlyVideoPayload, offeredH264, rewriteProfileLevelId } from "./h264.js";
 import {
@@ -26,6 +27,10 @@ const WERIFT_HISTORY = 128;
 const FIR_FMT = 4;
 /** Bytes a media packet carries besides its payload on an Ethernet link (what the bench measured: ~7.5 %). */
 const WIRE_OVERHEAD = 88;
+/** A throttled viewer's pacing rate per bit of its target, as on the wire (1.25 x its payload rate). */
+const PACE_FACTOR = 1.25 * 1.075;
+/** How long the window keeps the last measured capacity through a gap in the samples (ms). */
+const LIMIT_HOLD_MS = 3000;
 /**
  * The agent releases a viewer whose connection failed, this long after werift says "failed" (werift
  * does so when consent freshness expires: 30 s without an answer to its STUN checks, RFC 7675) or stays
@@ -104,7 +109,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
   #connected = false;
   #closed = false;
   #queue: Promise<void> = Promise.resolve();
-  readonly counters = { framesSent: 0, framesDropped: 0, keyframesSent: 0, packetsSent: 0, bytesSent: 0, packetsRetransmitted: 0, bytesRetransmitted: 0, nackedTooOld: 0, nackedSkipped: 0, nacks: 0, plis: 0, firs: 0 };
+  readonly counters = { framesSent: 0, framesDropped: 0, keyframesSent: 0, packetsSent: 0, bytesSent: 0, packetsRetransmitted: 0, bytesRetransmitted: 0, nackedTooOld: 0, nackedSkipped: 0, framesHeldTooLong: 0, nacks: 0, plis: 0, firs: 0 };
   /** When each history slot's packet was last resent (performance.now() ms; 0: never). */
   #resentAt: Float64Array;
   /** Retransmission budget (bytes), refilled at half this viewer's target. */
@@ -318,6 +323,9 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#rtxTokensAt = now;
     const minGapMs = Math.max(10, (this.abr.rttMs ?? 50) / 2);
     let overBudget = 0;
+    this.#pacer.capacityBps = this.#windowCapacity(now);
+    this.#pacer.queueMs = this.abr.queueingDelayMs;
+    let room = this.#pacer.room(now);
     for (const seq of lost) {
       const pkt = this.#history.get(seq);
       if (!pkt) {
@@ -325,11 +333,16 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
         continue;
       }
       const slot = seq & (this.#history.capacity - 1);
-      if (now - this.#resentAt[slot]! < minGapMs || this.#rtxTokens < pkt.payload.length) {
-        if (this.#rtxTokens < pkt.payload.length) overBudget++;
+      // Resends count in the viewer's 1 s window (ViewerPacer) and wait for nothing: one that does not
+      // fit is skipped like one over the budget (media waiting in the window keeps its order).
+      const noRoom = room < pkt.payload.length + WIRE_OVERHEAD;
+      if (now - this.#resentAt[slot]! < minGapMs || this.#rtxTokens < pkt.payload.length || noRoom) {
+        if (this.#rtxTokens < pkt.payload.length || noRoom) overBudget++;
         this.counters.nackedSkipped++;
         continue;
       }
+      room -= pkt.payload.length + WIRE_OVERHEAD;
+      this.#pacer.record(now, pkt.payload.length + WIRE_OVERHEAD);
       this.#resentAt[slot] = now;
       this.#rtxTokens -= pkt.payload.length;
       this.counters.packetsRetransmitted++;
@@ -391,8 +404,16 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#encoderSetpoint = throttled ? 0 : encoderTargetBps;
     if (!throttled) this.#tokens = Math.max(this.#tokens, 0);
     // The pacer's backlog is bounded too (a sudden cut of the target leaves bytes queued at the old rate).
-    if (throttled && !frame.keyframe && (this.#tokens < -target * 0.5 || this.#pacedBytes * 8 > target)) {
+    if (throttled && !frame.keyframe && (this.#tokens < -target * 0.5 || this.#pacer.backlogBytes * 8 > target)) {
       this.counters.framesDropped++;
+      this.#waitingKeyframe = true;
+      this.safeEmit("keyframe", "recovery");
+      return false;
+    }
+    // Held by the 1 s window for too long (ViewerPacer.overdue): skip to the next keyframe.
+    if (!throttled && !frame.keyframe && this.#pacer.overdue(now)) {
+      this.counters.framesDropped++;
+      this.counters.framesHeldTooLong++;
       this.#waitingKeyframe = true;
       this.safeEmit("keyframe", "recovery");
       return false;
@@ -407,57 +428,60 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     const group = this.#frameNo = (this.#frameNo + 1) & 0x7fffffff;
     this.counters.framesSent++;
     this.counters.bytesSent += bytes;
-    if (throttled || this.#paced.length > 0) {
-      // A throttled viewer gets frames sized for the fastest viewer's rate: sent as one burst, a frame
-      // overflows a slow link's bottleneck queue (seen: 30 % of every frame lost on a 1.5 Mbit/s tbf with
-      // a 100 ms queue, loss > 10 % cut the target to the minimum, 1 fps). Paced at a little over its
-      // target, the queue stays short. Packets keep their order; the token bucket bounds the backlog.
-      for (const p of packets) {
-        this.#paced.push(p);
-        this.#pacedGroups.push(group);
-        this.#pacedBytes += p.payload.length;
-      }
-      this.#drainPaced();
-      return true;
-    }
-    for (const p of packets) this.#sendPacket(sender, p, now, group);
+    // A throttled viewer gets frames sized for the fastest viewer's rate: sent as one burst, a frame
+    // overflows a slow link's bottleneck queue (seen: 30 % of every frame lost on a 1.5 Mbit/s tbf with
+    // a 100 ms queue, loss > 10 % cut the target to the minimum, 1 fps). Paced at a little over its
+    // target, the queue stays short. The viewer the encoder follows is held under its path's measured
+    // capacity (ViewerPacer). Packets keep their order; the token bucket and ViewerPacer.HOLD_MAX_MS
+    // bound the backlog.
+    this.#pacer.paceBps = throttled ? target * PACE_FACTOR : 0;
+    this.#pacer.push(packets.map((p) => ({ item: p, bytes: p.payload.length + WIRE_OVERHEAD, group })), now, frame.keyframe);
+    // What this viewer was handed (the encoder's output), for the overshoot: counted before the window
+    // holds any of it, or a held peak would read as an encoder keeping to its target.
+    for (const p of packets) this.#wireBytes += p.payload.length + WIRE_OVERHEAD;
+    this.#drainPaced(now);
     return true;
   }
 
-  /** Packets waiting for this viewer's pacer (shared objects: the header is set when each one is sent). */
-  #paced: RtpPacket[] = [];
-  #pacedGroups: number[] = [];
-  #pacedHead = 0;
-  #pacedBytes = 0;
-  #paceCredit = 0;
-  #paceAt = 0;
-  #paceTimer: NodeJS.Timeout | undefined;
+  /** What the send queue held and for how long (cumulative; `maxWaitMs` may be reset by the reader). */
+  get pacerCounters(): ViewerPacer<RtpPacket>["counters"] {
+    return this.#pacer.counters;
+  }
 
-  #drainPaced(): void {
+  /** This viewer's send queue: pacing when throttled, else the limits of its path (ViewerPacer). */
+  readonly #pacer = new ViewerPacer<RtpPacket>(() => (this.#frameNo = (this.#frameNo + 1) & 0x7fffffff));
+  #paceTimer: NodeJS.Timeout | undefined;
+  /** The last capacity the window was set from, and when (held over short gaps in the samples). */
+  #limitCap: { bps: number; at: number } | undefined;
+
+  /**
+   * The capacity the send window limits to (`AbrController.steadyCapacityBps`), unless clearly more
+   * arrived than the samples say (a starved sender spreading its own bursts reads low, 1.2-2.5 for a
+   * 5 Mbit/s link at load 10: the controller does not follow that down either). Kept LIMIT_HOLD_MS across a gap in the samples (frames too small, or a
+   * still screen), then none (Infinity: nothing waits).
+   */
+  #windowCapacity(now: number): number {
+    const cap = this.abr.steadyCapacityBps;
+    const acked = this.abr.ackedBps;
+    if (cap !== undefined) {
+      // (Not the controller's 0.95: while a queue stands, what arrives is the capacity itself, and a
+      // median 5 % low would lift the limit just when a burst overflows that queue.)
+      if (acked !== undefined && cap < 0.85 * acked) this.#limitCap = undefined;
+      else this.#limitCap = { bps: cap, at: now };
+    }
+    if (this.#limitCap === undefined || now - this.#limitCap.at > LIMIT_HOLD_MS) return Infinity;
+    return this.#limitCap.bps;
+  }
+
+  #drainPaced(now = performance.now()): void {
     const sender = this.#sender;
-    if (this.#closed || !sender) return;
-    const now = performance.now();
-    const rate = (this.abr.target * 1.25) / 8; // bytes per second
-    if (this.#paceTimer === undefined) this.#paceAt = now; // idle until now: no credit saved up
+    if (this.#paceTimer) clearTimeout(this.#paceTimer);
     this.#paceTimer = undefined;
-    // At most ~2 packets of credit: a short burst, never a whole frame.
-    this.#paceCredit = Math.min(this.#paceCredit + ((now - this.#paceAt) / 1000) * rate, 2500);
-    this.#paceAt = now;
-    while (this.#pacedHead < this.#paced.length && this.#paceCredit > 0) {
-      const group = this.#pacedGroups[this.#pacedHead]!;
-      const p = this.#paced[this.#pacedHead++]!;
-      this.#paceCredit -= p.payload.length + 40;
-      this.#pacedBytes -= p.payload.length;
-      this.#sendPacket(sender, p, now, group);
-    }
-    if (this.#pacedHead >= this.#paced.length) {
-      this.#paced = [];
-      this.#pacedGroups = [];
-      this.#pacedHead = 0;
-      this.#pacedBytes = 0;
-      return;
-    }
-    this.#paceTimer = setTimeout(() => this.#drainPaced(), 5);
+    if (this.#closed || !sender) return;
+    this.#pacer.capacityBps = this.#windowCapacity(now);
+    this.#pacer.queueMs = this.abr.queueingDelayMs;
+    const next = this.#pacer.drain(now, (p) => this.#sendPacket(sender, p.item, now, p.group));
+    if (next !== undefined) this.#paceTimer = setTimeout(() => this.#drainPaced(), next);
   }
 
   #frameNo = 0;
@@ -472,7 +496,6 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     // Sizes as on the wire (RTP header and extensions, SRTP tag, UDP, IP, Ethernet: ~88 bytes), so that
     // measured rates compare with the link's and the target (media payload) keeps the overhead's room.
     this.#delay.sent(sender.dtlsTransport.transportSequenceNumber, now, p.payload.length + WIRE_OVERHEAD, group);
-    this.#wireBytes += p.payload.length + WIRE_OVERHEAD;
     // Keep what werift really sent (its SSRC, payload type, MID and transport-cc extensions).
     const cache = (sender as unknown as { rtpCache?: (RtpPacket | undefined)[] }).rtpCache;
     const sent = cache?.[seq % WERIFT_HISTORY];
@@ -670,8 +693,8 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#cursorPending = undefined;
     this.#cursorShape = undefined;
     if (this.#paceTimer) clearTimeout(this.#paceTimer);
-    this.#paced = [];
-    this.#pacedGroups = [];
+    this.#paceTimer = undefined;
+    this.#pacer.clear();
     for (const u of this.#unsubs) u();
     this.#history.clear();
     this.#pc.close().catch(() => undefined);
