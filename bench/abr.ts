@@ -12,6 +12,7 @@
 import { readFileSync } from "node:fs";
 import { startTestAgent } from "../test/helpers/agent.js";
 import { BUSY_TERMINAL, NetLink, NsBrowser, viewerSample } from "../test/helpers/netns.js";
+import { ViewerPacer } from "../agent/rtc/pacer.js";
 
 const width = Number(process.argv[2] ?? 1280);
 const height = Number(process.argv[3] ?? 720);
@@ -30,7 +31,7 @@ const term = await t.agent.desktop!.headless!.spawnClient("foot", BUSY_TERMINAL,
 const browser = await NsBrowser.launch(link);
 const txBytes = (): number => Number(readFileSync(`/sys/class/net/${link.hostIf}/statistics/tx_bytes`, "utf8"));
 
-interface Sample { held: number; sentQ: number; waitSum: number; skipped: number; t: number; payload: number; target: number; enc: number; cap: number; qd: number; kf: number; tbfSent: number; tbfDropped: number; tbfBytes: number; tbfBacklog: number }
+interface Sample { held: number; sentQ: number; waitSum: number; windowHeld: number; hist: number[]; pushback: number; skipped: number; t: number; payload: number; target: number; enc: number; cap: number; qd: number; kf: number; tbfSent: number; tbfDropped: number; tbfBytes: number; tbfBacklog: number }
 const results: Record<string, unknown> = {};
 try {
   const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 600, subject: "bench" });
@@ -60,7 +61,7 @@ try {
     const q = await link.qdiscStats("down");
     // Resends count as sent: under congestion they are a large part of what the link is offered.
     const pc = peer.pacerCounters;
-    return { held: pc.held, sentQ: pc.sent, waitSum: pc.waitMsSum, skipped: peer.counters.framesHeldTooLong, t: performance.now(), payload: peer.counters.bytesSent + peer.counters.bytesRetransmitted, target: peer.abr.target, enc: src.targetBitrate, cap: peer.abr.capacityBps ?? 0, qd: peer.abr.queueingDelayMs, kf: peer.counters.keyframesSent, tbfSent: q.sentPackets, tbfDropped: q.dropped, tbfBytes: q.sentBytes, tbfBacklog: q.backlogBytes };
+    return { held: pc.held, sentQ: pc.sent, waitSum: pc.waitMsSum, windowHeld: pc.windowHeld, hist: [...pc.holdHist], pushback: peer.abr.pushback, skipped: peer.counters.framesHeldTooLong, t: performance.now(), payload: peer.counters.bytesSent + peer.counters.bytesRetransmitted, target: peer.abr.target, enc: src.targetBitrate, cap: peer.abr.capacityBps ?? 0, qd: peer.abr.queueingDelayMs, kf: peer.counters.keyframesSent, tbfSent: q.sentPackets, tbfDropped: q.dropped, tbfBytes: q.sentBytes, tbfBacklog: q.backlogBytes };
   };
   /**
    * Send rate over the last second ending at sample i, bit/s, as offered to the link: what the tbf sent,
@@ -82,43 +83,39 @@ try {
     while (j > 0 && s[i]!.t - s[j]!.t < 1000) j--;
     return ((s[i]!.payload - s[j]!.payload) * 8 * overhead) / Math.max(0.001, (s[i]!.t - s[j]!.t) / 1000);
   };
-  const transientMaxWaits = new Map<Sample[], number>();
   const phase = async (limitKbit: number, seconds: number): Promise<{ s: Sample[]; lost0: number; recv0: number; lost1: number; recv1: number }> => {
     const b0 = (await viewerSample(page)).video;
     await link.shape("down", { rateKbit: limitKbit, latencyMs: queueMs });
-    peer.pacerCounters.maxWaitMs = 0;
     const s: Sample[] = [await sample()];
     const end = s[0]!.t + seconds * 1000;
-    let transientMaxWaitMs: number | undefined;
     while (performance.now() < end) {
       await sleep(250);
       s.push(await sample());
-      // The window's longest wait while settling and after (from 5 s on) apart.
-      if (transientMaxWaitMs === undefined && performance.now() - s[0]!.t >= 5000) {
-        transientMaxWaitMs = peer.pacerCounters.maxWaitMs;
-        peer.pacerCounters.maxWaitMs = 0;
-      }
     }
-    transientMaxWaits.set(s, transientMaxWaitMs ?? 0);
     const b1 = (await viewerSample(page)).video;
     return { s, lost0: b0.packetsLost ?? 0, recv0: b0.packetsReceived ?? 0, lost1: b1.packetsLost ?? 0, recv1: b1.packetsReceived ?? 0 };
   };
 
   /**
-   * The send window's cost over a phase, its first 5 s and the rest apart: packets held (% of those
-   * sent), their mean and longest wait (ms), frames skipped to a keyframe.
+   * The send window's cost over a phase, its first 5 s (settling) and the rest (after settling) apart:
+   * packets held (% of those sent through the window), the wait over all of them (mean, 95th percentile,
+   * longest; 0 for those not held: the latency the window adds), the mean wait of the held ones, the
+   * share held for the 1 s window (not only for the burst limit), frames skipped to a keyframe, and the
+   * lowest pushback ratio.
    */
   const pacerStats = (s: Sample[]): Record<string, number> => {
-    const part = (a: Sample, b: Sample): [number, number, number] => {
-      const held = b.held - a.held;
-      return [round((100 * held) / Math.max(1, b.sentQ - a.sentQ), 1), round((b.waitSum - a.waitSum) / Math.max(1, held), 1), b.skipped - a.skipped];
+    const part = (a: Sample, b: Sample, prefix: string): Record<string, number> => {
+      const held = b.held - a.held, sent = Math.max(1, b.sentQ - a.sentQ);
+      const h = ViewerPacer.holdStats(a.hist, b.hist);
+      return {
+        [`${prefix}HeldPercent`]: round(h.heldPercent, 1), [`${prefix}MeanHoldMs`]: round(h.meanMs, 1), [`${prefix}P95HoldMs`]: h.p95Ms, [`${prefix}MaxHoldMs`]: h.maxMs,
+        [`${prefix}MeanOfHeldMs`]: round((b.waitSum - a.waitSum) / Math.max(1, held), 1), [`${prefix}WindowHeldPercent`]: round((100 * (b.windowHeld - a.windowHeld)) / sent, 1),
+        [`${prefix}Skipped`]: b.skipped - a.skipped,
+        [`${prefix}MinPushback`]: round(Math.min(...s.filter((x) => x.t >= a.t && x.t <= b.t).map((x) => x.pushback)), 2),
+      };
     };
     const k = Math.max(0, s.findIndex((x) => x.t - s[0]!.t >= 5000));
-    const [h0, w0, k0] = part(s[0]!, s[k]!), [h1, w1, k1] = part(s[k]!, s[s.length - 1]!);
-    return {
-      first5sHeldPercent: h0, first5sMeanWaitMs: w0, first5sMaxWaitMs: round(transientMaxWaits.get(s) ?? 0, 1), first5sSkipped: k0,
-      laterHeldPercent: h1, laterMeanWaitMs: w1, laterMaxWaitMs: round(peer.pacerCounters.maxWaitMs, 1), laterSkipped: k1,
-    };
+    return { ...part(s[0]!, s[k]!, "first5s"), ...part(s[k]!, s[s.length - 1]!, "later") };
   };
   const lowered = async (name: string, limitKbit: number, seconds: number): Promise<void> => {
     const { s, lost0, recv0, lost1, recv1 } = await phase(limitKbit, seconds);
@@ -162,6 +159,7 @@ try {
       agentRateTrace: s.filter((_, i) => i % 4 === 0).map((_, k) => round(agentRateAt(s, k * 4) / 1e6, 1)).join(" "),
       capacityTrace: s.filter((_, i) => i % 4 === 0).map((x) => round(x.cap / 1e6, 1)).join(" "),
       queueMsTrace: s.filter((_, i) => i % 4 === 0).map((x) => Math.round(x.qd)).join(" "),
+      pushbackTrace: s.filter((_, i) => i % 4 === 0).map((x) => round(x.pushback)).join(" "),
       // The first 4 s at full resolution (250 ms): target/encoder target Mbit/s, queueing delay ms, tbf drops.
       headTrace: s.slice(1, 17).map((x, k) => `${round(x.target / 1e6, 1)}/${round(x.enc / 1e6, 1)}/${Math.round(x.qd)}/${x.tbfDropped - s[k]!.tbfDropped}`).join(" "),
       keyframes: s[s.length - 1]!.kf - s[0]!.kf,
@@ -188,6 +186,7 @@ try {
     targetTrace: s.filter((_, i) => i % 4 === 0).map((x) => round(x.target / 1e6, 1)).join(" "),
     capacityTrace: s.filter((_, i) => i % 4 === 0).map((x) => round(x.cap / 1e6, 1)).join(" "),
     queueMsTrace: s.filter((_, i) => i % 4 === 0).map((x) => Math.round(x.qd)).join(" "),
+    pushbackTrace: s.filter((_, i) => i % 4 === 0).map((x) => round(x.pushback)).join(" "),
     keyframes: s[s.length - 1]!.kf - s[0]!.kf,
     pacer: pacerStats(s),
     fineTrace: s.map((x) => `${round(x.target / 1e6, 1)}/${Math.round(x.qd)}/${x.kf - s[0]!.kf}`).join(" "),
@@ -201,17 +200,27 @@ try {
   await t.close();
   await link.close();
 }
-const l5 = results.limit5 as { settleS: number | null; lossAfterSettlePercent: number };
-const l2 = results.limit2 as { settleS: number | null; lossAfterSettlePercent: number };
-const up = results.raise2to5 as { climbS: number | null };
+type Held = { pacer: Record<string, number> };
+const l5 = results.limit5 as { settleS: number | null; lossAfterSettlePercent: number } & Held;
+const l2 = results.limit2 as { settleS: number | null; lossAfterSettlePercent: number } & Held;
+const up = results.raise2to5 as { climbS: number | null } & Held;
 results.resolution = `${width}x${height}@30`;
 results.queueMs = queueMs;
+/** The send window after settling (from 5 s into a phase): what it adds to every packet's latency. */
+const hold = (r: Held | undefined): { heldPercent: number; meanMs: number; p95Ms: number; maxMs: number } | undefined =>
+  r && { heldPercent: r.pacer.laterHeldPercent!, meanMs: r.pacer.laterMeanHoldMs!, p95Ms: r.pacer.laterP95HoldMs!, maxMs: r.pacer.laterMaxHoldMs! };
+const holdMet = (r: Held | undefined): boolean => r !== undefined && r.pacer.laterMeanHoldMs! <= 5 && r.pacer.laterP95HoldMs! <= 20;
+results.hold = { limit5: hold(l5), limit2: hold(l2), raise2to5: hold(up) };
 results.targets = {
-  settleS: 3, lossPercent: 1, climbS: 5,
+  settleS: 3, lossPercent: 1, climbS: 5, holdMeanMs: 5, holdP95Ms: 20,
   met: {
     settle5: l5?.settleS !== null && l5.settleS <= 3, settle2: l2?.settleS !== null && l2.settleS <= 3,
     loss5: l5?.lossAfterSettlePercent < 1, loss2: l2?.lossAfterSettlePercent < 1, climb: up?.climbS !== null && up.climbS <= 5,
+    hold5: holdMet(l5), hold2: holdMet(l2), holdRaised: holdMet(up),
   },
 };
+const fmtHold = (h: ReturnType<typeof hold>): string => (h ? `${h.heldPercent} % held, mean ${h.meanMs} / p95 ${h.p95Ms} / max ${h.maxMs} ms` : "-");
+console.log(`summary: settle 5 ${l5?.settleS} s, settle 2 ${l2?.settleS} s, loss after ${l5?.lossAfterSettlePercent} / ${l2?.lossAfterSettlePercent} %, climb ${up?.climbS} s; ` +
+  `window after settling: at 5 ${fmtHold(hold(l5))}; at 2 ${fmtHold(hold(l2))}; raised ${fmtHold(hold(up))}`);
 results.loadAvg = readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
 console.log(JSON.stringify(results));

@@ -73,6 +73,19 @@ const CONTENT_LIMITED = 0.8;
 const STEADY_CAPACITY_MS = 3000;
 /** A capacity this many times the one the overshoot was last learned at (or this many times less) is a jump. */
 const CAPACITY_JUMP = 1.4;
+/**
+ * Send-window pushback (see `onSendHold`): a hold longer than this (ms) pushes the target back by
+ * PUSHBACK_STEP, at most every PUSHBACK_SPACING_MS (the encoder follows a new target ~300-500 ms late:
+ * the stage's 250 ms tick, then its next frames); PUSHBACK_RELEASE_MS without a hold, the ratio comes back
+ * by PUSHBACK_RECOVER_PER_S (multiplicative), up to 1. The step is over the stage's 5 % dead band, so it
+ * reaches the encoder at the stage's next tick.
+ */
+const PUSHBACK_HOLD_MS = 0;
+const PUSHBACK_STEP = 0.92;
+const PUSHBACK_SPACING_MS = 500;
+const PUSHBACK_RELEASE_MS = 1000;
+const PUSHBACK_RECOVER_PER_S = 0.02;
+const PUSHBACK_MIN = 0.5;
 
 export class AbrController {
   readonly #o: Required<AbrOptions>;
@@ -100,6 +113,15 @@ export class AbrController {
   #capacityJumpAt = -Infinity;
   #rttMs: number | undefined;
   #preferredMax: number | undefined;
+  /** The target handed out: `#target` x the send window's pushback, within the ceilings. */
+  #out: number;
+  #pushback = 1;
+  #sendHoldMs = 0;
+  #sendHoldAt = -Infinity;
+  #lastSendHold = -Infinity;
+  #lastPushback = -Infinity;
+  /** The measured capacity at the last pushback. */
+  #pushbackCapacity: number | undefined;
 
   constructor(opts: AbrOptions) {
     this.#o = {
@@ -107,10 +129,17 @@ export class AbrController {
       increasePerSecond: 0.08, capacityUse: 0.93, approachMs: 400, ...opts,
     };
     this.#target = clamp(opts.startBps, opts.minBps, opts.maxBps);
+    this.#out = this.#target;
   }
 
+  /** The target for this viewer's encoder (bit/s): the controller's rate x the send window's pushback. */
   get target(): number {
-    return Math.round(this.#target);
+    return Math.round(this.#out);
+  }
+
+  /** The send window's pushback ratio (1: none; see `onSendHold`). */
+  get pushback(): number {
+    return this.#pushback;
   }
 
   get state(): AbrState {
@@ -191,6 +220,20 @@ export class AbrController {
     if (!Number.isFinite(ms)) return;
     this.#delay.push({ t: now, d: Math.max(0, ms) });
     while (this.#delay.length > 0 && this.#delay[0]!.t < now - 1000) this.#delay.shift();
+  }
+
+  /**
+   * How long packets waited in this viewer's send window (ViewerPacer's 1 s window, ms) since the last
+   * call: the longest wait. The window holds what the encoder makes over the path's capacity; that wait
+   * is latency at the sender, where the transport-cc feedback does not see it (send times are taken when
+   * packets leave). Like libwebrtc's congestion-window pushback, a hold pushes the target back, so the
+   * encoder makes less instead of packets waiting.
+   */
+  onSendHold(ms: number, now: number): void {
+    if (!Number.isFinite(ms) || ms < 0) return;
+    this.#sendHoldMs = ms;
+    this.#sendHoldAt = now;
+    if (ms > PUSHBACK_HOLD_MS) this.#lastSendHold = now;
   }
 
   /** The rate the receiver got lately (bit/s), from transport-cc arrival times. */
@@ -294,6 +337,9 @@ export class AbrController {
     if (loss > 0.1 || delayHigh) this.#lastCongested = now;
     if (delayHigh) this.#lastQueueCongested = now;
     if ((loss > 0.1 || delayHigh) && canDecrease) {
+      // A cut starts from what was handed out, pushback included (the acked rate already reflects it).
+      this.#target = this.#out;
+      this.#pushback = 1;
       // While the bottleneck's queue is not empty, what arrives is its rate: go just under it. Loss with a
       // full queue is that queue's overflow, already answered so; compounding it would cut far under the
       // link (seen: 5 -> 2 Mbit/s ended at 0.6).
@@ -334,9 +380,32 @@ export class AbrController {
     if (this.#remb !== undefined && now - this.#rembAt < 3000) ceiling = Math.min(ceiling, this.#remb);
     if (this.#preferredMax !== undefined) ceiling = Math.min(ceiling, this.#preferredMax);
     this.#target = clamp(this.#target, o.minBps, Math.max(o.minBps, ceiling));
-    this.#targets.push({ t: now, bps: this.#target });
+    this.#updatePushback(now, dt, capNow);
+    this.#out = clamp(this.#target * this.#pushback, o.minBps, Math.max(o.minBps, ceiling));
+    this.#targets.push({ t: now, bps: this.#out });
     while (this.#targets.length > 0 && this.#targets[0]!.t < now - 2500) this.#targets.shift();
     return this.target;
+  }
+
+  /**
+   * The send window's pushback: a hold (onSendHold) cuts the ratio by PUSHBACK_STEP, at most every
+   * PUSHBACK_SPACING_MS; after PUSHBACK_RELEASE_MS without one it recovers slowly (at once on a raised
+   * path, see update).
+   */
+  #updatePushback(now: number, dt: number, cap: number | undefined): void {
+    // A raised path (the capacity CAPACITY_JUMP x what it was at the last pushback): the send window
+    // follows the new capacity at once, and the climb must not wait for the pushback to wear off (seen:
+    // 0.92 carried from 2 to 5 Mbit/s, 4 s to recover).
+    if (cap !== undefined && this.#pushbackCapacity !== undefined && cap > CAPACITY_JUMP * this.#pushbackCapacity) {
+      this.#pushback = 1;
+      this.#pushbackCapacity = undefined;
+    }
+    const hold = now - this.#sendHoldAt < 1000 ? this.#sendHoldMs : 0;
+    if (hold > PUSHBACK_HOLD_MS && now - this.#lastPushback >= PUSHBACK_SPACING_MS) {
+      this.#pushback = Math.max(PUSHBACK_MIN, this.#pushback * PUSHBACK_STEP);
+      this.#lastPushback = now;
+      this.#pushbackCapacity = cap;
+    } else if (now - this.#lastSendHold >= PUSHBACK_RELEASE_MS) this.#pushback = Math.min(1, this.#pushback * (1 + PUSHBACK_RECOVER_PER_S * dt));
   }
 
   /** Median of the newest capacity samples; at least 5 of them, else unknown. */

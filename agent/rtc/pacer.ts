@@ -70,7 +70,15 @@ export class ViewerPacer<T> {
   queueMs = 0;
   /** Pacing rate, bit/s; 0: not paced (frames leave as bursts). */
   paceBps = 0;
-  readonly counters = { held: 0, sent: 0, maxWaitMs: 0, waitMsSum: 0 };
+  /** Buckets of the hold histogram: 1 ms each, the last one for HIST_MS and longer. */
+  static readonly HIST_MS = 1000;
+  /**
+   * What the queue held and for how long: `held` of `sent` packets waited (`waitMsSum` ms in all, the
+   * longest `maxWaitMs`), `windowHeld` of them (also) for the 1 s window rather than only for the burst
+   * limit; `holdHist[ms]` counts every packet sent through the queue by its wait (0: none). Cumulative;
+   * `maxWaitMs` may be reset by the reader. See `holdStats`.
+   */
+  readonly counters = { held: 0, sent: 0, maxWaitMs: 0, waitMsSum: 0, windowHeld: 0, holdHist: new Array<number>(ViewerPacer.HIST_MS + 1).fill(0) };
 
   #sent: { t: number; bytes: number }[] = [];
   #sentHead = 0;
@@ -83,6 +91,10 @@ export class ViewerPacer<T> {
   /** What our own bursts left queued at the bottleneck by now, were it empty before them (bytes). */
   #vq = 0;
   #vqAt = 0;
+  /** When the 1 s window last stopped the queue (packets queued by then waited for it). */
+  #windowStopAt = -Infinity;
+  /** The longest wait of a packet the window held, released since `takeWindowHoldMs` last read it. */
+  #windowHoldPeak = 0;
   readonly #newGroup: () => number;
 
   /** `newGroup` hands out burst ids (shared with the caller's frame ids). */
@@ -166,16 +178,24 @@ export class ViewerPacer<T> {
       // A packet larger than the whole window (a limit under one packet per second) still goes, alone.
       // Paced, the pacing is the limit: a paced viewer's capacity samples are its send rate (a lower
       // bound), and a window set from them would hold it under them, lowering the next ones (a ratchet).
-      if (!paced && this.#sentSum + e.bytes > limit && this.#sentSum > 0) return this.#untilRoom(now, e.bytes, limit);
+      if (!paced && this.#sentSum + e.bytes > limit && this.#sentSum > 0) {
+        this.#windowStopAt = now;
+        return this.#untilRoom(now, e.bytes, limit);
+      }
       if (!paced && this.#vq + e.bytes > burst && this.#vq > 0) return Math.max(1, Math.ceil(((this.#vq + e.bytes - burst) * 8 * 1000) / this.capacityBps));
       this.#head++;
       this.#backlog -= e.bytes;
       let group = e.group;
+      const wait = now - e.at;
+      this.counters.holdHist[Math.min(ViewerPacer.HIST_MS, Math.max(0, Math.ceil(wait)))]!++;
       if (e.at < now) {
         this.counters.held++;
-        const wait = now - e.at;
         this.counters.waitMsSum += wait;
         this.counters.maxWaitMs = Math.max(this.counters.maxWaitMs, wait);
+        if (e.at <= this.#windowStopAt) {
+          this.counters.windowHeld++;
+          this.#windowHoldPeak = Math.max(this.#windowHoldPeak, wait);
+        }
         if (!paced && e.group >= 0) {
           if (heldFrame !== e.group) {
             heldFrame = e.group;
@@ -193,6 +213,38 @@ export class ViewerPacer<T> {
     this.#head = 0;
     this.#backlog = 0;
     return undefined;
+  }
+
+  /**
+   * How long packets have waited for the 1 s window (not for the burst limit, whose wait the bottleneck's
+   * queue would otherwise have cost) since the last call: the longest wait of those released since, or
+   * of the oldest one still waiting for it. The send-side queue the controller cannot see in the
+   * feedback (send times are taken when packets leave): `AbrController.onSendHold`.
+   */
+  takeWindowHoldMs(now: number): number {
+    let ms = this.#windowHoldPeak;
+    this.#windowHoldPeak = 0;
+    if (!this.empty && this.#queue[this.#head]!.at <= this.#windowStopAt) ms = Math.max(ms, now - this.#queue[this.#head]!.at);
+    return ms;
+  }
+
+  /**
+   * Share of packets held, mean and 95th percentile of the wait over all packets sent (0 for those not
+   * held), and the longest, between two snapshots of `counters.holdHist` (ms, 1 ms resolution).
+   */
+  static holdStats(before: readonly number[] | undefined, after: readonly number[]): { packets: number; heldPercent: number; meanMs: number; p95Ms: number; maxMs: number } {
+    const h = after.map((n, i) => n - (before?.[i] ?? 0));
+    const total = h.reduce((a, b) => a + b, 0);
+    if (total === 0) return { packets: 0, heldPercent: 0, meanMs: 0, p95Ms: 0, maxMs: 0 };
+    let sum = 0, max = 0, p95 = -1, acc = 0;
+    for (let i = 0; i < h.length; i++) {
+      if (h[i]! <= 0) continue;
+      sum += i * h[i]!;
+      max = i;
+      acc += h[i]!;
+      if (p95 < 0 && acc >= 0.95 * total) p95 = i;
+    }
+    return { packets: total, heldPercent: (100 * (total - h[0]!)) / total, meanMs: sum / total, p95Ms: Math.max(0, p95), maxMs: max };
   }
 
   /** Forgets what waits (the viewer closed). */

@@ -613,6 +613,8 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
       const encoder = enc.length > 0 && enc.every((x) => x > 0) ? { meanBps: enc.reduce((a, b) => a + b, 0) / enc.length, minBps: Math.min(...enc), maxBps: Math.max(...enc) } : undefined;
       this.abr.onSendRate(((this.#wireBytes - first.bytes) * 8) / ((now - first.t) / 1000), now, now - first.t, encoder);
     }
+    // The send window's holds since the last tick: the controller pushes the target back (pushback).
+    this.abr.onSendHold(this.#pacer.takeWindowHoldMs(now), now);
     this.abr.update(now);
     if (++this.#ticks % 5 === 0) this.sendControl({ type: "stats", stats: this.stats() });
   }

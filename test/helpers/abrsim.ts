@@ -36,6 +36,10 @@ export interface SimOptions {
   /** A keyframe (4 x a frame) this often (ms); 0: only when the sender skips to one. */
   keyframeEveryMs?: number;
   seed: number;
+  /** false: the window's holds are not fed to the controller (the sender before the pushback). */
+  pushback?: boolean;
+  /** Hold figures (`hold`) from this time on (ms; default 5000, after settling). */
+  holdFromMs?: number;
 }
 
 export interface SimResult {
@@ -50,6 +54,10 @@ export interface SimResult {
   targets: { t: number; bps: number }[];
   /** The controller's capacity (median of the samples), every 200 ms. */
   capacities: { t: number; bps: number }[];
+  /** The window's holds from `holdFromMs` on (ViewerPacer.holdStats), and how many packets waited for the 1 s window. */
+  hold: ReturnType<typeof ViewerPacer.holdStats> & { windowHeld: number };
+  /** The pushback ratio, every 200 ms. */
+  pushbacks: { t: number; r: number }[];
 }
 
 export function simulate(o: SimOptions): SimResult {
@@ -76,7 +84,9 @@ export function simulate(o: SimOptions): SimResult {
   const offered: { t: number; bytes: number }[] = [];
   const handed: { t: number; bytes: number }[] = [];
   const setpoints: { t: number; bps: number }[] = [];
-  const res: SimResult = { windows: [], drops: [], held: 0, sent: 0, maxWaitMs: 0, meanWaitMs: 0, skipped: 0, targets: [], capacities: [] };
+  const res: SimResult = { windows: [], drops: [], held: 0, sent: 0, maxWaitMs: 0, meanWaitMs: 0, skipped: 0, targets: [], capacities: [], hold: { ...ViewerPacer.holdStats(undefined, []), windowHeld: 0 }, pushbacks: [] };
+  const holdFrom = o.holdFromMs ?? 5000;
+  let histAt: number[] | undefined, windowHeldAt = 0;
   let lastCap: { bps: number; at: number } | undefined;
 
   const send = (t: number) => (p: { item: number; bytes: number; group: number }): void => {
@@ -102,6 +112,10 @@ export function simulate(o: SimOptions): SimResult {
   };
 
   for (let t = 0; t <= o.ms; t++) {
+    if (t === holdFrom) {
+      histAt = [...pacer.counters.holdHist];
+      windowHeldAt = pacer.counters.windowHeld;
+    }
     // The encoder: a frame every 33.3 ms, sized by the setpoint, its overshoot and its slow drift.
     if (t >= nextFrame) {
       nextFrame += 1000 / 30;
@@ -151,7 +165,10 @@ export function simulate(o: SimOptions): SimResult {
         const enc = setpoints.map((x) => x.bps);
         abr.onSendRate(handed.reduce((s, x) => s + x.bytes * 8, 0), t, 1000, { meanBps: enc.reduce((a, b) => a + b, 0) / enc.length, minBps: Math.min(...enc), maxBps: Math.max(...enc) });
       }
+      const hold = pacer.takeWindowHoldMs(t);
+      if (o.pushback !== false) abr.onSendHold(hold, t);
       abr.update(t);
+      res.pushbacks.push({ t, r: abr.pushback });
       res.targets.push({ t, bps: abr.target });
       res.capacities.push({ t, bps: abr.capacityBps ?? 0 });
     }
@@ -173,6 +190,7 @@ export function simulate(o: SimOptions): SimResult {
   res.maxWaitMs = pacer.counters.maxWaitMs;
   res.meanWaitMs = pacer.counters.held > 0 ? pacer.counters.waitMsSum / pacer.counters.held : 0;
   res.skipped = skipped;
+  res.hold = { ...ViewerPacer.holdStats(histAt, pacer.counters.holdHist), windowHeld: pacer.counters.windowHeld - windowHeldAt };
   return res;
 }
 
