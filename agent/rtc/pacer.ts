@@ -75,10 +75,16 @@ export class ViewerPacer<T> {
   /**
    * What the queue held and for how long: `held` of `sent` packets waited (`waitMsSum` ms in all, the
    * longest `maxWaitMs`), `windowHeld` of them (also) for the 1 s window rather than only for the burst
-   * limit; `holdHist[ms]` counts every packet sent through the queue by its wait (0: none). Cumulative;
-   * `maxWaitMs` may be reset by the reader. See `holdStats`.
+   * limit; `holdHist[ms]` counts every packet sent through the queue by its wait (0: none), and
+   * `windowHist` the same with only the waits of the packets the 1 s window held (0 for the others: a
+   * wait for the burst limit only is the bottleneck queue's, moved to the sender; the window's is
+   * latency added while the path could have carried the packet). Cumulative; `maxWaitMs` may be reset
+   * by the reader. See `holdStats`.
    */
-  readonly counters = { held: 0, sent: 0, maxWaitMs: 0, waitMsSum: 0, windowHeld: 0, holdHist: new Array<number>(ViewerPacer.HIST_MS + 1).fill(0) };
+  readonly counters = {
+    held: 0, sent: 0, maxWaitMs: 0, waitMsSum: 0, windowHeld: 0,
+    holdHist: new Array<number>(ViewerPacer.HIST_MS + 1).fill(0), windowHist: new Array<number>(ViewerPacer.HIST_MS + 1).fill(0),
+  };
 
   #sent: { t: number; bytes: number }[] = [];
   #sentHead = 0;
@@ -186,13 +192,15 @@ export class ViewerPacer<T> {
       this.#head++;
       this.#backlog -= e.bytes;
       let group = e.group;
-      const wait = now - e.at;
-      this.counters.holdHist[Math.min(ViewerPacer.HIST_MS, Math.max(0, Math.ceil(wait)))]!++;
+      const wait = now - e.at, bucket = Math.min(ViewerPacer.HIST_MS, Math.max(0, Math.ceil(wait)));
+      const byWindow = e.at < now && e.at <= this.#windowStopAt;
+      this.counters.holdHist[bucket]!++;
+      this.counters.windowHist[byWindow ? bucket : 0]!++;
       if (e.at < now) {
         this.counters.held++;
         this.counters.waitMsSum += wait;
         this.counters.maxWaitMs = Math.max(this.counters.maxWaitMs, wait);
-        if (e.at <= this.#windowStopAt) {
+        if (byWindow) {
           this.counters.windowHeld++;
           this.#windowHoldPeak = Math.max(this.#windowHoldPeak, wait);
         }
@@ -230,7 +238,8 @@ export class ViewerPacer<T> {
 
   /**
    * Share of packets held, mean and 95th percentile of the wait over all packets sent (0 for those not
-   * held), and the longest, between two snapshots of `counters.holdHist` (ms, 1 ms resolution).
+   * held), and the longest, between two snapshots of `counters.holdHist` or `windowHist` (ms, 1 ms
+   * resolution).
    */
   static holdStats(before: readonly number[] | undefined, after: readonly number[]): { packets: number; heldPercent: number; meanMs: number; p95Ms: number; maxMs: number } {
     const h = after.map((n, i) => n - (before?.[i] ?? 0));
