@@ -74,15 +74,17 @@ const STEADY_CAPACITY_MS = 3000;
 /** A capacity this many times the one the overshoot was last learned at (or this many times less) is a jump. */
 const CAPACITY_JUMP = 1.4;
 /**
- * Send-window pushback (see `onSendHold`): a hold longer than this (ms) pushes the target back by
+ * Send-window pushback (see `onSendHold`): a hold longer than PUSHBACK_HOLD_MS pushes the target back by
  * PUSHBACK_STEP, at most every PUSHBACK_SPACING_MS (the encoder follows a new target ~300-500 ms late:
- * the stage's 250 ms tick, then its next frames); PUSHBACK_RELEASE_MS without a hold, the ratio comes back
- * by PUSHBACK_RECOVER_PER_S (multiplicative), up to 1. The step is over the stage's 5 % dead band, so it
- * reaches the encoder at the stage's next tick.
+ * the stage's 250 ms tick, then its next frames; and the window still holds the old rate's bytes for up
+ * to 1 s: cutting every 500 ms cut twice for one peak, and on the synthetic link the rate sank to 0.84 of
+ * it); PUSHBACK_RELEASE_MS without a hold, the ratio comes back by PUSHBACK_RECOVER_PER_S
+ * (multiplicative), up to 1. The step is over the stage's 5 % dead band, so it reaches the encoder at the
+ * stage's next tick.
  */
 const PUSHBACK_HOLD_MS = 0;
 const PUSHBACK_STEP = 0.92;
-const PUSHBACK_SPACING_MS = 500;
+const PUSHBACK_SPACING_MS = 700;
 const PUSHBACK_RELEASE_MS = 1000;
 const PUSHBACK_RECOVER_PER_S = 0.02;
 const PUSHBACK_MIN = 0.5;
@@ -337,9 +339,12 @@ export class AbrController {
     if (loss > 0.1 || delayHigh) this.#lastCongested = now;
     if (delayHigh) this.#lastQueueCongested = now;
     if ((loss > 0.1 || delayHigh) && canDecrease) {
-      // A cut starts from what was handed out, pushback included (the acked rate already reflects it).
+      // A cut starts from what was handed out, pushback included (the acked rate already reflects it),
+      // and answers the holds seen so far too: the next pushback only after the encoder had time to follow.
       this.#target = this.#out;
       this.#pushback = 1;
+      this.#sendHoldMs = 0;
+      this.#lastPushback = now;
       // While the bottleneck's queue is not empty, what arrives is its rate: go just under it. Loss with a
       // full queue is that queue's overflow, already answered so; compounding it would cut far under the
       // link (seen: 5 -> 2 Mbit/s ended at 0.6).

@@ -2,7 +2,8 @@
  * A synthetic link for the per-viewer ABR and send window (ViewerPacer): a tbf-like bottleneck (rate,
  * 100 ms queue, drops beyond), an encoder whose 1 s output varies around its setpoint like x264's, the
  * real DelayTracker turning arrivals into capacity samples / queueing delay / acked rate, the real
- * AbrController, PeerSession's feeding and skipping rules, and the stage's dead band. Time steps of 1 ms;
+ * AbrController, PeerSession's feeding (the window's holds too: pushback) and skipping rules, and the
+ * stage's dead band. Time steps of 1 ms;
  * seeded randomness. Used by test/rtc/pacer.test.ts.
  */
 import { AbrController, DelayTracker } from "../../agent/rtc/abr.js";
@@ -31,8 +32,8 @@ export interface SimOptions {
   window: boolean;
   /** Std of the encoder's slowly varying rate error (AR(1), ~1 s correlation) and of each frame's own. */
   sigma: number | ((setpointBps: number) => number);
-  /** Wire bytes per bit of setpoint (an exact encoder: ~1.075). */
-  overshoot: number;
+  /** Wire bytes per bit of setpoint (an exact encoder: ~1.075), or that at time t (ms). */
+  overshoot: number | ((t: number) => number);
   /** A keyframe (4 x a frame) this often (ms); 0: only when the sender skips to one. */
   keyframeEveryMs?: number;
   seed: number;
@@ -54,8 +55,9 @@ export interface SimResult {
   targets: { t: number; bps: number }[];
   /** The controller's capacity (median of the samples), every 200 ms. */
   capacities: { t: number; bps: number }[];
-  /** The window's holds from `holdFromMs` on (ViewerPacer.holdStats), and how many packets waited for the 1 s window. */
-  hold: ReturnType<typeof ViewerPacer.holdStats> & { windowHeld: number };
+  /** The window's holds from `holdFromMs` on (ViewerPacer.holdStats): all, and the 1 s window's alone. */
+  hold: ReturnType<typeof ViewerPacer.holdStats>;
+  windowHold: ReturnType<typeof ViewerPacer.holdStats>;
   /** The pushback ratio, every 200 ms. */
   pushbacks: { t: number; r: number }[];
 }
@@ -84,9 +86,9 @@ export function simulate(o: SimOptions): SimResult {
   const offered: { t: number; bytes: number }[] = [];
   const handed: { t: number; bytes: number }[] = [];
   const setpoints: { t: number; bps: number }[] = [];
-  const res: SimResult = { windows: [], drops: [], held: 0, sent: 0, maxWaitMs: 0, meanWaitMs: 0, skipped: 0, targets: [], capacities: [], hold: { ...ViewerPacer.holdStats(undefined, []), windowHeld: 0 }, pushbacks: [] };
+  const res: SimResult = { windows: [], drops: [], held: 0, sent: 0, maxWaitMs: 0, meanWaitMs: 0, skipped: 0, targets: [], capacities: [], hold: ViewerPacer.holdStats(undefined, []), windowHold: ViewerPacer.holdStats(undefined, []), pushbacks: [] };
   const holdFrom = o.holdFromMs ?? 5000;
-  let histAt: number[] | undefined, windowHeldAt = 0;
+  let histAt: number[] | undefined, windowHistAt: number[] | undefined;
   let lastCap: { bps: number; at: number } | undefined;
 
   const send = (t: number) => (p: { item: number; bytes: number; group: number }): void => {
@@ -114,13 +116,14 @@ export function simulate(o: SimOptions): SimResult {
   for (let t = 0; t <= o.ms; t++) {
     if (t === holdFrom) {
       histAt = [...pacer.counters.holdHist];
-      windowHeldAt = pacer.counters.windowHeld;
+      windowHistAt = [...pacer.counters.windowHist];
     }
     // The encoder: a frame every 33.3 ms, sized by the setpoint, its overshoot and its slow drift.
     if (t >= nextFrame) {
       nextFrame += 1000 / 30;
       drift = Math.exp(-1 / 30) * drift + Math.sqrt(1 - Math.exp(-2 / 30)) * sigmaAt(setpoint) * gauss();
-      let bytes = ((setpoint * o.overshoot) / 8 / 30) * Math.max(0.2, 1 + drift + 0.2 * sigmaAt(setpoint) * gauss());
+      const overshoot = typeof o.overshoot === "number" ? o.overshoot : o.overshoot(t);
+      let bytes = ((setpoint * overshoot) / 8 / 30) * Math.max(0.2, 1 + drift + 0.2 * sigmaAt(setpoint) * gauss());
       const periodic = o.keyframeEveryMs !== undefined && o.keyframeEveryMs > 0 && Math.floor(t / o.keyframeEveryMs) !== Math.floor((t - 1000 / 30) / o.keyframeEveryMs);
       const keyframe = keyframeDue || periodic;
       keyframeDue = false;
@@ -190,7 +193,8 @@ export function simulate(o: SimOptions): SimResult {
   res.maxWaitMs = pacer.counters.maxWaitMs;
   res.meanWaitMs = pacer.counters.held > 0 ? pacer.counters.waitMsSum / pacer.counters.held : 0;
   res.skipped = skipped;
-  res.hold = { ...ViewerPacer.holdStats(histAt, pacer.counters.holdHist), windowHeld: pacer.counters.windowHeld - windowHeldAt };
+  res.hold = ViewerPacer.holdStats(histAt, pacer.counters.holdHist);
+  res.windowHold = ViewerPacer.holdStats(windowHistAt, pacer.counters.windowHist);
   return res;
 }
 

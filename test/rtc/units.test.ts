@@ -112,6 +112,58 @@ test("ABR: an encoder that overshoots its target gets a lower target for the sam
   assert.ok(abr.target * 1.15 <= 0.95 * 5_000_000, "what is really sent stays under the capacity");
 });
 
+test("ABR: send-window pushback: a hold cuts the target past the stage's dead band at once and again while it lasts, then it comes back slowly; a raised path or a congestion cut ends it", () => {
+  const abr = new AbrController(opts);
+  const feed = (cap: number, holdMs: number) => (t: number): void => {
+    abr.onQueueingDelay(1, t);
+    abr.onLoss(0, t);
+    for (const k of [0.95, 1, 1.05]) abr.onCapacity(cap * k, t);
+    abr.onSendHold(holdMs, t);
+  };
+  run(abr, 0, 5000, feed(2_000_000, 0));
+  const steady = abr.target;
+  assert.ok(Math.abs(steady - USE * 2_000_000) < 0.02 * USE * 2_000_000, `steady ${steady}`);
+  assert.equal(abr.pushback, 1);
+  // The window held a packet 12 ms: the next update pushes back more than the stage's 5 % dead band.
+  abr.onSendHold(12, 5100);
+  abr.update(5100);
+  assert.ok(abr.target <= steady * 0.93, `one hold: ${steady} -> ${abr.target}`);
+  // Holds go on (the encoder has not followed yet): cut again, but at most every 500 ms.
+  const trace: number[] = [];
+  run(abr, 5200, 6600, (t) => {
+    feed(2_000_000, 30)(t);
+    trace.push(abr.target);
+  });
+  assert.ok(abr.target <= steady * 0.92 ** 3 * 1.01 && abr.target >= steady * 0.92 ** 4 * 0.99, `1.5 s of holds: ${trace.join(" ")}`);
+  const pushed = abr.target;
+  // Holds stop: nothing for a second, then back slowly (2 %/s): not the full way within 3 s.
+  run(abr, 6700, 7600, feed(2_000_000, 0));
+  assert.ok(abr.target <= pushed * 1.005, `no recovery within 1 s: ${pushed} -> ${abr.target}`);
+  run(abr, 7700, 10_600, feed(2_000_000, 0));
+  assert.ok(abr.target > pushed * 1.04 && abr.target < steady * 0.95, `3 s later: ${pushed} -> ${abr.target} (steady ${steady})`);
+  run(abr, 10_700, 30_000, feed(2_000_000, 0));
+  assert.ok(Math.abs(abr.target - steady) < 0.01 * steady && abr.pushback === 1, `back: ${abr.target}`);
+  // A raised path ends the pushback at once: the climb does not wait for it.
+  run(abr, 30_100, 31_000, feed(2_000_000, 30));
+  assert.ok(abr.pushback < 0.9);
+  run(abr, 31_100, 34_000, feed(5_000_000, 0));
+  assert.equal(abr.pushback, 1);
+  assert.ok(abr.target >= (USE - 0.03) * 5_000_000, `3 s after the raise: ${abr.target}`);
+  // A congestion cut starts from the pushed-back target (and ends the pushback): not from the rate before it.
+  run(abr, 34_100, 35_000, feed(5_000_000, 30));
+  const beforeCut = abr.target;
+  abr.onAckedRate(beforeCut, 35_050);
+  abr.onQueueingDelay(40, 35_050);
+  for (let i = 0; i < 5; i++) abr.onQueueingDelay(40, 35_060 + i);
+  abr.update(35_100);
+  assert.equal(abr.pushback, 1);
+  assert.ok(abr.target <= beforeCut * 0.86, `cut: ${beforeCut} -> ${abr.target}`);
+  // ... and the holds seen before it are answered by it: no pushback on top at once.
+  abr.onSendHold(0, 35_200);
+  abr.update(35_200);
+  assert.equal(abr.pushback, 1);
+});
+
 test("ABR: with capacity samples, climbs fast to just under the capacity and stays there; a raised capacity is reached within seconds", () => {
   const abr = new AbrController(opts);
   const feed = (cap: number) => (t: number): void => {
