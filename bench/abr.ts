@@ -7,7 +7,10 @@
  * Content: foot printing random text, so the encoder can fill any bitrate.
  * For each lowered limit: time until the send rate (1 s window, on the wire) stays under the limit
  * (target <= 3 s), and the link's loss after that (tbf drops, target < 1 %). For the raised limit: time
- * until the send rate reaches 90 % of it (target <= 5 s). Last line: one JSON object.
+ * until the send rate reaches 90 % of it (target <= 5 s). Next to them, what the send window
+ * (ViewerPacer) held after settling (from 5 s into each phase): share of packets held, mean / p95 / max
+ * wait over all packets (aim: mean <= 5 ms, p95 <= 20 ms), for all holds and for the 1 s window's alone
+ * (`hold`, `windowHold`, a `summary:` line). Last line: one JSON object.
  */
 import { readFileSync } from "node:fs";
 import { startTestAgent } from "../test/helpers/agent.js";
