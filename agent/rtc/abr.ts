@@ -24,6 +24,8 @@
  *   transport-cc, a near-static screen sending small frames): the blind probe of old,
  *   `increasePerSecond` multiplicative.
  * - Rates about the link become targets divided by the encoder's measured overshoot (`onSendRate`).
+ * - Packets held by the viewer's send window (`onSendHold`) push the target handed out back (x 0.92,
+ *   recovering slowly): the encoder makes less instead of packets waiting at the sender.
  * - REMB, when the browser sends it, and the viewer's preference are ceilings.
  */
 export interface AbrOptions {
@@ -268,6 +270,9 @@ export class AbrController {
    */
   onSendRate(bps: number, now: number, windowMs = 1000, encoder?: { meanBps: number; minBps: number; maxBps: number }): void {
     if (!Number.isFinite(bps) || bps <= 0) return;
+    // Before learning moves the capacity it was learned at (PeerSession calls this before `update`, at
+    // the same time): learned first, a jump was never seen, and the relearning never started.
+    this.#noteCapacityJump(now);
     const relearn = now - this.#capacityJumpAt < RELEARN_MS;
     let asked: number | undefined;
     if (encoder !== undefined && encoder.minBps > 0) {
@@ -331,11 +336,7 @@ export class AbrController {
     const acked = now - this.#ackedAt < 1000 ? this.#acked : undefined;
 
     const capNow = this.#capacityNow(now);
-    // Either way: the encoder's over- or undershoot at the new rate is not the one learned at the old.
-    if (capNow !== undefined && this.#capacityAtLearn !== undefined && (capNow > CAPACITY_JUMP * this.#capacityAtLearn || capNow * CAPACITY_JUMP < this.#capacityAtLearn)) {
-      this.#capacityJumpAt = now;
-      this.#capacityAtLearn = capNow;
-    }
+    this.#noteCapacityJump(now);
     if (loss > 0.1 || delayHigh) this.#lastCongested = now;
     if (delayHigh) this.#lastQueueCongested = now;
     if ((loss > 0.1 || delayHigh) && canDecrease) {
@@ -411,6 +412,18 @@ export class AbrController {
       this.#lastPushback = now;
       this.#pushbackCapacity = cap;
     } else if (now - this.#lastSendHold >= PUSHBACK_RELEASE_MS) this.#pushback = Math.min(1, this.#pushback * (1 + PUSHBACK_RECOVER_PER_S * dt));
+  }
+
+  /**
+   * The measured capacity jumped CAPACITY_JUMP x above or below the one the overshoot was last learned
+   * at: either way, the encoder's over- or undershoot at the new rate is not the one learned at the old.
+   */
+  #noteCapacityJump(now: number): void {
+    const cap = this.#capacityNow(now);
+    if (cap !== undefined && this.#capacityAtLearn !== undefined && (cap > CAPACITY_JUMP * this.#capacityAtLearn || cap * CAPACITY_JUMP < this.#capacityAtLearn)) {
+      this.#capacityJumpAt = now;
+      this.#capacityAtLearn = cap;
+    }
   }
 
   /** Median of the newest capacity samples; at least 5 of them, else unknown. */
