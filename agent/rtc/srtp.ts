@@ -28,10 +28,12 @@ let state: NativeSrtpState | undefined;
  *
  * Checked before it is switched on: a packet sealed both ways must come out byte for byte the same, else
  * werift's own path stays (a werift upgrade that changed its cipher is then only slower, never wrong).
- * Idempotent; returns what it did.
+ * Idempotent; returns what it did. WL_WEBRTC_NATIVE_SRTP=0 in the environment keeps werift's path.
  */
 export function useNativeSrtpGcm(): NativeSrtpState {
   if (state !== undefined) return state;
+  // For benches (before/after) and as a way out should the native path ever misbehave.
+  if (process.env.WL_WEBRTC_NATIVE_SRTP === "0") return (state = { active: false, reason: "switched off by WL_WEBRTC_NATIVE_SRTP=0" });
   try {
     const { SrtpGcmSealer: Sealer } = loadAddon();
     if (typeof Sealer !== "function") return (state = { active: false, reason: "the native addon has no SrtpGcmSealer (rebuild it: npm run build:native)" });
