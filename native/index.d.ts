@@ -345,6 +345,8 @@ export declare class SrtpGcmSealer {
   constructor(sessionKey: Buffer, sessionSalt: Buffer);
   /** header || AES-128-GCM(payload) || 16-byte tag, `header` (serialized) as additional authenticated data. */
   seal(header: Buffer, payload: Buffer, ssrc: number, rolloverCounter: number, sequenceNumber: number): Buffer;
+  /** The same into `out`, exactly header + payload + 16 bytes long (a pooled Buffer.allocUnsafe slice: cheaper). */
+  sealInto(out: Buffer, header: Buffer, payload: Buffer, ssrc: number, rolloverCounter: number, sequenceNumber: number): void;
   /** Frees the OpenSSL context (also done when the object is collected); seal() then throws. Idempotent. */
   close(): void;
   readonly closed: boolean;

@@ -60,7 +60,11 @@ export function useNativeSrtpGcm(): NativeSrtpState {
         sealers.set(this, s);
       }
       if (s === null) return original.call(this, header, payload, rolloverCounter);
-      return s.seal(header.serialize(header.serializeSize), payload, header.ssrc >>> 0, rolloverCounter >>> 0, header.sequenceNumber & 0xffff);
+      const hdr = header.serialize(header.serializeSize);
+      // From Node's buffer pool: a buffer made in C++ costs ~1 us more per packet.
+      const out = Buffer.allocUnsafe(hdr.length + payload.length + 16);
+      s.sealInto(out, hdr, payload, header.ssrc >>> 0, rolloverCounter >>> 0, header.sequenceNumber & 0xffff);
+      return out;
     };
     // The check: a header with extensions (as every packet of ours has), a rollover counter past 16 bits.
     const header = new RtpHeader({

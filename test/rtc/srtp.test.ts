@@ -82,7 +82,7 @@ test("the AES-CM/HMAC-SHA1 profile keeps werift's own path and still round-trips
   }
 });
 
-test("SrtpGcmSealer: wrong key or salt sizes are refused; close() is idempotent and seal() then throws", () => {
+test("SrtpGcmSealer: wrong key or salt sizes and a wrong output size are refused; close() is idempotent and seal() then throws", () => {
   const { SrtpGcmSealer } = loadAddon();
   assert.throws(() => new SrtpGcmSealer(randomBytes(32), randomBytes(12)), RangeError);
   assert.throws(() => new SrtpGcmSealer(randomBytes(16), randomBytes(14)), RangeError);
@@ -90,6 +90,11 @@ test("SrtpGcmSealer: wrong key or salt sizes are refused; close() is idempotent 
   const s = new SrtpGcmSealer(randomBytes(16), randomBytes(12));
   assert.equal(s.seal(Buffer.alloc(12), Buffer.alloc(100), 1, 0, 1).length, 12 + 100 + 16);
   assert.throws(() => s.seal("h" as unknown as Buffer, Buffer.alloc(1), 1, 0, 1), TypeError);
+  const hdr = randomBytes(16), payload = randomBytes(300);
+  const out = Buffer.alloc(16 + 300 + 16);
+  s.sealInto(out, hdr, payload, 7, 1, 9);
+  assert.ok(out.equals(s.seal(hdr, payload, 7, 1, 9)), "sealInto and seal agree");
+  assert.throws(() => s.sealInto(Buffer.alloc(16 + 300 + 15), hdr, payload, 7, 1, 9), RangeError);
   assert.equal(s.closed, false);
   s.close();
   s.close();

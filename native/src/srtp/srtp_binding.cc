@@ -25,6 +25,7 @@ class SealerWrap final : public Napi::ObjectWrap<SealerWrap> {
     return DefineClass(env, "SrtpGcmSealer",
                        {
                            InstanceMethod<&SealerWrap::Seal>("seal"),
+                           InstanceMethod<&SealerWrap::SealInto>("sealInto"),
                            InstanceMethod<&SealerWrap::Close>("close"),
                            InstanceAccessor<&SealerWrap::Closed>("closed"),
                        });
@@ -52,17 +53,37 @@ class SealerWrap final : public Napi::ObjectWrap<SealerWrap> {
 
  private:
   // seal(header, payload, ssrc, rolloverCounter, sequenceNumber): header || AES-GCM(payload) || tag, the
-  // serialized header as additional authenticated data.
+  // serialized header as additional authenticated data, in a new buffer.
   Napi::Value Seal(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (ctx_ == nullptr) throw Napi::Error::New(env, "SrtpGcmSealer: closed");
     if (info.Length() < 5 || !info[0].IsBuffer() || !info[1].IsBuffer())
       throw Napi::TypeError::New(env, "seal(header, payload, ssrc, rolloverCounter, sequenceNumber)");
     auto hdr = info[0].As<Napi::Buffer<uint8_t>>();
     auto payload = info[1].As<Napi::Buffer<uint8_t>>();
-    const uint32_t ssrc = info[2].As<Napi::Number>().Uint32Value();
-    const uint32_t roc = info[3].As<Napi::Number>().Uint32Value();
-    const uint32_t seq = info[4].As<Napi::Number>().Uint32Value();
+    auto out = Napi::Buffer<uint8_t>::New(env, hdr.Length() + payload.Length() + kTagLen);
+    SealTo(env, out.Data(), hdr, payload, info[2], info[3], info[4]);
+    return out;
+  }
+  // sealInto(out, header, payload, ssrc, rolloverCounter, sequenceNumber): the same into `out` (exactly
+  // header + payload + 16 bytes): JS hands a pooled Buffer.allocUnsafe slice, cheaper than a buffer made here.
+  Napi::Value SealInto(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 6 || !info[0].IsBuffer() || !info[1].IsBuffer() || !info[2].IsBuffer())
+      throw Napi::TypeError::New(env, "sealInto(out, header, payload, ssrc, rolloverCounter, sequenceNumber)");
+    auto out = info[0].As<Napi::Buffer<uint8_t>>();
+    auto hdr = info[1].As<Napi::Buffer<uint8_t>>();
+    auto payload = info[2].As<Napi::Buffer<uint8_t>>();
+    if (out.Length() != hdr.Length() + payload.Length() + kTagLen)
+      throw Napi::RangeError::New(env, "sealInto: out must be header + payload + 16 bytes long");
+    SealTo(env, out.Data(), hdr, payload, info[3], info[4], info[5]);
+    return env.Undefined();
+  }
+  void SealTo(Napi::Env env, uint8_t* o, const Napi::Buffer<uint8_t>& hdr, const Napi::Buffer<uint8_t>& payload,
+              const Napi::Value& ssrc_v, const Napi::Value& roc_v, const Napi::Value& seq_v) {
+    if (ctx_ == nullptr) throw Napi::Error::New(env, "SrtpGcmSealer: closed");
+    const uint32_t ssrc = ssrc_v.As<Napi::Number>().Uint32Value();
+    const uint32_t roc = roc_v.As<Napi::Number>().Uint32Value();
+    const uint32_t seq = seq_v.As<Napi::Number>().Uint32Value();
     // IV (RFC 7714 section 8.1): 00 00 || SSRC || ROC || SEQ, XOR the session salt.
     uint8_t iv[kSaltLen] = {0, 0,
                             static_cast<uint8_t>(ssrc >> 24), static_cast<uint8_t>(ssrc >> 16), static_cast<uint8_t>(ssrc >> 8), static_cast<uint8_t>(ssrc),
@@ -70,9 +91,7 @@ class SealerWrap final : public Napi::ObjectWrap<SealerWrap> {
                             static_cast<uint8_t>(seq >> 8), static_cast<uint8_t>(seq)};
     for (size_t i = 0; i < kSaltLen; ++i) iv[i] ^= salt_[i];
     const size_t hlen = hdr.Length(), plen = payload.Length();
-    auto out = Napi::Buffer<uint8_t>::New(env, hlen + plen + kTagLen);
-    uint8_t* o = out.Data();
-    std::memcpy(o, hdr.Data(), hlen);
+    std::memmove(o, hdr.Data(), hlen);
     int n = 0, fin = 0;
     // The key schedule stays; only the IV (and GCM's per-message state) is reset.
     if (EVP_EncryptInit_ex(ctx_, nullptr, nullptr, nullptr, iv) != 1 ||
@@ -81,7 +100,6 @@ class SealerWrap final : public Napi::ObjectWrap<SealerWrap> {
         EVP_EncryptFinal_ex(ctx_, o + hlen + (plen > 0 ? n : 0), &fin) != 1 ||
         EVP_CIPHER_CTX_ctrl(ctx_, EVP_CTRL_GCM_GET_TAG, static_cast<int>(kTagLen), o + hlen + plen) != 1)
       throw Napi::Error::New(env, "SrtpGcmSealer: AES-GCM encryption failed");
-    return out;
   }
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Free();
