@@ -161,7 +161,12 @@ async function agentRole(): Promise<void> {
     tr.marks.peer = wall();
     current = tr.marks;
     const marks = tr.marks;
-    p.on("connected", () => (marks.connected ??= wall()));
+    p.on("connected", () => {
+      marks.connected ??= wall();
+      // The SRTP profile the browser and the agent agreed on (7: AEAD_AES_128_GCM, the native sealer's; 1: AES-CM).
+      const srtp = (p.peerConnection.dtlsTransports[0] as unknown as { srtp?: { config?: { profile?: number } } } | undefined)?.srtp;
+      marks.srtpProfile ??= srtp?.config?.profile ?? 0;
+    });
     p.peerConnection.iceConnectionStateChange.subscribe((st) => (marks[`agentIce-${st}`] ??= wall()));
     p.peerConnection.connectionStateChange.subscribe((st) => (marks[`agentPc-${st}`] ??= wall()));
     p.on("keyframe", (reason) => (marks[`wish-${reason}`] ??= wall()));
@@ -610,6 +615,7 @@ async function main(): Promise<void> {
         const step: Record<string, number> = {};
         for (const [k, v] of order) if (v !== undefined) step[k] = Math.round((v - t0) * 10) / 10;
         step.keyframeBytes = ag.keyframeBytes ?? 0;
+        step.srtpProfile = ag.srtpProfile ?? 0;
         bd.push(step);
         console.log(`# first frame, ${sceneName} screen, trial ${i + 1}: ${Math.round(r.ms)} ms; milestones (ms after connect): ${JSON.stringify(step)}`);
       }
