@@ -20,9 +20,9 @@ let state: NativeSrtpState | undefined;
  * Makes werift encrypt outgoing SRTP with AEAD_AES_128_GCM through the addon's SrtpGcmSealer: one
  * OpenSSL context per session with the key set up once, one call and one buffer per packet, instead of
  * a new node:crypto cipher per packet (werift's CipherAesGcm.encryptRtp: createCipheriv, setAAD, update,
- * final, getAuthTag, Buffer.concat). With ~600 packets/s per viewer at 6 Mbit/s that was the largest
- * part of what a viewer costs the agent's JS thread after the socket send (docs/streaming.md "Cost per
- * viewer"). werift itself is not edited: its GCM cipher's prototype method is wrapped once per process,
+ * final, getAuthTag, Buffer.concat: 7-9 us per packet). With ~600 packets/s per viewer at 6 Mbit/s that
+ * was ~10 % of the agent's JS thread's busy time, after GC and the socket send (docs/streaming.md "Cost
+ * per viewer"). werift itself is not edited: its GCM cipher's prototype method is wrapped once per process,
  * so every werift SRTP session in the agent gets it; werift's sequence and rollover bookkeeping, header
  * serialization, decryption and SRTCP stay werift's. The AES-CM/HMAC-SHA1 profile is untouched.
  *

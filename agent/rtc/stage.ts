@@ -167,7 +167,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
 
   /** Attaches to the signaling server: from now on, offers are answered. */
   static async open(opts: RtcStageOptions): Promise<RtcStage> {
-    // Per-packet SRTP encryption is a large part of what each viewer costs (docs/streaming.md "Cost per viewer").
+    // Per-packet SRTP encryption is part of what each viewer costs (docs/streaming.md "Cost per viewer").
     const srtp = useNativeSrtpGcm();
     if (!srtp.active) opts.log.warn({ reason: srtp.reason }, "SRTP AES-GCM stays on werift's per-packet node:crypto cipher (slower per viewer)");
     return new RtcStage(opts, new IceServers(opts.config, opts.env ?? process.env));
