@@ -49,6 +49,7 @@
         "src/encode/pipeline.cc",
         "src/encode/vaapi_backend.cc",
         "src/encode/x264_backend.cc",
+        "src/srtp/srtp_binding.cc",
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -336,11 +336,28 @@ export declare class FrameFeeder {
   readonly closed: boolean;
 }
 
+/**
+ * SRTP AEAD_AES_128_GCM (RFC 7714) encryption of outgoing RTP packets with one session key kept set up
+ * in OpenSSL (Node's own): used by agent/rtc/srtp.ts in place of werift's per-packet node:crypto cipher.
+ */
+export declare class SrtpGcmSealer {
+  /** `sessionKey` 16 bytes, `sessionSalt` 12 (the SRTP session key and salt, not the master ones). */
+  constructor(sessionKey: Buffer, sessionSalt: Buffer);
+  /** header || AES-128-GCM(payload) || 16-byte tag, `header` (serialized) as additional authenticated data. */
+  seal(header: Buffer, payload: Buffer, ssrc: number, rolloverCounter: number, sequenceNumber: number): Buffer;
+  /** The same into `out`, exactly header + payload + 16 bytes long (a pooled Buffer.allocUnsafe slice: cheaper). */
+  sealInto(out: Buffer, header: Buffer, payload: Buffer, ssrc: number, rolloverCounter: number, sequenceNumber: number): void;
+  /** Frees the OpenSSL context (also done when the object is collected); seal() then throws. Idempotent. */
+  close(): void;
+  readonly closed: boolean;
+}
+
 export interface WlWebrtcAddon {
   readonly versions: NativeVersions;
   readonly PipeWireCapture: typeof PipeWireCapture;
   readonly NativeVideoEncoder: typeof NativeVideoEncoder;
   readonly FrameFeeder: typeof FrameFeeder;
+  readonly SrtpGcmSealer: typeof SrtpGcmSealer;
   /** Probes the named backends (default: all, in the default priority order). Synchronous, a few ms each. */
   probeEncoders(names?: string[]): NativeEncoderProbe[];
   /** Compares two frames of the same geometry (both `stride` bytes per row, 4 bytes per pixel). With

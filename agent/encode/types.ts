@@ -5,6 +5,7 @@
  * relay; consumed by agent/rtc/.
  */
 import type { TypedEmitter } from "../util/events.js";
+import type { CursorMode, CursorPosition } from "../protocol/control.js";
 
 export interface EncodedFrame {
   /** One H.264 access unit in Annex-B form (start codes). Keyframes are IDR and carry SPS and PPS. */
@@ -39,17 +40,10 @@ export interface H264Format {
 export type KeyframeReason = "pli" | "fir" | "new-viewer" | "api" | "recovery" | "rung-switch";
 
 /** Where the pointer is: hidden, drawn into the picture (embedded), or sent apart (metadata: `cursor` events). */
-export type CursorMode = "hidden" | "embedded" | "metadata";
+export type { CursorMode };
 
-/** The pointer, from the producer's cursor metadata, in the captured frame's pixels. */
-export interface CursorUpdate {
-  x: number;
-  y: number;
-  hotspotX: number;
-  hotspotY: number;
-  /** Size of the captured frame the position refers to (the encoded video may be scaled). */
-  frameWidth: number;
-  frameHeight: number;
+/** The pointer, from the producer's cursor metadata, in the captured frame's pixels (the position as on the wire). */
+export interface CursorUpdate extends CursorPosition {
   /** Bumps when the bitmap changes. */
   shapeSerial: number;
   /** The bitmap (RGBA), present only when shapeSerial changed (or on the first update); 0x0: the pointer is hidden. */

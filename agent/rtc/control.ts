@@ -1,5 +1,9 @@
 import { z } from "zod";
 import { describeZodError } from "../signaling/protocol.js";
+import type { CursorMessage, CursorModeMessage } from "../protocol/control.js";
+
+// The cursor messages are defined once, with the web client: agent/protocol/control.ts.
+export type { CursorMessage, CursorMode, CursorModeMessage, CursorPosition, CursorShapeMessage } from "../protocol/control.js";
 
 /**
  * Messages on the `control` data channel (JSON text, one object per message, each with a `type`).
@@ -32,44 +36,9 @@ export type AgentControlMessage =
   | { type: "stats"; stats: ViewerStats }
   | { type: "ok"; id?: string | number; ref: string }
   | { type: "pong"; id?: string | number; t: number; agentTimeMs: number }
-  /**
-   * Where the pointer is (sent when the control channel opens): "metadata": in `cursor` messages, the
-   * client draws it; "embedded": in the picture, the client must not draw a second one; "hidden": nowhere.
-   */
-  | { type: "cursor-mode"; mode: CursorMode }
+  | CursorModeMessage
   | CursorMessage
   | { type: "error"; code: ControlErrorCode; message: string; id?: string | number; ref?: string };
-
-export type CursorMode = "hidden" | "embedded" | "metadata";
-
-/**
- * The pointer bitmap: RGBA (straight alpha), base64; drawn `scale` times its size (large shapes are sent
- * downscaled). 0x0 (empty `rgba`): the pointer is hidden until a bitmap with a later serial comes.
- */
-export interface CursorShapeMessage {
-  serial: number;
-  width: number;
-  height: number;
-  scale: number;
-  rgba: string;
-}
-
-/**
- * The pointer (cursor mode "metadata" only), in the captured frame's pixels: the client scales by
- * (shown video width / frameWidth). `shape` comes with the first message and whenever the bitmap changes
- * (`serial` names the bitmap in force). Rate-limited per viewer; the newest position wins.
- */
-export interface CursorMessage {
-  type: "cursor";
-  x: number;
-  y: number;
-  hotspotX: number;
-  hotspotY: number;
-  frameWidth: number;
-  frameHeight: number;
-  serial: number;
-  shape?: CursorShapeMessage;
-}
 
 export interface ViewerStats {
   /** Agent wall clock (ms since the epoch) when this was made. */

@@ -13,6 +13,7 @@ import type { ClientMessage } from "../signaling/protocol.js";
 import { TypedEmitter } from "../util/events.js";
 import { ConfigError, WlError, errorMessage } from "../util/errors.js";
 import { KeyframeGate } from "./keyframe-gate.js";
+import { useNativeSrtpGcm } from "./srtp.js";
 import { PeerSession, type PeerSessionOptions } from "./peer.js";
 import { spsProfileLevelId, splitAnnexB } from "./h264.js";
 import { RungPolicy, type RungName, type RungViewer } from "./rungs.js";
@@ -166,6 +167,9 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
 
   /** Attaches to the signaling server: from now on, offers are answered. */
   static async open(opts: RtcStageOptions): Promise<RtcStage> {
+    // Per-packet SRTP encryption is part of what each viewer costs (docs/streaming.md "Cost per viewer").
+    const srtp = useNativeSrtpGcm();
+    if (!srtp.active) opts.log.warn({ reason: srtp.reason }, "SRTP AES-GCM stays on werift's per-packet node:crypto cipher (slower per viewer)");
     return new RtcStage(opts, new IceServers(opts.config, opts.env ?? process.env));
   }
 

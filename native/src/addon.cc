@@ -9,6 +9,7 @@
 #include "capture/capture_binding.h"
 #include "damage/damage_binding.h"
 #include "encode/encode_binding.h"
+#include "srtp/srtp_binding.h"
 
 namespace {
 
@@ -29,6 +30,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   wl::capture::InitBinding(env, exports);
   wl::damage::InitBinding(env, exports);
   wl::encode::InitBinding(env, exports);
+  wl::srtp::InitBinding(env, exports);
   return exports;
 }
 

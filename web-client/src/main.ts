@@ -5,6 +5,10 @@ export {};
 // screen with a stats overlay, explain every failure, and reconnect with backoff (not after a refused
 // token).
 
+// The control channel's cursor messages, defined once for the agent and this client (types only: the
+// bundle gets no agent code).
+import type { CursorMessage, CursorMode, CursorModeMessage } from "../../agent/protocol/control.js";
+
 const PROTOCOL_VERSION = 1;
 const SUBPROTOCOL = "wl-webrtc.v1";
 const TOKEN_KEY = "wl-webrtc-token";
@@ -77,7 +81,7 @@ const wl = {
   retryInMs: 0,
   clockOffsetMs: undefined as number | undefined,
   /** Where the remote pointer is: "embedded" (in the picture: not drawn here), "metadata" (drawn here), "hidden". */
-  cursorMode: undefined as string | undefined,
+  cursorMode: undefined as CursorMode | undefined,
   /** The overlay as placed, in CSS pixels relative to the viewer (tests, console). */
   cursorOverlay: undefined as { left: number; top: number; width: number; height: number; serial: number } | undefined,
   /** Milestones of the current connection (wall clock ms: performance.timeOrigin + now), for benches. */
@@ -132,21 +136,10 @@ statsBtn.addEventListener("click", () => {
 
 // ---- remote pointer (cursor mode "metadata") ----
 
-interface CursorMsg {
-  x: number;
-  y: number;
-  hotspotX: number;
-  hotspotY: number;
-  frameWidth: number;
-  frameHeight: number;
-  serial: number;
-  shape?: { serial: number; width: number; height: number; scale: number; rgba: string };
-}
-
-let cursorPos: CursorMsg | undefined;
+let cursorPos: CursorMessage | undefined;
 let cursorShape: { serial: number; width: number; height: number; scale: number } | undefined;
 
-function setCursorMode(mode: string | undefined): void {
+function setCursorMode(mode: CursorMode | undefined): void {
   wl.cursorMode = mode;
   if (mode !== "metadata") {
     cursorPos = undefined;
@@ -155,7 +148,7 @@ function setCursorMode(mode: string | undefined): void {
   }
 }
 
-function onCursor(m: CursorMsg): void {
+function onCursor(m: CursorMessage): void {
   if (wl.cursorMode !== "metadata") return; // the pointer is in the picture: never draw a second one
   const sh = m.shape;
   if (sh && (sh.width === 0 || sh.height === 0)) cursorShape = { serial: sh.serial, width: 0, height: 0, scale: 1 }; // hidden
@@ -393,8 +386,8 @@ class Connection {
     }
     if (wl.controlMessages.length < 200) wl.controlMessages.push(m);
     if (m.type === "stats" && m.stats) wl.agentStats = m.stats;
-    else if (m.type === "cursor-mode") setCursorMode((m as { mode?: string }).mode);
-    else if (m.type === "cursor") onCursor(m as unknown as CursorMsg);
+    else if (m.type === "cursor-mode") setCursorMode((m as Partial<CursorModeMessage>).mode);
+    else if (m.type === "cursor") onCursor(m as unknown as CursorMessage);
     else if (m.type === "pong" && typeof m.t === "number" && typeof m.agentTimeMs === "number") {
       const now = Date.now();
       // NTP-style: the agent's clock minus ours, assuming a symmetric path.
