@@ -104,7 +104,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     const dec1 = await framesDecoded(page);
     const p1 = pipe();
     const paint1 = await paintCount();
-    console.log(`  capture buffers: ${JSON.stringify(source.capture.stream.stats().format)} ${JSON.stringify(holdCounters())}`);
+    const captureBuffers = { type: source.capture.stream.stats().format.bufferType, count: source.capture.stream.stats().format.buffers, ...holdCounters() };
     const encoded = p1.encoded - p0.encoded;
     const pipeline = {
       sourcePaintFps: Math.round(((((paint1 - paint0) % 65536) + 65536) % 65536 / dt) * 10) / 10,
@@ -119,6 +119,8 @@ async function run(fps: number): Promise<Record<string, unknown>> {
       convertMsPerFrame: Math.round(((p1.convertUsSum - p0.convertUsSum) / 1000 / Math.max(1, encoded)) * 100) / 100,
       // From the frame entering the mailbox to the encoder starting on it (the encoder thread's wake-up,
       // or the end of the frame before when it was busy).
+      // Shared-memory frames held (no copy) or copied, and the most buffers held at once (capture/frame.h).
+      captureBuffers,
       waitMsPerFrame: Math.round(((p1.waitUsSum - p0.waitUsSum) / 1000 / Math.max(1, encoded)) * 100) / 100,
     };
     const sentFrames = traces.size - sent0;
@@ -183,7 +185,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     console.log(`  sent -> received ${f(res.sentToReceived)}`);
     console.log(`  received -> presented ${f(res.receivedToPresented)}  [received -> submitted ${f(res.receivedToSubmitted)}]`);
     console.log(`  fps: sent ${res.sentFps}, decoded ${res.receivedFps}, rVFC ${res.rvfcFps}; reader ${res.readerMsPerFrame} ms/frame; unreadable ${unreadable}, unmatched ${unmatched}`);
-    console.log(`  source page painted ${pipeline.sourcePaintFps} fps; portal buffers skipped ${pipeline.skippedFps}/s`);
+    console.log(`  source page painted ${pipeline.sourcePaintFps} fps; portal buffers skipped ${pipeline.skippedFps}/s; capture buffers ${JSON.stringify(captureBuffers)}`);
     console.log(`  pipeline: captured ${pipeline.capturedFps} fps, encoded ${pipeline.encodedFps} fps, capture ${pipeline.captureMsPerFrame} + mailbox wait ${pipeline.waitMsPerFrame} + convert ${pipeline.convertMsPerFrame} + x264 ${pipeline.encodeMsPerFrame} ms/frame, encoder drops ${JSON.stringify(pipeline.encoderDropped)}`);
     console.log(`  clock offsets to Date.now() (ms): ${JSON.stringify(res.clockOffsetsMs)}`);
     await page.close();

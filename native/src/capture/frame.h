@@ -5,9 +5,9 @@
 //   * DMA-BUF frames (capture negotiated SPA_DATA_DmaBuf, only with a GPU importer: see
 //     capture/dmabuf.h) carry no pixels: `dmabuf` holds dup'ed fds of the producer's buffer planes
 //     with their offsets, strides, DRM fourcc and modifier, closed when the last holder releases the
-//     Frame. No CPU copy. The pw_buffer is requeued at once as for shared memory (holding it would
-//     stall the producer); the dup'ed fds keep the memory alive, and the encoder imports it within a
-//     frame time. Producer/consumer fences (SPA_META_SyncTimeline, PipeWire >= 1.2) are not
+//     Frame. No CPU copy. The pw_buffer is requeued at once, unlike shared memory (nothing to save:
+//     the dup'ed fds keep the memory alive without a copy, and the encoder imports it within a frame
+//     time). Producer/consumer fences (SPA_META_SyncTimeline, PipeWire >= 1.2) are not
 //     negotiated (Debian 12 has 0.3.65): implicit sync of the DMA-BUF is what orders the GPU work.
 //   * A shared-memory Frame normally references the PipeWire buffer itself (no copy): `mapped` points
 //     into the capture's own read-only mmap of the buffer's memfd, `stride` is the producer's, and
