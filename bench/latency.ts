@@ -104,7 +104,8 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     const dec1 = await framesDecoded(page);
     const p1 = pipe();
     const paint1 = await paintCount();
-    const captureBuffers = { type: source.capture.stream.stats().format.bufferType, count: source.capture.stream.stats().format.buffers, ...holdCounters() };
+    const fmt = source.capture.stream.stats().format;
+    const captureBuffers = { type: fmt?.bufferType, count: fmt?.buffers, ...holdCounters() };
     const encoded = p1.encoded - p0.encoded;
     const pipeline = {
       sourcePaintFps: Math.round(((((paint1 - paint0) % 65536) + 65536) % 65536 / dt) * 10) / 10,
