@@ -59,7 +59,7 @@ struct CaptureOptions {
   std::string dmabuf_device;
   std::string dmabuf_off_reason;
   // Shared memory: publish frames that reference the producer's buffer (held until released) instead
-  // of a copy. false: always copy (tests compare both; nothing in the agent turns it off).
+  // of a copy. false: always copy, as before (for measuring the difference; the agent never sets it).
   bool hold_buffers = true;
 };
 
