@@ -79,10 +79,21 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     await page.evaluate("window.wlBench.records = []; window.wlBench.frames = 0; window.wlBench.readMs = 0");
     const offsets0 = { node: nodeClockOffsetMs(), source: await pageClockOffsetMs(src.page), receiver: await pageClockOffsetMs(page) };
     const source = rtc.source as DesktopVideoSource;
-    const pipe = (): { captured: number; encoded: number; dropped: Record<string, number>; encodeUsSum: number; convertUsSum: number; waitUsSum: number } => {
+    const pipe = (): { captured: number; skipped: number; published: number; captureUsSum: number; encoded: number; dropped: Record<string, number>; encodeUsSum: number; convertUsSum: number; waitUsSum: number } => {
       const e = source.encoder.stats();
-      return { captured: source.capture.stream.stats().counters.framesReceived, encoded: e.framesEncoded, dropped: { ...e.dropped }, encodeUsSum: e.encode.sumUs, convertUsSum: e.convert.sumUs, waitUsSum: e.wait.sumUs };
+      const c = source.capture.stream.stats();
+      return {
+        captured: c.counters.framesReceived, skipped: c.counters.buffersSkipped, published: c.processToAvailable.count, captureUsSum: c.processToAvailable.avgUs * c.processToAvailable.count,
+        encoded: e.framesEncoded, dropped: { ...e.dropped }, encodeUsSum: e.encode.sumUs, convertUsSum: e.convert.sumUs, waitUsSum: e.wait.sumUs,
+      };
     };
+    // The source page's own paint count (its rAF counter, mod 2^16): what the app drew, before sway and the portal.
+    const holdCounters = (): Record<string, number> => {
+      const c = source.capture.stream.stats().counters as unknown as Record<string, number>;
+      return Object.fromEntries(["framesHeld", "framesCopied", "framesCopiedShort", "buffersHeldMax", "buffersRedeliveredHeld", "buffersRemovedHeld"].map((k) => [k, c[k] ?? 0]));
+    };
+    const paintCount = async (): Promise<number> => Number(await src!.page.evaluate("window.counter"));
+    const paint0 = await paintCount();
     const p0 = pipe();
     const dec0 = await framesDecoded(page);
     const load0 = await loadavg();
@@ -92,14 +103,25 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     const dt = (performance.now() - t0) / 1000;
     const dec1 = await framesDecoded(page);
     const p1 = pipe();
+    const paint1 = await paintCount();
+    const fmt = source.capture.stream.stats().format;
+    const captureBuffers = { type: fmt?.bufferType, count: fmt?.buffers, ...holdCounters() };
     const encoded = p1.encoded - p0.encoded;
     const pipeline = {
+      sourcePaintFps: Math.round(((((paint1 - paint0) % 65536) + 65536) % 65536 / dt) * 10) / 10,
       capturedFps: Math.round(((p1.captured - p0.captured) / dt) * 10) / 10,
+      // Buffers the portal queued that were requeued unseen because a newer one was queued too.
+      skippedFps: Math.round(((p1.skipped - p0.skipped) / dt) * 10) / 10,
+      // PipeWire's process callback -> the frame in the encoders' mailboxes (the copy out of the buffer, or not).
+      captureMsPerFrame: Math.round(((p1.captureUsSum - p0.captureUsSum) / 1000 / Math.max(1, p1.published - p0.published)) * 100) / 100,
       encodedFps: Math.round((encoded / dt) * 10) / 10,
       encoderDropped: Object.fromEntries(Object.keys(p1.dropped).map((k) => [k, p1.dropped[k]! - p0.dropped[k]!])),
       encodeMsPerFrame: Math.round(((p1.encodeUsSum - p0.encodeUsSum) / 1000 / Math.max(1, encoded)) * 100) / 100,
       convertMsPerFrame: Math.round(((p1.convertUsSum - p0.convertUsSum) / 1000 / Math.max(1, encoded)) * 100) / 100,
-      // How long the encoder thread sat idle before each frame came (not part of any frame's latency).
+      // From the frame entering the mailbox to the encoder starting on it (the encoder thread's wake-up,
+      // or the end of the frame before when it was busy).
+      // Shared-memory frames held (no copy) or copied, and the most buffers held at once (capture/frame.h).
+      captureBuffers,
       waitMsPerFrame: Math.round(((p1.waitUsSum - p0.waitUsSum) / 1000 / Math.max(1, encoded)) * 100) / 100,
     };
     const sentFrames = traces.size - sent0;
@@ -164,7 +186,8 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     console.log(`  sent -> received ${f(res.sentToReceived)}`);
     console.log(`  received -> presented ${f(res.receivedToPresented)}  [received -> submitted ${f(res.receivedToSubmitted)}]`);
     console.log(`  fps: sent ${res.sentFps}, decoded ${res.receivedFps}, rVFC ${res.rvfcFps}; reader ${res.readerMsPerFrame} ms/frame; unreadable ${unreadable}, unmatched ${unmatched}`);
-    console.log(`  pipeline: captured ${pipeline.capturedFps} fps, encoded ${pipeline.encodedFps} fps, (encoder idle ${pipeline.waitMsPerFrame}) convert ${pipeline.convertMsPerFrame} + x264 ${pipeline.encodeMsPerFrame} ms/frame, encoder drops ${JSON.stringify(pipeline.encoderDropped)}`);
+    console.log(`  source page painted ${pipeline.sourcePaintFps} fps; portal buffers skipped ${pipeline.skippedFps}/s; capture buffers ${JSON.stringify(captureBuffers)}`);
+    console.log(`  pipeline: captured ${pipeline.capturedFps} fps, encoded ${pipeline.encodedFps} fps, capture ${pipeline.captureMsPerFrame} + mailbox wait ${pipeline.waitMsPerFrame} + convert ${pipeline.convertMsPerFrame} + x264 ${pipeline.encodeMsPerFrame} ms/frame, encoder drops ${JSON.stringify(pipeline.encoderDropped)}`);
     console.log(`  clock offsets to Date.now() (ms): ${JSON.stringify(res.clockOffsetsMs)}`);
     await page.close();
     return res;

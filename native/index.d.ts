@@ -110,6 +110,21 @@ export interface NativeCaptureCounters {
   framesCorrupted: number;
   buffersSkipped: number;
   framesNoSlot: number;
+  /** Published frames that reference the producer's PipeWire buffer (no copy; the buffer goes back when released). */
+  framesHeld: number;
+  /** Published shared-memory frames copied out of the buffer (MemPtr buffers, or framesCopiedShort). */
+  framesCopied: number;
+  /** Copied because holding the buffer would have left the producer fewer than 2. */
+  framesCopiedShort: number;
+  /** Buffers held by frames now, and the most at once. */
+  buffersHeld: number;
+  buffersHeldMax: number;
+  /** Held buffers PipeWire handed us again (the producer reused them while a frame held them: PipeWire
+   *  0.3.65 does not wait for the consumer), and held buffers removed by a renegotiation. */
+  buffersRedeliveredHeld: number;
+  buffersRemovedHeld: number;
+  /** The tile differ's reference frame was such a reused buffer: that frame went out fully damaged. */
+  referenceLost: number;
   renegotiations: number;
 }
 

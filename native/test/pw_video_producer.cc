@@ -2,7 +2,10 @@
 // It drives its own graph at --fps, sends BGRx shared-memory frames whose content changes only when
 // told to, and optionally fills SPA_META_VideoDamage like xdg-desktop-portal-wlr does.
 //
-//   pw_video_producer [--width W] [--height H] [--fps N] [--damage]
+//   pw_video_producer [--width W] [--height H] [--fps N] [--damage] [--memfd]
+// --memfd: the producer allocates its buffers itself, one memfd each (PW_STREAM_FLAG_ALLOC_BUFFERS),
+// as xdg-desktop-portal-wlr does; the consumer then sees SPA_DATA_MemFd buffers (and can hold them
+// without copying). Without it PipeWire allocates them and the consumer sees SPA_DATA_MemPtr.
 // stdin, one command per line (applied to the next frame):
 //   fill R G B | pixel X Y R G B | rect X Y W H R G B | size W H | animate on|off | cursor X Y | cursor-hide | quit
 //   (cursor: SPA_META_Cursor at X,Y with an 8x8 BGRA bitmap B=10 G=20 R=30 A=40, hotspot 2,3; cursor-hide:
@@ -12,6 +15,7 @@
 #include <pipewire/pipewire.h>
 #include <spa/param/video/format-utils.h>
 #include <spa/pod/builder.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -37,6 +41,7 @@ struct Producer {
   struct spa_source* input = nullptr;
   uint32_t width = 320, height = 240, fps = 30;
   bool send_damage = false;
+  bool memfd = false;
   bool printed_node = false;
   uint32_t stride = 0;
   std::vector<uint8_t> canvas;  // BGRx, width*4 per row
@@ -211,7 +216,8 @@ void OnParamChanged(void* data, uint32_t id, const struct spa_pod* param) {
       &b, SPA_TYPE_OBJECT_ParamBuffers, SPA_PARAM_Buffers, SPA_PARAM_BUFFERS_buffers, SPA_POD_CHOICE_RANGE_Int(4, 2, 8),
       SPA_PARAM_BUFFERS_blocks, SPA_POD_Int(1), SPA_PARAM_BUFFERS_size, SPA_POD_Int(p->stride * p->height),
       SPA_PARAM_BUFFERS_stride, SPA_POD_Int(p->stride),
-      SPA_PARAM_BUFFERS_dataType, SPA_POD_CHOICE_FLAGS_Int((1 << SPA_DATA_MemFd) | (1 << SPA_DATA_MemPtr))));
+      SPA_PARAM_BUFFERS_dataType,
+      SPA_POD_CHOICE_FLAGS_Int(p->memfd ? (1 << SPA_DATA_MemFd) : ((1 << SPA_DATA_MemFd) | (1 << SPA_DATA_MemPtr)))));
   params[1] = static_cast<const struct spa_pod*>(spa_pod_builder_add_object(
       &b, SPA_TYPE_OBJECT_ParamMeta, SPA_PARAM_Meta, SPA_PARAM_META_type, SPA_POD_Id(SPA_META_Header), SPA_PARAM_META_size,
       SPA_POD_Int(sizeof(struct spa_meta_header))));
@@ -223,6 +229,38 @@ void OnParamChanged(void* data, uint32_t id, const struct spa_pod* param) {
       SPA_POD_Int(cursor_size)));
   pw_stream_update_params(p->stream, params, 4);
   Say("format " + std::to_string(p->width) + " " + std::to_string(p->height));
+}
+
+// --memfd: one memfd per buffer, mapped read-write here; unmapped and closed when PipeWire removes it.
+void OnAddBuffer(void* data, struct pw_buffer* b) {
+  auto* p = static_cast<Producer*>(data);
+  struct spa_data& d = b->buffer->datas[0];
+  const uint32_t size = p->stride * p->height;
+  const int fd = memfd_create("wl-test-producer", MFD_CLOEXEC);
+  if (fd < 0 || ftruncate(fd, size) < 0) {
+    if (fd >= 0) close(fd);
+    return;
+  }
+  void* ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (ptr == MAP_FAILED) {
+    close(fd);
+    return;
+  }
+  d.type = SPA_DATA_MemFd;
+  d.flags = SPA_DATA_FLAG_READWRITE;
+  d.fd = fd;
+  d.mapoffset = 0;
+  d.maxsize = size;
+  d.data = ptr;
+}
+
+void OnRemoveBuffer(void* /*data*/, struct pw_buffer* b) {
+  struct spa_data& d = b->buffer->datas[0];
+  if (d.type != SPA_DATA_MemFd || d.fd < 0) return;
+  if (d.data != nullptr) munmap(d.data, d.maxsize);
+  close(static_cast<int>(d.fd));
+  d.fd = -1;
+  d.data = nullptr;
 }
 
 void HandleCommand(Producer* p, const std::string& line) {
@@ -298,8 +336,9 @@ int main(int argc, char** argv) {
     else if (a == "--height") p.height = next();
     else if (a == "--fps") p.fps = std::max<uint32_t>(1, next());
     else if (a == "--damage") p.send_damage = true;
+    else if (a == "--memfd") p.memfd = true;
     else {
-      std::fprintf(stderr, "usage: pw_video_producer [--width W] [--height H] [--fps N] [--damage]\n");
+      std::fprintf(stderr, "usage: pw_video_producer [--width W] [--height H] [--fps N] [--damage] [--memfd]\n");
       return 2;
     }
   }
@@ -316,15 +355,23 @@ int main(int argc, char** argv) {
     e.process = OnProcess;
     return e;
   }();
+  static struct pw_stream_events memfd_events = [] {
+    struct pw_stream_events e = events;
+    e.add_buffer = OnAddBuffer;
+    e.remove_buffer = OnRemoveBuffer;
+    return e;
+  }();
   p.stream = pw_stream_new_simple(loop, "wl-webrtc-test-producer",
                                   pw_properties_new(PW_KEY_MEDIA_CLASS, "Video/Source", PW_KEY_MEDIA_TYPE, "Video",
                                                     PW_KEY_MEDIA_CATEGORY, "Source", PW_KEY_MEDIA_ROLE, "Screen", nullptr),
-                                  &events, &p);
+                                  p.memfd ? &memfd_events : &events, &p);
   uint8_t buffer[512];
   struct spa_pod_builder b = SPA_POD_BUILDER_INIT(buffer, sizeof(buffer));
   const struct spa_pod* params[1] = {BuildFormat(&b, p.width, p.height, p.fps)};
   if (pw_stream_connect(p.stream, PW_DIRECTION_OUTPUT, PW_ID_ANY,
-                        static_cast<enum pw_stream_flags>(PW_STREAM_FLAG_DRIVER | PW_STREAM_FLAG_MAP_BUFFERS), params, 1) < 0) {
+                        static_cast<enum pw_stream_flags>(PW_STREAM_FLAG_DRIVER | PW_STREAM_FLAG_MAP_BUFFERS |
+                                                          (p.memfd ? PW_STREAM_FLAG_ALLOC_BUFFERS : 0)),
+                        params, 1) < 0) {
     std::fprintf(stderr, "producer: pw_stream_connect failed\n");
     return 1;
   }

@@ -371,13 +371,28 @@ describe("capture against real PipeWire", { timeout: 120_000 }, () => {
 
   test("the encoder-facing LatestFrameSource (native capture_source_test)", async (t) => {
     const bin = requireBinary(join(NATIVE_RELEASE, "capture_source_test"), "build it: source scripts/env.sh && npx node-gyp rebuild --directory native");
-    const animated = await Producer.start(pw, { width: 320, height: 240, fps: 30 });
+    // memfd buffers and compositor damage, as xdg-desktop-portal-wlr sends: the capture holds them
+    // instead of copying.
+    const animated = await Producer.start(pw, { width: 320, height: 240, fps: 30, memfd: true, damage: true });
     try {
       await animated.send("animate on");
       const run = await new Promise<{ status: number | null; stdout: string }>((resolve) => {
-        const child = spawn(bin, [String(animated.nodeId)], { env: pw.env, stdio: ["ignore", "pipe", "inherit"] });
+        const child = spawn(bin, [String(animated.nodeId)], { env: pw.env, stdio: ["pipe", "pipe", "inherit"] });
         let stdout = "";
-        child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+        let seen = 0;
+        child.stdout.on("data", (d: Buffer) => {
+          stdout += d.toString();
+          // "# producer <command>": the test wants the producer to do something (e.g. renegotiate while
+          // it holds a frame); it reads "ok" (or anything else: failed) once the producer applied it.
+          const complete = stdout.lastIndexOf("\n") + 1;
+          for (const m of stdout.slice(seen, complete).matchAll(/^# producer (.+)$/gm)) {
+            animated.send(m[1]!).then(
+              () => child.stdin.write("ok\n"),
+              (err: unknown) => child.stdin.write(`failed ${String(err)}\n`),
+            );
+          }
+          seen = complete;
+        });
         const kill = setTimeout(() => child.pid !== undefined && process.kill(child.pid, "SIGKILL"), 30_000);
         child.once("exit", (status) => (clearTimeout(kill), resolve({ status, stdout })));
       });

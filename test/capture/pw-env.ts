@@ -119,6 +119,8 @@ export interface ProducerOptions {
   height: number;
   fps?: number;
   damage?: boolean;
+  /** The producer allocates memfd buffers itself, as xdg-desktop-portal-wlr does (else PipeWire's MemPtr ones). */
+  memfd?: boolean;
 }
 
 /** The native test producer: a real `Video/Source` node whose content changes only on command. */
@@ -147,6 +149,7 @@ export class Producer {
     const bin = requireBinary(join(NATIVE_RELEASE, "pw_video_producer"), "build the addon: source scripts/env.sh && npx node-gyp rebuild --directory native");
     const args = ["--width", String(o.width), "--height", String(o.height), "--fps", String(o.fps ?? 30)];
     if (o.damage) args.push("--damage");
+    if (o.memfd) args.push("--memfd");
     const p = new Producer(spawn(bin, args, { env: pw.env, stdio: ["pipe", "pipe", "inherit"] }));
     const m = await p.waitLine(/^node (\d+)$/, 5000);
     p.nodeId = Number(m[1]);

@@ -7,6 +7,7 @@
 #include "capture/capture_binding.h"
 
 #include <cstdio>
+#include <cstring>
 
 #include <atomic>
 #include <deque>
@@ -334,6 +335,14 @@ class CaptureWrap final : public Napi::ObjectWrap<CaptureWrap> {
     num("framesCorrupted", s.counters.frames_corrupted);
     num("buffersSkipped", s.counters.buffers_skipped);
     num("framesNoSlot", s.counters.frames_no_slot);
+    num("framesHeld", s.counters.frames_held);
+    num("framesCopied", s.counters.frames_copied);
+    num("framesCopiedShort", s.counters.frames_copied_short);
+    num("buffersHeld", s.counters.buffers_held);
+    num("buffersHeldMax", s.counters.buffers_held_max);
+    num("buffersRedeliveredHeld", s.counters.buffers_redelivered_held);
+    num("buffersRemovedHeld", s.counters.buffers_removed_held);
+    num("referenceLost", s.counters.reference_lost);
     num("renegotiations", s.counters.renegotiations);
     o.Set("counters", c);
     Napi::Object d = Napi::Object::New(env);
@@ -374,10 +383,14 @@ class CaptureWrap final : public Napi::ObjectWrap<CaptureWrap> {
     // tiled modifiers would not even read as a picture).
     if (!f || f->is_dmabuf()) return env.Null();
     Napi::Object o = Napi::Object::New(env);
-    o.Set("data", Napi::Buffer<uint8_t>::Copy(env, f->pixels.data(), f->pixels.size()));
+    // Packed (width * 4 per row) whatever the frame's own stride (a held buffer has the producer's).
+    const size_t row = static_cast<size_t>(f->width) * 4;
+    Napi::Buffer<uint8_t> data = Napi::Buffer<uint8_t>::New(env, row * f->height);
+    for (uint32_t y = 0; y < f->height; ++y) std::memcpy(data.Data() + row * y, f->data() + static_cast<size_t>(f->stride) * y, row);
+    o.Set("data", data);
     o.Set("width", f->width);
     o.Set("height", f->height);
-    o.Set("stride", f->stride);
+    o.Set("stride", static_cast<uint32_t>(row));
     o.Set("format", f->format_name);
     o.Set("seq", Napi::Number::New(env, static_cast<double>(f->seq)));
     o.Set("ptsNs", Napi::Number::New(env, static_cast<double>(f->pts_ns)));

@@ -5,13 +5,27 @@
 //   * DMA-BUF frames (capture negotiated SPA_DATA_DmaBuf, only with a GPU importer: see
 //     capture/dmabuf.h) carry no pixels: `dmabuf` holds dup'ed fds of the producer's buffer planes
 //     with their offsets, strides, DRM fourcc and modifier, closed when the last holder releases the
-//     Frame. No CPU copy. The pw_buffer is requeued at once as for shared memory (holding it would
-//     stall the producer); the dup'ed fds keep the memory alive, and the encoder imports it within a
-//     frame time. Producer/consumer fences (SPA_META_SyncTimeline, PipeWire >= 1.2) are not
+//     Frame. No CPU copy. The pw_buffer is requeued at once, unlike shared memory (nothing to save:
+//     the dup'ed fds keep the memory alive without a copy, and the encoder imports it within a frame
+//     time). Producer/consumer fences (SPA_META_SyncTimeline, PipeWire >= 1.2) are not
 //     negotiated (Debian 12 has 0.3.65): implicit sync of the DMA-BUF is what orders the GPU work.
-//   * A shared-memory Frame is a copy of one PipeWire buffer in memory the capture stream owns. The
-//     pw_buffer itself is requeued at once: holding it would stall the producer (xdg-desktop-portal-wlr
-//     has only a few buffers) and its mapping is only valid until the next renegotiation.
+//   * A shared-memory Frame normally references the PipeWire buffer itself (no copy): `mapped` points
+//     into the capture's own read-only mmap of the buffer's memfd, `stride` is the producer's, and
+//     `hold` keeps the pw_buffer out of the producer's hands (it cannot write into it) until the last
+//     holder releases the Frame; then the capture's loop thread requeues it. The mmap is the Frame's
+//     own (held by `hold`), so the pixels stay readable after remove_buffer, a renegotiation or the
+//     stream's close: the buffer is then simply not requeued. The capture holds a buffer only while the
+//     producer keeps at least 2 (pw_capture.h kProducerMinFree; 8 are negotiated at 1080p); otherwise,
+//     and for MemPtr buffers, the Frame is a copy in memory the capture stream owns (`pixels`, packed)
+//     and the pw_buffer is requeued at once. A consumer must therefore not sit on frames it does not
+//     need: every frame it keeps is a buffer the producer lacks (the encoder keeps its current and
+//     last-encoded frame; a replaced mailbox slot releases its frame at once).
+//     PipeWire 0.3.65 does not honour the hold between processes: the producer reuses its buffers in
+//     turn whatever the consumer holds, so a held frame's pixels are only safe for about
+//     n_buffers - 1 frame times after capture (~130 ms with 8 buffers at 60 fps), far longer than an
+//     encoder takes to convert a frame. `intact()` says whether the buffer was given out again since
+//     (then its pixels may be newer than the frame's metadata); readers that keep a frame longer (the
+//     tile differ's reference, a refresh's re-conversion) check it.
 //   * Once published a Frame is immutable and shared through std::shared_ptr<const Frame>. The capture
 //     stream recycles a frame's pixel memory only when nobody else holds it (use_count() == 1 in its
 //     pool), so a consumer may keep a frame as long as it likes; it only costs a pool slot.
@@ -34,6 +48,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -84,7 +99,7 @@ struct Frame {
   uint64_t seq = 0;              // 1, 2, ... per stream; gaps mean frames were replaced in the mailbox
   uint32_t width = 0;
   uint32_t height = 0;
-  uint32_t stride = 0;           // bytes per row of `pixels` (tightly packed: width * 4)
+  uint32_t stride = 0;           // bytes per row of data(): width * 4 for `pixels`, the producer's otherwise
   uint32_t spa_format = 0;       // enum spa_video_format
   std::string format_name;       // "BGRx", ...
   int64_t pts_ns = -1;           // the producer's SPA_META_Header pts, -1 when absent
@@ -94,7 +109,7 @@ struct Frame {
   DamageSource damage_source = DamageSource::kFull;
   bool has_crop = false;         // SPA_META_VideoCrop: the producer's valid region inside the frame
   damage::Rect crop;
-  std::vector<uint8_t> pixels;   // stride * height bytes (empty for DMA-BUF frames)
+  std::vector<uint8_t> pixels;   // stride * height bytes (empty for DMA-BUF and held-buffer frames)
   // Set for DMA-BUF frames: the pixels are in the producer's (GPU) buffer. `stride` is then plane 0's.
   std::shared_ptr<const DmabufPlanes> dmabuf;
   // A CPU mapping standing in for `pixels` (the encoder's software fallback for LINEAR DMA-BUFs:
@@ -102,10 +117,20 @@ struct Frame {
   const uint8_t* mapped = nullptr;
   size_t mapped_size = 0;
   std::shared_ptr<const void> mapping;
+  // Set when `mapped` is a PipeWire buffer the capture holds for this Frame (see above): releasing
+  // the last reference gives the buffer back to the producer.
+  std::shared_ptr<const void> hold;
+  // How many times the capture has received the held buffer (bumped on every delivery) and the count
+  // when this frame took it: equal while the producer has not given the buffer out again.
+  std::shared_ptr<const std::atomic<uint64_t>> hold_deliveries;
+  uint64_t hold_delivery = 0;
 
   const uint8_t* data() const { return mapped != nullptr ? mapped : pixels.data(); }
   size_t size() const { return mapped != nullptr ? mapped_size : pixels.size(); }
   bool is_dmabuf() const { return dmabuf != nullptr && mapped == nullptr; }
+  bool holds_buffer() const { return hold != nullptr; }
+  /** False once the producer got the held buffer back and delivered it again (see above). */
+  bool intact() const { return hold_deliveries == nullptr || hold_deliveries->load(std::memory_order_acquire) == hold_delivery; }
 };
 
 using FramePtr = std::shared_ptr<const Frame>;

@@ -1,6 +1,7 @@
 #include "capture/pw_capture.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <spa/buffer/meta.h>
 #include <spa/param/buffers.h>
 #include <spa/param/format-utils.h>
@@ -63,6 +64,85 @@ constexpr size_t CursorMetaSize(uint32_t w, uint32_t h) {
   return sizeof(struct spa_meta_cursor) + sizeof(struct spa_meta_bitmap) + static_cast<size_t>(w) * h * 4;
 }
 
+void CopyRows(uint8_t* dst, size_t dst_stride, const uint8_t* src, size_t src_stride, size_t row_bytes, uint32_t rows) {
+  if (dst_stride == src_stride && dst_stride == row_bytes) {
+    std::memcpy(dst, src, row_bytes * rows);
+    return;
+  }
+  for (uint32_t y = 0; y < rows; ++y) std::memcpy(dst + y * dst_stride, src + y * src_stride, row_bytes);
+}
+
+}  // namespace
+
+// Our own read-only mapping of one memfd buffer, made at add_buffer. PipeWire unmaps its own mapping at
+// remove_buffer; this one lives as long as a frame (through its BufferHold) or the slot needs it.
+struct ShmMapping {
+  void* addr = MAP_FAILED;
+  size_t length = 0;
+  const uint8_t* data = nullptr;  // what PipeWire's spa_data::data points at (mapoffset into the fd)
+  uint32_t maxsize = 0;
+  ShmMapping() = default;
+  ShmMapping(const ShmMapping&) = delete;
+  ShmMapping& operator=(const ShmMapping&) = delete;
+  ~ShmMapping() {
+    if (addr != MAP_FAILED) munmap(addr, length);
+  }
+};
+
+// One buffer of the stream, from add_buffer to remove_buffer (pw_buffer::user_data). `pw` and `held`
+// are loop-thread only; a hold keeps the slot object alive past remove_buffer, `pw` is null then.
+struct BufferSlot : std::enable_shared_from_this<BufferSlot> {
+  struct pw_buffer* pw = nullptr;
+  std::shared_ptr<const ShmMapping> map;  // null: cannot be held (MemPtr, DMA-BUF, mmap failed)
+  bool held = false;
+  uint64_t held_delivery = 0;  // the delivery the current hold is for (a reused buffer may be held anew)
+  // Bumped (loop thread) each time PipeWire hands us this buffer; frames read it from any thread.
+  std::shared_ptr<std::atomic<uint64_t>> deliveries = std::make_shared<std::atomic<uint64_t>>(0);
+};
+
+// Buffers whose last frame was released, on their way back to the loop thread. Release() may run on
+// any thread (an encoder dropping its last frame, a mailbox replacing a frame on the loop thread, JS);
+// it wakes the loop with an eventfd source. Detach() (Close) makes it a no-op for good.
+class BufferReleaser {
+ public:
+  BufferReleaser(struct pw_loop* loop, struct spa_source* event) : loop_(loop), event_(event) {}
+  struct Released {
+    std::shared_ptr<BufferSlot> slot;
+    uint64_t delivery;
+  };
+  void Release(std::shared_ptr<BufferSlot> slot, uint64_t delivery) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (loop_ == nullptr) return;  // the capture closed: there is no producer to give it back to
+    released_.push_back(Released{std::move(slot), delivery});
+    pw_loop_signal_event(loop_, event_);
+  }
+  std::vector<Released> Take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::exchange(released_, {});
+  }
+  void Detach() {
+    std::lock_guard<std::mutex> lock(mu_);
+    loop_ = nullptr;
+    event_ = nullptr;
+    released_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  struct pw_loop* loop_;
+  struct spa_source* event_;
+  std::vector<Released> released_;
+};
+
+namespace {
+// What Frame::hold points at: the buffer stays dequeued (and its memory mapped) while this lives.
+struct BufferHold {
+  std::shared_ptr<BufferSlot> slot;
+  std::shared_ptr<const ShmMapping> map;
+  std::shared_ptr<BufferReleaser> releaser;
+  uint64_t delivery = 0;
+  ~BufferHold() { releaser->Release(std::move(slot), delivery); }
+};
 }  // namespace
 
 const char* StreamStateName(StreamState s) {
@@ -146,6 +226,13 @@ bool PipeWireCapture::Start(std::string* error) {
     *error = std::string("pw_context_new failed: ") + std::strerror(errno);
     return false;
   }
+  // Released held buffers come back through this eventfd source (added before the loop runs).
+  release_event_ = pw_loop_add_event(pw_thread_loop_get_loop(loop_), &PipeWireCapture::OnBuffersReleased, this);
+  if (release_event_ == nullptr) {
+    *error = std::string("pw_loop_add_event failed: ") + std::strerror(errno);
+    return false;
+  }
+  releaser_ = std::make_shared<BufferReleaser>(pw_thread_loop_get_loop(loop_), release_event_);
   if (pw_thread_loop_start(loop_) < 0) {
     *error = "pw_thread_loop_start failed";
     return false;
@@ -224,6 +311,9 @@ bool PipeWireCapture::Start(std::string* error) {
 void PipeWireCapture::Close() {
   if (closed_.exchange(true)) return;
   fanout_.Close();  // wakes every encoder blocked in its mailbox; they see the source closed
+  // From here a frame released anywhere only drops its hold (and our mapping with the last one): the
+  // stream and the loop are about to go, nothing is requeued.
+  if (releaser_ != nullptr) releaser_->Detach();
   if (loop_ != nullptr) {
     pw_thread_loop_lock(loop_);
     if (stream_ != nullptr) {
@@ -231,6 +321,10 @@ void PipeWireCapture::Close() {
       pw_stream_disconnect(stream_);
       pw_stream_destroy(stream_);
       stream_ = nullptr;
+    }
+    if (release_event_ != nullptr) {
+      pw_loop_destroy_source(pw_thread_loop_get_loop(loop_), release_event_);
+      release_event_ = nullptr;
     }
     pw_thread_loop_unlock(loop_);
     // Joins the loop thread: no callback runs after this line.
@@ -249,8 +343,13 @@ void PipeWireCapture::Close() {
   }
   pool_.clear();
   last_published_.reset();
+  // Frames still held elsewhere keep their slot and mapping through their hold; the rest go now.
+  for (auto& slot : slots_) slot->pw = nullptr;
+  slots_.clear();
+  held_ = 0;
   std::lock_guard<std::mutex> lock(info_mu_);
   info_.state = StreamState::kClosed;
+  info_.counters.buffers_held = 0;
 }
 
 Snapshot PipeWireCapture::GetSnapshot() const {
@@ -380,26 +479,110 @@ void PipeWireCapture::HandleFormat(const struct spa_pod* param) {
 }
 
 // The negotiated buffer count (format.buffers): what the producer really gave, whatever we asked.
-void PipeWireCapture::OnStreamAddBuffer(void* data, struct pw_buffer* /*b*/) {
+// A memfd buffer also gets our own read-only mapping, which frames that hold the buffer read.
+void PipeWireCapture::OnStreamAddBuffer(void* data, struct pw_buffer* b) {
   auto* self = static_cast<PipeWireCapture*>(data);
+  auto slot = std::make_shared<BufferSlot>();
+  slot->pw = b;
+  struct spa_buffer* buf = b->buffer;
+  if (self->options_.hold_buffers && buf->n_datas >= 1 && buf->datas[0].type == SPA_DATA_MemFd && buf->datas[0].fd >= 0 &&
+      buf->datas[0].maxsize > 0) {  // (xdpw's buffers arrive with flags 0: the mmap says whether we can read)
+    const struct spa_data& d = buf->datas[0];
+    const long page = sysconf(_SC_PAGESIZE);
+    const uint64_t aligned = d.mapoffset - d.mapoffset % static_cast<uint64_t>(page > 0 ? page : 4096);
+    auto map = std::make_shared<ShmMapping>();
+    map->length = static_cast<size_t>(d.mapoffset - aligned) + d.maxsize;
+    map->addr = mmap(nullptr, map->length, PROT_READ, MAP_SHARED, static_cast<int>(d.fd), static_cast<off_t>(aligned));
+    if (map->addr != MAP_FAILED) {
+      map->data = static_cast<const uint8_t*>(map->addr) + (d.mapoffset - aligned);
+      map->maxsize = d.maxsize;
+      slot->map = std::move(map);
+    }  // else: this buffer is copied, like a MemPtr one
+  }
+  b->user_data = slot.get();
+  self->slots_.push_back(std::move(slot));
   std::lock_guard<std::mutex> lock(self->info_mu_);
   self->info_.format.buffers = ++self->n_buffers_;
 }
 
-void PipeWireCapture::OnStreamRemoveBuffer(void* data, struct pw_buffer* /*b*/) {
+// A held buffer may be removed (renegotiation, pause to reconnect, stream teardown): its frame keeps
+// reading our mapping, and the slot is never requeued.
+void PipeWireCapture::OnStreamRemoveBuffer(void* data, struct pw_buffer* b) {
   auto* self = static_cast<PipeWireCapture*>(data);
+  auto* slot = static_cast<BufferSlot*>(b->user_data);
+  b->user_data = nullptr;
+  if (slot != nullptr) {
+    if (slot->held) {
+      slot->held = false;
+      self->SetHeld(-1);
+      std::lock_guard<std::mutex> lock(self->info_mu_);
+      ++self->info_.counters.buffers_removed_held;
+    }
+    slot->pw = nullptr;
+    slot->map.reset();
+    auto& v = self->slots_;
+    v.erase(std::remove_if(v.begin(), v.end(), [slot](const std::shared_ptr<BufferSlot>& s) { return s.get() == slot; }), v.end());
+  }
   std::lock_guard<std::mutex> lock(self->info_mu_);
   if (self->n_buffers_ > 0) --self->n_buffers_;
   self->info_.format.buffers = self->n_buffers_;
 }
 
+void PipeWireCapture::OnBuffersReleased(void* data, uint64_t /*count*/) { static_cast<PipeWireCapture*>(data)->RequeueReleased(); }
+
+void PipeWireCapture::RequeueReleased() {
+  if (releaser_ == nullptr) return;
+  for (const BufferReleaser::Released& r : releaser_->Take()) {
+    BufferSlot* slot = r.slot.get();
+    // Removed meanwhile (remove_buffer already counted it), or PipeWire gave the buffer out again
+    // (then it is not ours to queue, or it is held anew by a newer frame).
+    if (!slot->held || slot->held_delivery != r.delivery) continue;
+    slot->held = false;
+    SetHeld(-1);
+    if (slot->pw != nullptr && stream_ != nullptr) pw_stream_queue_buffer(stream_, slot->pw);
+  }
+}
+
+void PipeWireCapture::SetHeld(int delta) {
+  held_ = static_cast<uint32_t>(static_cast<int>(held_) + delta);
+  std::lock_guard<std::mutex> lock(info_mu_);
+  info_.counters.buffers_held = held_;
+  info_.counters.buffers_held_max = std::max<uint64_t>(info_.counters.buffers_held_max, held_);
+}
+
+bool PipeWireCapture::CanHold(struct pw_buffer* b, const struct spa_data* d) {
+  auto* slot = static_cast<BufferSlot*>(b->user_data);
+  if (!options_.hold_buffers || slot == nullptr || slot->map == nullptr || slot->held || d->type != SPA_DATA_MemFd) return false;
+  // Holding this one too must leave the producer kProducerMinFree buffers to render into.
+  if (n_buffers_ < held_ + 1 + kProducerMinFree) {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    ++info_.counters.frames_copied_short;
+    return false;
+  }
+  return true;
+}
+
 void PipeWireCapture::OnStreamProcess(void* data) {
   auto* self = static_cast<PipeWireCapture*>(data);
   const uint64_t t0 = NowNs();
+  // Buffers released since the last wake-up go back first: they count as the producer's again.
+  self->RequeueReleased();
   // Newest buffer wins: requeue everything older at once so the producer never runs out of buffers.
   struct pw_buffer* newest = nullptr;
   uint64_t skipped = 0;
   while (struct pw_buffer* b = pw_stream_dequeue_buffer(self->stream_)) {
+    if (auto* slot = static_cast<BufferSlot*>(b->user_data); slot != nullptr) {
+      slot->deliveries->fetch_add(1, std::memory_order_acq_rel);
+      if (slot->held) {
+        // The producer reused a buffer a frame still holds (PipeWire 0.3.65 between processes, see
+        // pw_capture.h): that frame is no longer intact(), and the buffer is no longer held by it
+        // (its release must not queue it: it is ours now as a new delivery).
+        slot->held = false;
+        self->SetHeld(-1);
+        std::lock_guard<std::mutex> lock(self->info_mu_);
+        ++self->info_.counters.buffers_redelivered_held;
+      }
+    }
     if (newest != nullptr) {
       // Its compositor damage still counts: the newest buffer's damage is relative to this one.
       struct spa_meta* m = spa_buffer_find_meta(newest->buffer, SPA_META_VideoDamage);
@@ -426,8 +609,7 @@ void PipeWireCapture::OnStreamProcess(void* data) {
     self->info_.counters.buffers_skipped += skipped;
   }
   if (newest == nullptr) return;
-  self->ProcessBuffer(newest, t0, &self->carry_damage_, &self->carry_unknown_);
-  pw_stream_queue_buffer(self->stream_, newest);
+  if (!self->ProcessBuffer(newest, t0, &self->carry_damage_, &self->carry_unknown_)) pw_stream_queue_buffer(self->stream_, newest);
 }
 
 void PipeWireCapture::ReadCursor(struct spa_buffer* buf) {
@@ -541,13 +723,14 @@ void PipeWireCapture::FillFromMetas(Frame* frame, struct spa_buffer* buf, struct
   }
 }
 
-void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vector<damage::Rect>* carried,
+bool PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vector<damage::Rect>* carried,
                                     bool* carried_unknown) {
   struct spa_buffer* buf = b->buffer;
   ReadCursor(buf);
   auto count = [this](uint64_t Counters::*field) {
     std::lock_guard<std::mutex> lock(info_mu_);
     ++(info_.counters.*field);
+    return false;
   };
   if (!have_format_ || buf->n_datas < 1) return count(&Counters::frames_empty);
   auto* header = static_cast<struct spa_meta_header*>(spa_buffer_find_meta_data(buf, SPA_META_Header, sizeof(struct spa_meta_header)));
@@ -557,7 +740,10 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
     *carried_unknown = true;  // whatever changed in it is not in our reference frame
     return count(&Counters::frames_corrupted);
   }
-  if (d->type == SPA_DATA_DmaBuf) return ProcessDmabuf(buf, header, t0, carried, carried_unknown);
+  if (d->type == SPA_DATA_DmaBuf) {
+    ProcessDmabuf(buf, header, t0, carried, carried_unknown);
+    return false;
+  }
   if (d->data == nullptr || d->chunk == nullptr || d->chunk->size == 0) return count(&Counters::frames_empty);
 
   const uint32_t width = raw_.size.width, height = raw_.size.height;
@@ -569,7 +755,7 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
     *carried_unknown = true;
     return count(&Counters::frames_corrupted);
   }
-  const uint8_t* src = static_cast<const uint8_t*>(d->data) + offset;
+  const size_t span = static_cast<size_t>(stride) * (height - 1) + row_bytes;  // bytes the frame reads
 
   NegotiatedFormat updated;
   {
@@ -585,26 +771,60 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
   // while), so the format is announced again once they are.
   if (updated.valid && !closed_.load()) sink_->OnFormatChanged(updated);
 
-  std::shared_ptr<Frame> frame = AcquirePoolFrame();
-  if (frame == nullptr) {
-    *carried_unknown = true;
-    return count(&Counters::frames_no_slot);
-  }
-  frame->stride = row_bytes;
-  frame->pixels.resize(static_cast<size_t>(row_bytes) * height);
+  // Which damage this frame gets: full (nothing to compare with), the compositor's, or our own tile
+  // comparison with the previous frame.
   std::vector<damage::Rect> compositor;
+  {
+    Frame probe;
+    FillFromMetas(&probe, buf, header, t0, width, height, &compositor);
+  }
+  // The reference may be a held buffer the producer has written into since (see pw_capture.h): it no
+  // longer shows what was published, and only a full frame is safe.
+  const bool reference_lost = last_published_ != nullptr && !last_published_->intact();
+  if (reference_lost) {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    ++info_.counters.reference_lost;
+  }
+  enum class Mode { kFull, kCompositor, kTiles };
+  const Mode mode = (last_published_ == nullptr || last_published_->width != width || last_published_->height != height ||
+                     last_published_->dmabuf != nullptr || reference_lost)
+                        ? Mode::kFull
+                        : (!compositor.empty() && !*carried_unknown) ? Mode::kCompositor : Mode::kTiles;
+
+  // Held: the frame reads the buffer through our own mapping (the same bytes as d->data), no copy.
+  // Copied: into a pool frame, packed, and the buffer goes back at once. Tile comparison copies: its
+  // frame becomes the next one's reference, kept for as long as the screen stays still, far longer
+  // than PipeWire leaves a held buffer alone (and the copy is fused with the comparison's reads).
+  auto* slot = static_cast<BufferSlot*>(b->user_data);
+  const bool hold = mode != Mode::kTiles && CanHold(b, d) && slot->map->maxsize >= d->maxsize;
+  std::shared_ptr<Frame> frame;
+  const uint8_t* src;
+  if (hold) {
+    frame = std::make_shared<Frame>();
+    src = slot->map->data + offset;
+    frame->stride = stride;
+    frame->mapped = src;
+    frame->mapped_size = span;
+  } else {
+    src = static_cast<const uint8_t*>(d->data) + offset;
+    frame = AcquirePoolFrame();
+    if (frame == nullptr) {
+      *carried_unknown = true;
+      return count(&Counters::frames_no_slot);
+    }
+    frame->stride = row_bytes;
+    frame->pixels.resize(static_cast<size_t>(row_bytes) * height);
+  }
+  uint8_t* const dst = hold ? nullptr : frame->pixels.data();
   FillFromMetas(frame.get(), buf, header, t0, width, height, &compositor);
 
   frame->damage.clear();
-  if (last_published_ == nullptr || last_published_->width != width || last_published_->height != height ||
-      last_published_->dmabuf != nullptr) {
-    for (uint32_t y = 0; y < height; ++y)
-      std::memcpy(frame->pixels.data() + static_cast<size_t>(y) * row_bytes, src + static_cast<size_t>(y) * stride, row_bytes);
+  if (mode == Mode::kFull) {
+    if (dst != nullptr) CopyRows(dst, row_bytes, src, stride, row_bytes, height);
     frame->damage.push_back(damage::Rect{0, 0, width, height});
     frame->damage_source = DamageSource::kFull;
-  } else if (!compositor.empty() && !*carried_unknown) {
-    for (uint32_t y = 0; y < height; ++y)
-      std::memcpy(frame->pixels.data() + static_cast<size_t>(y) * row_bytes, src + static_cast<size_t>(y) * stride, row_bytes);
+  } else if (mode == Mode::kCompositor) {
+    if (dst != nullptr) CopyRows(dst, row_bytes, src, stride, row_bytes, height);
     for (damage::Rect r : *carried)
       if (damage::Clip(&r, width, height)) frame->damage.push_back(r);
     damage::Accumulate(&frame->damage, compositor, FrameMailbox::kMaxRects);
@@ -612,11 +832,11 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
   } else {
     // No usable compositor damage: fused copy + tile compare against the previous frame.
     damage::TileDiffInput in;
-    in.prev = last_published_->pixels.data();
+    in.prev = last_published_->data();
     in.prev_stride = last_published_->stride;
     in.cur = src;
     in.cur_stride = stride;
-    in.dst = frame->pixels.data();
+    in.dst = dst;
     in.dst_stride = row_bytes;
     in.width = width;
     in.height = height;
@@ -628,13 +848,31 @@ void PipeWireCapture::ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vecto
   *carried_unknown = false;
 
   if (frame->damage.empty()) {
-    // Nothing changed: the frame goes back to the pool untouched (nobody else holds it) and the next
-    // stage is not woken.
+    // Nothing changed: a pool frame goes back to the pool untouched (nobody else holds it), a buffer
+    // straight back to the producer, and the next stage is not woken.
     std::lock_guard<std::mutex> lock(info_mu_);
     ++info_.counters.frames_unchanged;
-    return;
+    return false;
+  }
+  if (hold) {
+    slot->held = true;
+    slot->held_delivery = slot->deliveries->load(std::memory_order_acquire);
+    SetHeld(+1);
+    auto h = std::make_shared<BufferHold>();
+    h->slot = slot->shared_from_this();
+    h->map = slot->map;
+    h->releaser = releaser_;
+    h->delivery = slot->held_delivery;
+    frame->hold = std::move(h);
+    frame->hold_deliveries = slot->deliveries;
+    frame->hold_delivery = slot->held_delivery;
+  }
+  {
+    std::lock_guard<std::mutex> lock(info_mu_);
+    ++(hold ? info_.counters.frames_held : info_.counters.frames_copied);
   }
   Publish(frame, t0);
+  return hold;
 }
 
 // A DMA-BUF buffer: no CPU copy. Each plane's fd is dup'ed into the Frame (closed when the last

@@ -6,6 +6,22 @@
 // without PW_STREAM_FLAG_RT_PROCESS. That is what makes copying a frame inside `process` acceptable:
 // it delays only our own loop, never the graph. `process` still takes the newest buffer and requeues
 // the older ones at once, so a slow pass cannot build a backlog (the pipewiresrc trap in the notes).
+//
+// Held buffers (shared memory, no copy): a published frame normally references the pw_buffer's memory
+// itself and the buffer goes back to the producer when the last holder (mailboxes, encoders, the tile
+// differ's reference) drops the frame. frame.h ("Ownership") has the rules; in short:
+//   * the frame reads our own read-only mmap of the buffer's memfd (made at add_buffer), not
+//     PipeWire's mapping, so it stays valid after remove_buffer, a renegotiation or Close();
+//   * the last release (any thread) hands the buffer to a BufferReleaser, which wakes the loop thread
+//     (an eventfd source); only the loop thread requeues, and never a buffer removed meanwhile;
+//   * a buffer is held only if the producer keeps at least kProducerMinFree buffers; otherwise, and for
+//     MemPtr buffers (no fd to map), the frame is copied into the pool as before;
+//   * PipeWire 0.3.65 does not wait for us: between processes the producer gets every buffer back one
+//     cycle after sending it, whether we queued it or not, and reuses its buffers in turn (seen with
+//     the test producer: a held buffer came back 8 frames later with new pixels). So a held frame is
+//     only guaranteed for about n_buffers - 1 frame times (8 at 1080p: ~130 ms at 60 fps); each
+//     buffer's delivery count tells whether it was given out again (Frame::intact()), and the tile
+//     differ's reference, the one frame kept arbitrarily long, is checked before it is used.
 #pragma once
 
 #include <pipewire/pipewire.h>
@@ -30,6 +46,9 @@ namespace wl::capture {
 enum class StreamState { kConnecting, kPaused, kStreaming, kError, kClosed };
 const char* StreamStateName(StreamState s);
 
+/** Buffers the producer must keep (not held by our frames): below this a frame is copied instead. */
+constexpr uint32_t kProducerMinFree = 2;
+
 struct CaptureOptions {
   int fd = -1;                    // the portal's PipeWire remote fd (borrowed: we dup it); -1: default daemon
   uint32_t node_id = PW_ID_ANY;   // the portal's stream node id
@@ -39,6 +58,9 @@ struct CaptureOptions {
   // VA-API and the node exists); empty: shared memory only, `dmabuf_off_reason` says why.
   std::string dmabuf_device;
   std::string dmabuf_off_reason;
+  // Shared memory: publish frames that reference the producer's buffer (held until released) instead
+  // of a copy. false: always copy, as before (for measuring the difference; the agent never sets it).
+  bool hold_buffers = true;
 };
 
 struct NegotiatedFormat {
@@ -67,6 +89,14 @@ struct Counters {
   uint64_t frames_corrupted = 0;  // buffers flagged corrupted or with an impossible size
   uint64_t buffers_skipped = 0;   // older buffers requeued unseen because a newer one was queued
   uint64_t frames_no_slot = 0;    // frames lost because every pool buffer was held by consumers
+  uint64_t frames_held = 0;       // published frames that reference the producer's buffer (no copy)
+  uint64_t frames_copied = 0;     // published shared-memory frames copied into the pool
+  uint64_t frames_copied_short = 0;  // of those: copied because holding would leave the producer < kProducerMinFree
+  uint64_t buffers_held = 0;      // now: buffers held by frames (not queued back to the producer)
+  uint64_t buffers_held_max = 0;  // the most held at once
+  uint64_t buffers_removed_held = 0;  // buffers PipeWire removed while a frame held them
+  uint64_t buffers_redelivered_held = 0;  // a held buffer came back from the producer (frame.h: Frame::intact)
+  uint64_t reference_lost = 0;    // the tile differ's held reference was overwritten: a full frame instead
   uint64_t renegotiations = 0;    // SPA_PARAM_Format changes
 };
 
@@ -115,6 +145,9 @@ class EventSink {
   virtual void OnCursorChanged(const CursorInfo& cursor) = 0;
 };
 
+struct BufferSlot;
+class BufferReleaser;
+
 class PipeWireCapture final : public LatestFrameSource {
  public:
   /** Connects and starts the stream; returns nullptr and sets `error` when PipeWire cannot be reached. */
@@ -146,10 +179,17 @@ class PipeWireCapture final : public LatestFrameSource {
   static void OnStreamProcess(void* data);
   static void OnStreamAddBuffer(void* data, struct pw_buffer* b);
   static void OnStreamRemoveBuffer(void* data, struct pw_buffer* b);
+  static void OnBuffersReleased(void* data, uint64_t count);
+  /** Requeues the buffers whose last frame was released (loop thread). */
+  void RequeueReleased();
+  /** Whether a frame may reference `b` instead of copying it; counts the reason when it may not. */
+  bool CanHold(struct pw_buffer* b, const struct spa_data* d);
+  void SetHeld(int delta);
 
   void SetState(StreamState state, const std::string& message);
   void HandleFormat(const struct spa_pod* param);
-  void ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vector<damage::Rect>* carried, bool* carried_unknown);
+  /** Returns true when the published frame holds `b` (the caller must not requeue it then). */
+  bool ProcessBuffer(struct pw_buffer* b, uint64_t t0, std::vector<damage::Rect>* carried, bool* carried_unknown);
   void FillFromMetas(Frame* frame, struct spa_buffer* buf, struct spa_meta_header* header, uint64_t t0, uint32_t width,
                      uint32_t height, std::vector<damage::Rect>* compositor) const;
   void ProcessDmabuf(struct spa_buffer* buf, struct spa_meta_header* header, uint64_t t0, std::vector<damage::Rect>* carried,
@@ -180,6 +220,10 @@ class PipeWireCapture final : public LatestFrameSource {
   struct spa_video_info_raw raw_ {};
   bool have_format_ = false;
   uint32_t n_buffers_ = 0;  // buffers the stream holds now (add_buffer - remove_buffer); info_mu_ too
+  std::vector<std::shared_ptr<BufferSlot>> slots_;  // one per added buffer (pw_buffer::user_data points here)
+  uint32_t held_ = 0;       // slots held by frames, not yet requeued
+  std::shared_ptr<BufferReleaser> releaser_;  // shared with every hold: outlives this object if need be
+  struct spa_source* release_event_ = nullptr;
   std::vector<std::shared_ptr<Frame>> pool_;
   std::shared_ptr<Frame> last_published_;   // the tile differ's reference frame
   std::vector<damage::Rect> carry_damage_;  // compositor damage of buffers requeued unseen

@@ -569,7 +569,10 @@ void Pipeline::Run() {
       // of changes): conversion trusts the compositor's damage, and this bounds what an under-reporting
       // compositor could leave stale to kRefineNs, at no cost on a static screen.
       const bool requested = idr_requested_;
-      if (refreshes == 0 && !requested) converter_.Invalidate();
+      // Only from a frame whose pixels are still its own: a held capture buffer the producer has
+      // reused since (capture/frame.h, Frame::intact) would give newer, maybe half-written pixels;
+      // the picture converted from it while it was intact stays then.
+      if (refreshes == 0 && !requested && last->intact()) converter_.Invalidate();
       const int64_t bytes = EncodeFrame(last, nullptr, false, true, now);
       idr_requested_ = false;  // answered (or failed: force_idr_ still makes the next frame an IDR)
       last_activity_ns = MonoNs();
