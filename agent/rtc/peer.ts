@@ -224,6 +224,11 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
   #codecPt: number | undefined;
   #twccExtId: number | undefined;
 
+  /** The agent gathered a relay (TURN) candidate for this viewer. */
+  get gatheredRelay(): boolean {
+    return (this.#pc.localDescription?.sdp ?? "").split(/\r?\n/).some((l) => l.startsWith("a=candidate:") && / typ relay( |$)/.test(l));
+  }
+
   /**
    * werift skips an interface whose socket cannot be bound (all ports of rtc.udp_port_min..max taken) and
    * goes on without it: with no candidate at all the browser would only see ICE fail after seconds. Say

@@ -17,6 +17,8 @@ import { useNativeSrtpGcm } from "./srtp.js";
 import { PeerSession, type PeerSessionOptions } from "./peer.js";
 import { spsProfileLevelId, splitAnnexB } from "./h264.js";
 import { RungPolicy, type RungName, type RungViewer } from "./rungs.js";
+import { TurnSelector } from "./turn-select.js";
+import { rangedUdpBinds } from "./ports.js";
 
 /** Opens the shared encoded source when the first viewer arrives. Rejects with a message for the user. */
 export type VideoSourceFactory = () => Promise<EncodedVideoSource>;
@@ -110,6 +112,8 @@ const FALLBACK_PROFILE_LEVEL_ID = "42e01f";
 export class RtcStage extends TypedEmitter<RtcStageEvents> {
   readonly #o: RtcStageOptions;
   readonly #ice: IceServers;
+  /** Which TURN URL werift gets (it uses only the first it is given). */
+  readonly #turn: TurnSelector;
   readonly #peers = new Map<string, PeerSession>();
   readonly #m: {
     viewers: Gauge; keyframeRequests: Counter<"reason">; framesDropped: Counter; retransmits: Counter;
@@ -139,6 +143,9 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     super();
     this.#o = opts;
     this.#ice = ice;
+    this.#turn = new TurnSelector({ log: opts.log.child({ part: "turn" }) });
+    // werift's port search in rtc.udp_port_min..max races between sockets bound at once (ports.ts).
+    if (opts.config.udp_port_min !== 0) rangedUdpBinds();
     const r = [opts.metrics.registry];
     // One registry per agent; a second stage on the same registry (tests) reuses the series.
     const get = <T>(name: string, make: () => T): T => (opts.metrics.registry.getSingleMetric(name) as T | undefined) ?? make();
@@ -202,6 +209,11 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     return this.#low?.gate;
   }
 
+  /** The TURN URL the agent's peer connections use now (see TurnSelector). */
+  get turnServerInUse(): string | undefined {
+    return this.#turn.chosen;
+  }
+
   /** The rung a viewer is on (undefined: not a viewer). */
   rungOf(viewer: string): RungName | undefined {
     return this.#viewerRungs.get(viewer)?.rung;
@@ -219,14 +231,16 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       session.send({ type: "error", code: refused ? "unavailable" : "internal", message: errorMessage(err), ref: m.type, ...(m.id !== undefined ? { id: m.id } : {}) });
     };
 
+    let turnUrl: string | undefined;
     const start = async (m: ClientMessage & { type: "offer" }): Promise<PeerSession | undefined> => {
-      const source = await this.#acquireSource();
+      const [source, iceServers] = await Promise.all([this.#acquireSource(), this.#turn.select(this.#ice.forAgent())]);
       if (session.closed || this.#closed) return undefined;
+      turnUrl = this.#turn.chosen !== undefined && iceServers.some((s) => s.urls === this.#turn.chosen) ? this.#turn.chosen : undefined;
       const p: PeerSession = new PeerSession({
         id: session.id,
         role: session.role,
         config: this.#o.config,
-        iceServers: this.#ice.forAgent(),
+        iceServers,
         profileLevelId: this.#profileLevelId ?? source.format?.profileLevelId ?? FALLBACK_PROFILE_LEVEL_ID,
         firstOffer: m.sdp,
         log,
@@ -274,6 +288,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
           .then(async (p) => {
             peer = p;
             if (p) await p.handleOffer(m.sdp);
+            // Gathering is over: a TURN server that gave no relay candidate is checked again for the next viewer.
+            if (p && first && turnUrl !== undefined && !p.gatheredRelay) this.#turn.failed(turnUrl);
           })
           .catch((err: unknown) => {
             fail(m, err);
@@ -615,6 +631,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#abrTimer);
+    this.#turn.close();
     this.#cancelLinger();
     this.#o.signaling.off("session", this.#onSession);
     this.#o.signaling.iceServersFor = undefined;

@@ -3,6 +3,8 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { networkInterfaces, tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer } from "node:net";
+import { getHostAddresses } from "werift";
 import type { Page } from "playwright-core";
 import { TestBrowser } from "../helpers/browser.js";
 import { TurnServer } from "../helpers/turn.js";
@@ -207,3 +209,86 @@ test("UDP port range: every host candidate uses a port in it; the viewer with no
     await fx.close();
   }
 });
+
+test("TURN: werift uses one TURN URL; with a dead first URL the agent picks the next that allocates, and a relay-only viewer streams through it", async () => {
+  const secret = "wl-test-" + Math.random().toString(36).slice(2);
+  const secretFile = join(dir, "turn-secret-2");
+  writeFileSync(secretFile, secret + "\n", { mode: 0o600 });
+  const turn = await TurnServer.start({ ip: hostIp, secret, relayPorts: [50_300, 50_399] });
+  // Nothing listens there (a port just taken and released): the first URL is dead. Its TCP twice too,
+  // so that werift's own UDP -> TCP fallback cannot rescue it.
+  const dead = `turn:${hostIp}:${await freeTcpPort(hostIp)}?transport=udp`;
+  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { turn_servers: [dead, `turn:${hostIp}:${turn.port}?transport=tcp`, turn.url], turn_secret_file: secretFile, turn_credential_ttl_s: 600 } });
+  try {
+    const t0 = performance.now();
+    // Relay only: the browser gets all three URLs and finds the working one itself.
+    const { page } = await openPage(fx, "&ice=relay");
+    const p = await until("frames decoded over a relay and the agent's relay candidate seen", async () => {
+      const s = await pathInfo(page);
+      return s.framesDecoded > 10 && s.remoteCandidates.some((c) => c.type === "relay") ? s : undefined;
+    }, 30_000);
+    const firstViewerS = (performance.now() - t0) / 1000;
+    assert.equal(p.local?.type, "relay", "the relay-only browser streams through a relay");
+    // UDP before TCP: the working UDP URL, listed last, wins over the TCP one listed before it.
+    assert.equal(fx.agent.rtc!.turnServerInUse, turn.url);
+    const relay = p.remoteCandidates.find((c) => c.type === "relay")!;
+    assert.ok(relay.port >= 50_300 && relay.port <= 50_399, `relay port ${relay.port} from the working server`);
+    // A second viewer: the choice is kept, nothing is checked again (the dead server costs nothing more).
+    const t1 = performance.now();
+    const { page: second } = await openPage(fx);
+    await until("the second viewer has a relay candidate of the agent", async () => {
+      const s = await pathInfo(second);
+      return s.framesDecoded > 5 && s.remoteCandidates.some((c) => c.type === "relay" && c.port >= 50_300 && c.port <= 50_399) ? s : undefined;
+    }, 30_000);
+    const secondViewerS = (performance.now() - t1) / 1000;
+    console.log("# dead first TURN URL:", JSON.stringify({ chosen: fx.agent.rtc!.turnServerInUse, firstViewerS: Number(firstViewerS.toFixed(2)), secondViewerS: Number(secondViewerS.toFixed(2)) }));
+    assert.match(turn.log, /user <\d+:wl-webrtc-agent>/);
+    await page.close();
+    await second.close();
+  } catch (err) {
+    console.log(turn.log.slice(-3000));
+    throw err;
+  } finally {
+    await fx.close();
+    await turn.close();
+  }
+});
+
+test("UDP port range: viewers connecting at the same moment get distinct ports, all inside the range, and all stream", async () => {
+  // werift binds one socket per host address; enough ports for every viewer, few to spare.
+  const perViewer = getHostAddresses(true, true).length;
+  const viewers = 4;
+  const min = 51_400, max = min + viewers * perViewer + 1;
+  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { udp_port_min: min, udp_port_max: max } });
+  const pages: Page[] = [];
+  try {
+    pages.push(...(await Promise.all([...Array(viewers)].map(async () => (await openPage(fx)).page))));
+    const infos = await Promise.all(pages.map((page, i) => until(`viewer ${i + 1} streams`, async () => {
+      const s = await pathInfo(page);
+      return s.framesDecoded > 5 ? s : undefined;
+    }, 40_000)));
+    const ports = infos.flatMap((s) => s.remoteCandidates.filter((c) => c.type === "host").map((c) => `${c.address.includes(":") ? "v6" : "v4"}:${c.port}`));
+    console.log(`# ${viewers} viewers at once on ${min}-${max} (${perViewer} host addresses each): ${ports.join(" ")}`);
+    for (const pt of ports) {
+      const port = Number(pt.split(":")[1]);
+      assert.ok(port >= min && port <= max, `${pt} in ${min}-${max}`);
+    }
+    // Per address family a port is one socket's: no two viewers share one.
+    assert.equal(new Set(ports).size, ports.length, `distinct ports: ${ports.join(" ")}`);
+    assert.equal(fx.agent.rtc!.viewerCount, viewers);
+  } finally {
+    for (const p of pages) await p.close();
+    await fx.close();
+  }
+});
+
+async function freeTcpPort(ip: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, ip, () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
