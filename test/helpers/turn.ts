@@ -17,7 +17,8 @@ export interface TurnServerOptions {
   relayPorts?: [number, number];
 }
 
-async function freePort(ip: string): Promise<number> {
+/** A port nothing listens on (TCP, and in practice UDP) on that address. */
+export async function freePort(ip: string): Promise<number> {
   // A free TCP port on that address is, in practice, free for UDP too (the test sweeps nothing else here).
   return new Promise((resolve, reject) => {
     const s = createServer();

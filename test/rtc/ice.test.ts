@@ -3,11 +3,10 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { networkInterfaces, tmpdir } from "node:os";
 import { join } from "node:path";
-import { createServer } from "node:net";
 import { getHostAddresses } from "werift";
 import type { Page } from "playwright-core";
 import { TestBrowser } from "../helpers/browser.js";
-import { TurnServer } from "../helpers/turn.js";
+import { TurnServer, freePort } from "../helpers/turn.js";
 import { startRtcAgent, type RtcFixture } from "./fixture.js";
 import { until } from "../helpers/wait.js";
 
@@ -217,7 +216,7 @@ test("TURN: werift uses one TURN URL; with a dead first URL the agent picks the 
   const turn = await TurnServer.start({ ip: hostIp, secret, relayPorts: [50_300, 50_399] });
   // Nothing listens there (a port just taken and released): the first URL is dead. Its TCP twice too,
   // so that werift's own UDP -> TCP fallback cannot rescue it.
-  const dead = `turn:${hostIp}:${await freeTcpPort(hostIp)}?transport=udp`;
+  const dead = `turn:${hostIp}:${await freePort(hostIp)}?transport=udp`;
   const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { turn_servers: [dead, `turn:${hostIp}:${turn.port}?transport=tcp`, turn.url], turn_secret_file: secretFile, turn_credential_ttl_s: 600 } });
   try {
     const t0 = performance.now();
@@ -281,14 +280,3 @@ test("UDP port range: viewers connecting at the same moment get distinct ports, 
     await fx.close();
   }
 });
-
-async function freeTcpPort(ip: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, ip, () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
