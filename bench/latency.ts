@@ -1,6 +1,6 @@
 /**
  * Glass-to-glass latency of the whole pipeline on real parts (issue 5).
- *   node dist/bench/latency.js [--seconds 60] [--fps 30,60] [--bitrate-kbps 6000]
+ *   node dist/bench/latency.js [--seconds 60] [--fps 30,60] [--bitrate-kbps 6000] [--playout-delay-min-ms 0 --playout-delay-max-ms 0]
  *
  * Source: Chromium (kiosk, software rendering) inside the agent's headless sway shows
  * bench/pages/counter.html, which paints a frame counter as a block pattern on every rAF and records the
@@ -15,6 +15,10 @@
  * Segments: paint -> capture (source app + sway + xdpw: not ours), capture -> sent (ours: encoder + rtc),
  * sent -> received (loopback + Chromium's jitter buffer up to the last packet), received -> presented
  * (decode + Chromium's compositor tick), total = paint -> presented.
+ * Where received -> presented comes from (docs/streaming.md "received -> presented: what sets the mode"):
+ * the receiver's BeginFrame ticks (rVFC `now` of all frames), each frame's arrival and capture phase in
+ * that interval, how many ticks after arrival Chromium's expectedDisplayTime lies, received -> presented
+ * per eighth of the interval, and the receiver's webrtc-stats (jitter buffer, processing, drops) per frame.
  * Targets at 1080p60: capture->sent p50 <= 8 ms, p99 <= 20 ms; total p95 <= 1.5 x total p50; received
  * fps >= 55; received->presented p50 <= 10 ms. Last line: one JSON object.
  */
@@ -22,7 +26,7 @@ import { startTestAgent } from "../test/helpers/agent.js";
 import { TestBrowser } from "../test/helpers/browser.js";
 import type { FrameSentTrace } from "../agent/rtc/stage.js";
 import type { DesktopVideoSource } from "../agent/encode/desktop-source.js";
-import { framesDecoded, nodeClockOffsetMs, openSourcePage, pageClockOffsetMs, RECEIVER_SCRIPT } from "./pages/harness.js";
+import { framesDecoded, nodeClockOffsetMs, openSourcePage, pageClockOffsetMs, RECEIVER_SCRIPT, receiverVideoStats } from "./pages/harness.js";
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -31,6 +35,9 @@ function arg(name: string, def: string): string {
 const seconds = Number(arg("seconds", "60"));
 const rates = arg("fps", "30,60").split(",").map(Number);
 const bitrateKbps = Number(arg("bitrate-kbps", "6000"));
+// rtc.playout_delay_min_ms / max_ms (the agent's default 0/0: Chromium renders each frame at once).
+const playoutMinMs = Number(arg("playout-delay-min-ms", "0"));
+const playoutMaxMs = Number(arg("playout-delay-max-ms", "0"));
 const WARMUP_S = 3;
 
 export interface Pcts {
@@ -48,11 +55,113 @@ const loadavg = async (): Promise<number> => Number((await import("node:os")).lo
 
 type Rec = [number, number, number, number, number, number];
 
+const r2 = (x: number): number => Math.round(x * 100) / 100;
+
+/**
+ * The receiving Chromium's BeginFrame ticks, from the rVFC `now` values of all frames: each is the frame
+ * time of the BeginFrame whose rendering step ran the callback (headless: viz's own timer, not tied to
+ * sway's). Nothing is added to the page for this; ticks without a video frame (~4 in 60) are filled in
+ * at the median interval.
+ */
+class Ticks {
+  readonly u: number[];
+  readonly T: number;
+  constructor(nows: number[]) {
+    this.u = [...new Set(nows.filter((x) => Number.isFinite(x)))].sort((a, b) => a - b);
+    const gaps: number[] = [];
+    for (let i = 1; i < this.u.length; i++) {
+      const d = this.u[i]! - this.u[i - 1]!;
+      if (d > 8 && d < 25) gaps.push(d);
+    }
+    gaps.sort((a, b) => a - b);
+    this.T = gaps.length >= 10 ? gaps[gaps.length >> 1]! : NaN;
+  }
+  /** The last tick at or before t (filled in across gaps of missing ticks). */
+  before(t: number): number {
+    let lo = 0;
+    let hi = this.u.length - 1;
+    if (hi < 0 || t < this.u[0]!) return NaN;
+    while (lo < hi) {
+      const m = (lo + hi + 1) >> 1;
+      if (this.u[m]! <= t) lo = m;
+      else hi = m - 1;
+    }
+    const k = Math.floor((t - this.u[lo]!) / this.T + 0.05);
+    return this.u[lo]! + Math.max(0, k) * this.T;
+  }
+  /** How regular the ticks are: p95 of |one-tick gap - T| (ms). */
+  jitterP95(): number {
+    const d: number[] = [];
+    for (let i = 1; i < this.u.length; i++) {
+      const g = this.u[i]! - this.u[i - 1]!;
+      if (g > 8 && g < 25) d.push(Math.abs(g - this.T));
+    }
+    d.sort((a, b) => a - b);
+    return r2(d[Math.floor(0.95 * (d.length - 1))] ?? NaN);
+  }
+}
+
+export interface PhaseReport {
+  /** The receiver's BeginFrame interval (ms, median one-tick gap) and p95 |gap - interval|. */
+  intervalMs: number;
+  tickJitterP95Ms: number;
+  /** Where in the receiver's frame interval the last packet arrived: received - the last tick before it. */
+  arrivalPhase: Pcts;
+  /** The frame's capture time the same way (sway's clock against the receiver's). */
+  capturePhase: Pcts;
+  /** Ticks from the last one before arrival to the frame's rVFC tick: 0 (the BeginFrame already under way
+   * when it arrived), 1 (the next one), 2 (one more): [ticks, frames]. */
+  ticksWaited: [number, number][];
+  /** The same for expectedDisplayTime (which is a tick too): the tick Chromium means to show it at. */
+  ticksToExpected: [number, number][];
+  /** expectedDisplayTime - the frame's rVFC tick, in ticks: [ticks, frames]. */
+  expectedMinusTick: [number, number][];
+  /** received -> presented by arrival phase, in 8 bins of T/8: [bin start ms, frames, p50 ms, mean ticks to expectedDisplayTime]. */
+  byArrivalPhase: [number, number, number, number][];
+  /** Arrival and capture phase p50 per 10 s of the run (ms): does the phase between the clocks drift? */
+  per10s: { arrival: number; capture: number }[];
+}
+
+function phaseReport(rows: { received: number; presented: number; tick: number; capture: number }[]): PhaseReport | undefined {
+  const ticks = new Ticks(rows.map((r) => r.tick));
+  const T = ticks.T;
+  if (!Number.isFinite(T) || rows.length === 0) return undefined;
+  const x = rows.map((r) => {
+    const prev = ticks.before(r.received);
+    return { ...r, phase: r.received - prev, waited: Math.round((r.tick - prev) / T), shown: Math.round((r.presented - prev) / T), cphase: r.capture - ticks.before(r.capture) };
+  }).filter((r) => Number.isFinite(r.phase) && Number.isFinite(r.cphase));
+  const bins: (typeof x)[] = Array.from({ length: 8 }, () => []);
+  for (const r of x) bins[Math.min(7, Math.max(0, Math.floor((r.phase / T) * 8)))]!.push(r);
+  const hist = (xs: number[]): [number, number][] => {
+    const m = new Map<number, number>();
+    for (const v of xs) m.set(v, (m.get(v) ?? 0) + 1);
+    return [...m.entries()].sort((p, q) => p[0] - q[0]);
+  };
+  const per10s: { arrival: number; capture: number }[] = [];
+  for (let a = 0; a < x.length; ) {
+    let b = a;
+    while (b < x.length && x[b]!.tick - x[a]!.tick < 10_000) b++;
+    if (b - a > 60) per10s.push({ arrival: pcts(x.slice(a, b).map((r) => r.phase)).p50, capture: pcts(x.slice(a, b).map((r) => r.cphase)).p50 });
+    a = b;
+  }
+  return {
+    intervalMs: Math.round(T * 1000) / 1000,
+    tickJitterP95Ms: ticks.jitterP95(),
+    arrivalPhase: pcts(x.map((r) => r.phase)),
+    capturePhase: pcts(x.map((r) => r.cphase)),
+    ticksWaited: hist(x.map((r) => r.waited)),
+    ticksToExpected: hist(x.map((r) => r.shown)),
+    expectedMinusTick: hist(x.map((r) => Math.round((r.presented - r.tick) / T))),
+    byArrivalPhase: bins.map((b, i) => [r2((i * T) / 8), b.length, pcts(b.map((r) => r.presented - r.received)).p50, r2(b.reduce((s2, r) => s2 + r.shown, 0) / Math.max(1, b.length))]),
+    per10s,
+  };
+}
+
 async function run(fps: number): Promise<Record<string, unknown>> {
   const t = await startTestAgent({
     desktop: { mode: "headless", width: 1920, height: 1080, refresh_hz: fps },
     encode: { backends: ["x264"], max_fps: fps, bitrate_kbps: bitrateKbps },
-    rtc: { start_bitrate_bps: bitrateKbps * 1000 },
+    rtc: { start_bitrate_bps: bitrateKbps * 1000, playout_delay_min_ms: playoutMinMs, playout_delay_max_ms: playoutMaxMs },
     metrics: { enabled: false },
   });
   let browser: TestBrowser | undefined;
@@ -96,12 +205,14 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     const paint0 = await paintCount();
     const p0 = pipe();
     const dec0 = await framesDecoded(page);
+    const rx0 = await receiverVideoStats(page);
     const load0 = await loadavg();
     const t0 = performance.now();
     const sent0 = traces.size;
     await new Promise((r) => setTimeout(r, seconds * 1000));
     const dt = (performance.now() - t0) / 1000;
     const dec1 = await framesDecoded(page);
+    const rx1 = await receiverVideoStats(page);
     const p1 = pipe();
     const paint1 = await paintCount();
     const fmt = source.capture.stream.stats().format;
@@ -131,9 +242,10 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     const load1 = await loadavg();
 
     const seg = { paintToCapture: [] as number[], captureToSent: [] as number[], sentToReceived: [] as number[], receivedToPresented: [] as number[], receivedToSubmitted: [] as number[], total: [] as number[] };
+    const phaseRows: { received: number; presented: number; tick: number; capture: number }[] = [];
     let unreadable = 0;
     let unmatched = 0;
-    for (const [counter, rtp, received, submitted, presented] of bench.records) {
+    for (const [counter, rtp, received, submitted, presented, tick] of bench.records) {
       if (counter < 0) {
         unreadable++;
         continue;
@@ -150,12 +262,30 @@ async function run(fps: number): Promise<Record<string, unknown>> {
       seg.receivedToPresented.push(presented - received);
       seg.receivedToSubmitted.push(submitted - received);
       seg.total.push(presented - paint);
+      phaseRows.push({ received, presented, tick, capture: tr.captureTimeMs });
     }
     // The agent's own split of capture -> sent over every frame sent (not only those the reader saw).
     const all = [...traces.values()];
     const captureToReady = pcts(all.map((x) => x.readyTimeMs - x.captureTimeMs));
     const readyToSent = pcts(all.map((x) => x.sentTimeMs - x.readyTimeMs));
 
+    const phase = phaseReport(phaseRows);
+    // Per-frame means over the run from the receiver's webrtc-stats (ms), and its frame counts.
+    const d = (k: string): number => (rx1[k] ?? NaN) - (rx0[k] ?? NaN);
+    const perFrame = (k: string, n: string): number => Math.round((d(k) / Math.max(1, d(n))) * 1e5) / 100;
+    const receiver = {
+      jitterBufferDelayMs: perFrame("jitterBufferDelay", "jitterBufferEmittedCount"),
+      jitterBufferTargetDelayMs: perFrame("jitterBufferTargetDelay", "jitterBufferEmittedCount"),
+      jitterBufferMinimumDelayMs: perFrame("jitterBufferMinimumDelay", "jitterBufferEmittedCount"),
+      processingDelayMs: perFrame("totalProcessingDelay", "framesDecoded"),
+      decodeMs: perFrame("totalDecodeTime", "framesDecoded"),
+      assemblyMs: perFrame("totalAssemblyTime", "framesAssembledFromMultiplePackets"),
+      framesReceived: d("framesReceived"),
+      framesDecoded: d("framesDecoded"),
+      framesDropped: d("framesDropped"),
+      elementFrames: d("elementTotalFrames"),
+      elementDropped: d("elementDroppedFrames"),
+    };
     const res = {
       fps,
       seconds: Math.round(dt),
@@ -171,6 +301,8 @@ async function run(fps: number): Promise<Record<string, unknown>> {
       rvfcFps: Math.round((bench.frames / dt) * 10) / 10,
       sentFps: Math.round((sentFrames / dt) * 10) / 10,
       pipeline,
+      phase,
+      receiver,
       readerMsPerFrame: Math.round((bench.readMs / Math.max(1, bench.frames)) * 100) / 100,
       unreadable,
       unmatched,
@@ -185,6 +317,11 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     console.log(`  capture -> sent (ours) ${f(res.captureToSent)}  [capture -> encoded in JS ${f(captureToReady)}; JS -> sent ${f(readyToSent)}]`);
     console.log(`  sent -> received ${f(res.sentToReceived)}`);
     console.log(`  received -> presented ${f(res.receivedToPresented)}  [received -> submitted ${f(res.receivedToSubmitted)}]`);
+    if (phase) {
+      console.log(`  receiver BeginFrame interval ${phase.intervalMs} ms (p95 |gap - interval| ${phase.tickJitterP95Ms}); phase in it (ms after the last tick) of arrival ${f(phase.arrivalPhase)}, of capture ${f(phase.capturePhase)}; ticks from the last one before arrival [ticks, frames] to the rVFC tick ${JSON.stringify(phase.ticksWaited)}, to expectedDisplayTime ${JSON.stringify(phase.ticksToExpected)}; expectedDisplayTime - rVFC tick in ticks ${JSON.stringify(phase.expectedMinusTick)}`);
+      console.log(`  received -> presented by arrival phase [bin ms, frames, p50 ms, mean ticks to expectedDisplayTime]: ${JSON.stringify(phase.byArrivalPhase)}; phase p50 per 10 s [arrival, capture] ${JSON.stringify(phase.per10s.map((p) => [p.arrival, p.capture]))}`);
+    }
+    console.log(`  receiver webrtc-stats per frame (ms): ${JSON.stringify(receiver)}`);
     console.log(`  fps: sent ${res.sentFps}, decoded ${res.receivedFps}, rVFC ${res.rvfcFps}; reader ${res.readerMsPerFrame} ms/frame; unreadable ${unreadable}, unmatched ${unmatched}`);
     console.log(`  source page painted ${pipeline.sourcePaintFps} fps; portal buffers skipped ${pipeline.skippedFps}/s; capture buffers ${JSON.stringify(captureBuffers)}`);
     console.log(`  pipeline: captured ${pipeline.capturedFps} fps, encoded ${pipeline.encodedFps} fps, capture ${pipeline.captureMsPerFrame} + mailbox wait ${pipeline.waitMsPerFrame} + convert ${pipeline.convertMsPerFrame} + x264 ${pipeline.encodeMsPerFrame} ms/frame, encoder drops ${JSON.stringify(pipeline.encoderDropped)}`);
@@ -210,4 +347,4 @@ const targets = r60
       receivedToPresentedP50: { value: r60.receivedToPresented.p50, target: 10, ok: r60.receivedToPresented.p50 <= 10 },
     }
   : undefined;
-console.log(JSON.stringify({ bench: "latency", seconds, bitrateKbps, results, targets1080p60: targets }));
+console.log(JSON.stringify({ bench: "latency", seconds, bitrateKbps, playoutDelayMs: [playoutMinMs, playoutMaxMs], results, targets1080p60: targets }));

@@ -167,6 +167,33 @@ export function nodeClockOffsetMs(): number {
   return Date.now() - (performance.timeOrigin + performance.now());
 }
 
+/**
+ * The receiving Chromium's own account of the inbound video (webrtc-stats inbound-rtp) and of the video
+ * element (getVideoPlaybackQuality): where a frame could wait between its last packet and the compositor.
+ */
+export async function receiverVideoStats(page: Page): Promise<Record<string, number>> {
+  return page.evaluate(`(async () => {
+    const out = {};
+    const pc = window.wl && window.wl.pc;
+    if (pc) {
+      const r = await pc.getStats();
+      r.forEach((s) => {
+        if (s.type !== "inbound-rtp" || s.kind !== "video") return;
+        for (const k of ["framesReceived", "framesDecoded", "framesDropped", "keyFramesDecoded", "jitterBufferDelay", "jitterBufferTargetDelay",
+          "jitterBufferMinimumDelay", "jitterBufferEmittedCount", "totalProcessingDelay", "totalDecodeTime", "totalAssemblyTime",
+          "framesAssembledFromMultiplePackets", "freezeCount", "pauseCount"]) if (typeof s[k] === "number") out[k] = s[k];
+      });
+    }
+    const v = document.querySelector("video");
+    if (v && v.getVideoPlaybackQuality) {
+      const q = v.getVideoPlaybackQuality();
+      out.elementTotalFrames = q.totalVideoFrames;
+      out.elementDroppedFrames = q.droppedVideoFrames;
+    }
+    return out;
+  })()`);
+}
+
 /** framesDecoded of the page's inbound video (0 before the peer connection has any). */
 export async function framesDecoded(page: Page): Promise<number> {
   return page.evaluate(`(async () => {
