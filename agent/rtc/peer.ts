@@ -328,8 +328,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#rtxTokensAt = now;
     const minGapMs = Math.max(10, (this.abr.rttMs ?? 50) / 2);
     let overBudget = 0;
-    this.#pacer.capacityBps = this.#windowCapacity(now);
-    this.#pacer.queueMs = this.abr.queueingDelayMs;
+    this.#syncPacer(now);
     let room = this.#pacer.room(now);
     for (const seq of lost) {
       const pkt = this.#history.get(seq);
@@ -440,10 +439,13 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     // capacity (ViewerPacer). Packets keep their order; the token bucket and ViewerPacer.HOLD_MAX_MS
     // bound the backlog.
     this.#pacer.paceBps = throttled ? target * PACE_FACTOR : 0;
-    this.#pacer.push(packets.map((p) => ({ item: p, bytes: p.payload.length + WIRE_OVERHEAD, group })), now, frame.keyframe);
     // What this viewer was handed (the encoder's output), for the overshoot: counted before the window
     // holds any of it, or a held peak would read as an encoder keeping to its target.
-    for (const p of packets) this.#wireBytes += p.payload.length + WIRE_OVERHEAD;
+    this.#pacer.push(packets.map((p) => {
+      const bytes = p.payload.length + WIRE_OVERHEAD;
+      this.#wireBytes += bytes;
+      return { item: p, bytes, group };
+    }), now, frame.keyframe);
     this.#drainPaced(now);
     return true;
   }
@@ -458,6 +460,12 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
   #paceTimer: NodeJS.Timeout | undefined;
   /** The last capacity the window was set from, and when (held over short gaps in the samples). */
   #limitCap: { bps: number; at: number } | undefined;
+
+  /** Gives the send window the path's state as of `now` (before it is asked for room or drained). */
+  #syncPacer(now: number): void {
+    this.#pacer.capacityBps = this.#windowCapacity(now);
+    this.#pacer.queueMs = this.abr.queueingDelayMs;
+  }
 
   /**
    * The capacity the send window limits to (`AbrController.steadyCapacityBps`), unless clearly more
@@ -483,8 +491,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     if (this.#paceTimer) clearTimeout(this.#paceTimer);
     this.#paceTimer = undefined;
     if (this.#closed || !sender) return;
-    this.#pacer.capacityBps = this.#windowCapacity(now);
-    this.#pacer.queueMs = this.abr.queueingDelayMs;
+    this.#syncPacer(now);
     const next = this.#pacer.drain(now, (p) => this.#sendPacket(sender, p.item, now, p.group));
     if (next !== undefined) this.#paceTimer = setTimeout(() => this.#drainPaced(), next);
   }
