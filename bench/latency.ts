@@ -1,6 +1,7 @@
 /**
  * Glass-to-glass latency of the whole pipeline on real parts (issue 5).
  *   node dist/bench/latency.js [--seconds 60] [--fps 30,60] [--bitrate-kbps 6000] [--playout-delay-min-ms 0 --playout-delay-max-ms 0]
+ *     [--trace-seconds 10 [--trace-categories media,viz] [--trace-out file.json]]
  *
  * Source: Chromium (kiosk, software rendering) inside the agent's headless sway shows
  * bench/pages/counter.html, which paints a frame counter as a block pattern on every rAF and records the
@@ -19,6 +20,15 @@
  * the receiver's BeginFrame ticks (rVFC `now` of all frames), each frame's arrival and capture phase in
  * that interval, how many ticks after arrival Chromium's expectedDisplayTime lies, received -> presented
  * per eighth of the interval, and the receiver's webrtc-stats (jitter buffer, processing, drops) per frame.
+ * received -> presented uses rVFC's expectedDisplayTime, which is Chromium's *prediction* made when the
+ * frame is set as current, not a measured display time. With --trace-seconds N the receiving Chromium is
+ * traced (CDP Tracing, categories media,viz) for the last N s of the window and each video frame is followed
+ * to the viz draw that put it in the display frame (bench/pages/trace.ts joinVideoFrames): "received ->
+ * drawn" = receiveTime to the end of viz's SoftwareRenderer::SwapBuffers for that frame (headless software
+ * output: the closest thing to presented there is). Printed beside the expectedDisplayTime figure, with its
+ * parts, how many frames were joined, and the untraced part of the same run against the traced one
+ * (rVFC fps, capture -> sent, received -> presented) to show what tracing costs. --trace-out writes the
+ * raw events and rVFC records for offline reading.
  * Targets at 1080p60: capture->sent p50 <= 8 ms, p99 <= 20 ms; total p95 <= 1.5 x total p50; received
  * fps >= 55; received->presented p50 <= 10 ms. Last line: one JSON object.
  */
@@ -26,6 +36,8 @@ import { startTestAgent } from "../test/helpers/agent.js";
 import { TestBrowser } from "../test/helpers/browser.js";
 import type { FrameSentTrace } from "../agent/rtc/stage.js";
 import type { DesktopVideoSource } from "../agent/encode/desktop-source.js";
+import { writeFileSync } from "node:fs";
+import { ChromeTrace, joinVideoFrames, type TraceEvent } from "./pages/trace.js";
 import { framesDecoded, nodeClockOffsetMs, openSourcePage, pageClockOffsetMs, RECEIVER_SCRIPT, receiverVideoStats } from "./pages/harness.js";
 
 function arg(name: string, def: string): string {
@@ -39,6 +51,11 @@ const bitrateKbps = Number(arg("bitrate-kbps", "6000"));
 const playoutMinMs = Number(arg("playout-delay-min-ms", "0"));
 const playoutMaxMs = Number(arg("playout-delay-max-ms", "0"));
 const WARMUP_S = 3;
+// Trace the receiving Chromium for the last N s of the window (0: no trace), optionally dumping the raw events.
+const traceSeconds = Number(arg("trace-seconds", "0"));
+const traceOut = arg("trace-out", "");
+// "media" and "viz" hold every event joinVideoFrames reads; more categories cost the receiver more.
+const TRACE_CATEGORIES = arg("trace-categories", "media,viz").split(",");
 
 export interface Pcts {
   p50: number;
@@ -157,6 +174,139 @@ function phaseReport(rows: { received: number; presented: number; tick: number; 
   };
 }
 
+export interface DrawnReport {
+  /** The traced span (wall-clock ms) and how many frames rVFC saw in it, how many were followed to viz's draw. */
+  windowMs: [number, number];
+  rvfcFrames: number;
+  traced: number;
+  joined: number;
+  lost: Record<string, number>;
+  /** Compositor-frame submissions counted on the renderer and on viz, and order checks that failed (must be 0). */
+  submitted: number;
+  vizReceived: number;
+  orderViolations: number;
+  /** rVFC presentationTime - the trace's SetCurrentFrame time mapped by CLOCK_MONOTONIC (ms): the clocks agree. */
+  clockCheckMs: Pcts;
+  /** rVFC expectedDisplayTime - the trace's last_expected_display_time (ms, after the same mapping): the same value. */
+  expectedCheckMs: Pcts;
+  /** received -> drawn: the frame's receiveTime to the end of SoftwareRenderer::SwapBuffers of the display
+   * frame that drew it (rVFC received -> submitted, plus the trace's SetCurrentFrame -> swap). */
+  receivedToDrawn: Pcts;
+  /** The same frames' received -> presented (expectedDisplayTime), for comparison. */
+  receivedToPresented: Pcts;
+  /** expectedDisplayTime - drawn (ms): how far Chromium's prediction is from the real draw. */
+  expectedMinusDrawn: Pcts;
+  /** The parts: set -> submitted (VideoFrameSubmitter::SubmitFrame end: the software frame copied and sent),
+   * submitted -> viz received, viz received -> draw start, draw start -> swapped. */
+  setToSubmitted: Pcts;
+  submittedToViz: Pcts;
+  vizToDraw: Pcts;
+  drawToSwap: Pcts;
+  /** expectedDisplayTime - frame_time of the BeginFrame the video compositor thread had handled when the
+   * frame was set, in intervals: [intervals, frames]. */
+  expectedAfterHandledTick: [number, number][];
+  /** Ditto, by where the frame was set in that interval: [ms after that frame_time (2 ms bins), intervals, frames]. */
+  expectedByPhase: [number, number, number][];
+  /** Same-run check that tracing does not distort: untraced part vs traced part. */
+  untraced: { rvfcFps: number; captureToSent: Pcts; receivedToPresented: Pcts };
+  tracedPart: { rvfcFps: number; captureToSent: Pcts; receivedToPresented: Pcts };
+}
+
+function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs: [number, number], records: Rec[], rows: { received: number; captureToSent: number; presented: number; tick: number }[], untracedMs: [number, number]): DrawnReport | undefined {
+  const j = joinVideoFrames(events);
+  if (!j) return undefined;
+  const inWin = records.filter((r) => r[5] >= windowMs[0] && r[5] <= windowMs[1]);
+  // Records by presentationTime (wall ms); a trace frame maps to the nearest within 2 ms after the clock
+  // mapping (frames are 16.7 ms apart at 60 fps, so the nearest one is unambiguous).
+  const recs = [...records].sort((a, b) => a[3] - b[3]);
+  const nearest = (t: number): Rec | undefined => {
+    let lo = 0;
+    let hi = recs.length - 1;
+    while (lo < hi) {
+      const m = (lo + hi) >> 1;
+      if (recs[m]![3] < t) lo = m + 1;
+      else hi = m;
+    }
+    const c = [recs[lo - 1], recs[lo]].filter((r): r is Rec => !!r);
+    c.sort((a, b) => Math.abs(a[3] - t) - Math.abs(b[3] - t));
+    return c[0] && Math.abs(c[0][3] - t) < 2 ? c[0] : undefined;
+  };
+  const lost: Record<string, number> = {};
+  const clock: number[] = [];
+  const expCheck: number[] = [];
+  const rToDrawn: number[] = [];
+  const rToPresented: number[] = [];
+  const expMinusDrawn: number[] = [];
+  const setToSub: number[] = [];
+  const subToViz: number[] = [];
+  const vizToDraw: number[] = [];
+  const drawToSwap: number[] = [];
+  const handled = new Map<number, number>();
+  const byPhase = new Map<string, number>();
+  let traced = 0;
+  let joined = 0;
+  const T = j.intervalUs;
+  for (const f of j.frames) {
+    const setWall = f.set / 1000 + monoToWallMs;
+    if (setWall < windowMs[0] || setWall > windowMs[1]) continue;
+    traced++;
+    if (f.handledFrameTime !== undefined && Number.isFinite(T)) {
+      const k = Math.round((f.expected - f.handledFrameTime) / T);
+      handled.set(k, (handled.get(k) ?? 0) + 1);
+      const bin = Math.floor((f.set - f.handledFrameTime) / 2000) * 2;
+      byPhase.set(`${bin},${k}`, (byPhase.get(`${bin},${k}`) ?? 0) + 1);
+    }
+    if (f.lost) {
+      lost[f.lost] = (lost[f.lost] ?? 0) + 1;
+      continue;
+    }
+    const r = nearest(setWall);
+    if (!r || f.swapped === undefined) {
+      lost[r ? "no-swap" : "no-rvfc-record"] = (lost[r ? "no-swap" : "no-rvfc-record"] ?? 0) + 1;
+      continue;
+    }
+    joined++;
+    const [, , received, submitted, presented] = r;
+    clock.push(submitted - setWall);
+    expCheck.push(presented - (f.expected / 1000 + monoToWallMs + (submitted - setWall)));
+    const drawn = submitted + (f.swapped - f.set) / 1000;
+    rToDrawn.push(drawn - received);
+    rToPresented.push(presented - received);
+    expMinusDrawn.push(presented - drawn);
+    setToSub.push((f.submitEnd! - f.set) / 1000);
+    subToViz.push((f.vizReceived! - f.submitEnd!) / 1000);
+    vizToDraw.push((f.drawStart! - f.vizReceived!) / 1000);
+    drawToSwap.push((f.swapped - f.drawStart!) / 1000);
+  }
+  const part = (a: number, b: number): { rvfcFps: number; captureToSent: Pcts; receivedToPresented: Pcts } => {
+    const xs = rows.filter((x) => x.tick >= a && x.tick <= b);
+    return { rvfcFps: Math.round((records.filter((r) => r[5] >= a && r[5] <= b).length / ((b - a) / 1000)) * 10) / 10, captureToSent: pcts(xs.map((x) => x.captureToSent)), receivedToPresented: pcts(xs.map((x) => x.presented - x.received)) };
+  };
+  return {
+    windowMs,
+    rvfcFrames: inWin.length,
+    traced,
+    joined,
+    lost,
+    submitted: j.submitted,
+    vizReceived: j.vizReceived,
+    orderViolations: j.orderViolations,
+    clockCheckMs: pcts(clock),
+    expectedCheckMs: pcts(expCheck),
+    receivedToDrawn: pcts(rToDrawn),
+    receivedToPresented: pcts(rToPresented),
+    expectedMinusDrawn: pcts(expMinusDrawn),
+    setToSubmitted: pcts(setToSub),
+    submittedToViz: pcts(subToViz),
+    vizToDraw: pcts(vizToDraw),
+    drawToSwap: pcts(drawToSwap),
+    expectedAfterHandledTick: [...handled.entries()].sort((a, b) => a[0] - b[0]),
+    expectedByPhase: [...byPhase.entries()].map(([k, n]) => [...k.split(",").map(Number), n] as [number, number, number]).sort((a, b) => a[0] - b[0] || a[1] - b[1]),
+    untraced: part(untracedMs[0], untracedMs[1]),
+    tracedPart: part(windowMs[0], windowMs[1]),
+  };
+}
+
 async function run(fps: number): Promise<Record<string, unknown>> {
   const t = await startTestAgent({
     desktop: { mode: "headless", width: 1920, height: 1080, refresh_hz: fps },
@@ -208,8 +358,19 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     const rx0 = await receiverVideoStats(page);
     const load0 = await loadavg();
     const t0 = performance.now();
+    const wall0 = Date.now();
     const sent0 = traces.size;
-    await new Promise((r) => setTimeout(r, seconds * 1000));
+    let trace: ChromeTrace | undefined;
+    let traceWindow: [number, number] | undefined;
+    if (traceSeconds > 0) {
+      await new Promise((r) => setTimeout(r, Math.max(0, seconds - traceSeconds) * 1000));
+      trace = await ChromeTrace.start(browser.browser, TRACE_CATEGORIES);
+      const a = Date.now();
+      await new Promise((r) => setTimeout(r, Math.min(seconds, traceSeconds) * 1000));
+      traceWindow = [a, Date.now()];
+    } else {
+      await new Promise((r) => setTimeout(r, seconds * 1000));
+    }
     const dt = (performance.now() - t0) / 1000;
     const dec1 = await framesDecoded(page);
     const rx1 = await receiverVideoStats(page);
@@ -238,11 +399,14 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     const sentFrames = traces.size - sent0;
     const bench = (await page.evaluate("({ records: window.wlBench.records, frames: window.wlBench.frames, readMs: window.wlBench.readMs, error: window.wlBench.error })")) as { records: Rec[]; frames: number; readMs: number; error?: string };
     const paints = (await src.page.evaluate("window.paints")) as (number | null)[];
+    const traced = trace ? await trace.stop() : undefined;
+    if (traced && traceOut) writeFileSync(traceOut, JSON.stringify({ monoToWallMs: traced.monoToWallMs, offsetDriftMs: traced.offsetDriftMs, window: traceWindow, records: bench.records, events: traced.events }));
     const offsets1 = { node: nodeClockOffsetMs(), source: await pageClockOffsetMs(src.page), receiver: await pageClockOffsetMs(page) };
     const load1 = await loadavg();
 
     const seg = { paintToCapture: [] as number[], captureToSent: [] as number[], sentToReceived: [] as number[], receivedToPresented: [] as number[], receivedToSubmitted: [] as number[], total: [] as number[] };
     const phaseRows: { received: number; presented: number; tick: number; capture: number }[] = [];
+    const traceRows: { received: number; captureToSent: number; presented: number; tick: number }[] = [];
     let unreadable = 0;
     let unmatched = 0;
     for (const [counter, rtp, received, submitted, presented, tick] of bench.records) {
@@ -263,7 +427,9 @@ async function run(fps: number): Promise<Record<string, unknown>> {
       seg.receivedToSubmitted.push(submitted - received);
       seg.total.push(presented - paint);
       phaseRows.push({ received, presented, tick, capture: tr.captureTimeMs });
+      traceRows.push({ received, captureToSent: tr.sentTimeMs - tr.captureTimeMs, presented, tick });
     }
+    const drawn = traced && traceWindow ? drawnReport(traced.events, traced.monoToWallMs, traceWindow, bench.records, traceRows, [wall0, traceWindow[0]]) : undefined;
     // The agent's own split of capture -> sent over every frame sent (not only those the reader saw).
     const all = [...traces.values()];
     const captureToReady = pcts(all.map((x) => x.readyTimeMs - x.captureTimeMs));
@@ -302,6 +468,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
       sentFps: Math.round((sentFrames / dt) * 10) / 10,
       pipeline,
       phase,
+      ...(traceSeconds > 0 ? { drawn: drawn ?? null, traceCategories: TRACE_CATEGORIES } : {}),
       receiver,
       readerMsPerFrame: Math.round((bench.readMs / Math.max(1, bench.frames)) * 100) / 100,
       unreadable,
@@ -320,6 +487,13 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     if (phase) {
       console.log(`  receiver BeginFrame interval ${phase.intervalMs} ms (p95 |gap - interval| ${phase.tickJitterP95Ms}); phase in it (ms after the last tick) of arrival ${f(phase.arrivalPhase)}, of capture ${f(phase.capturePhase)}; ticks from the last one before arrival [ticks, frames] to the rVFC tick ${JSON.stringify(phase.ticksWaited)}, to expectedDisplayTime ${JSON.stringify(phase.ticksToExpected)}; expectedDisplayTime - rVFC tick in ticks ${JSON.stringify(phase.expectedMinusTick)}`);
       console.log(`  received -> presented by arrival phase [bin ms, frames, p50 ms, mean ticks to expectedDisplayTime]: ${JSON.stringify(phase.byArrivalPhase)}; phase p50 per 10 s [arrival, capture] ${JSON.stringify(phase.per10s.map((p) => [p.arrival, p.capture]))}`);
+    }
+    if (drawn) {
+      console.log(`  traced ${r2((drawn.windowMs[1] - drawn.windowMs[0]) / 1000)} s (${TRACE_CATEGORIES.join(",")}): rVFC frames ${drawn.rvfcFrames}, set as current ${drawn.traced}, followed to viz's draw ${drawn.joined}, lost ${JSON.stringify(drawn.lost)}; submissions renderer ${drawn.submitted} / viz ${drawn.vizReceived}, order violations ${drawn.orderViolations}; clock check ${f(drawn.clockCheckMs)}, expectedDisplayTime = trace value: ${f(drawn.expectedCheckMs)}`);
+      console.log(`  received -> drawn (viz swap) ${f(drawn.receivedToDrawn)}  [same frames: received -> presented (expectedDisplayTime) ${f(drawn.receivedToPresented)}; expectedDisplayTime - drawn ${f(drawn.expectedMinusDrawn)}]`);
+      console.log(`  set -> submitted ${f(drawn.setToSubmitted)}; submitted -> viz ${f(drawn.submittedToViz)}; viz -> draw start ${f(drawn.vizToDraw)}; draw -> swapped ${f(drawn.drawToSwap)}`);
+      console.log(`  expectedDisplayTime - frame_time of the BeginFrame the video thread had handled, in intervals [n, frames] ${JSON.stringify(drawn.expectedAfterHandledTick)}; by set time after it [ms bin, n, frames] ${JSON.stringify(drawn.expectedByPhase)}`);
+      console.log(`  tracing check: untraced part ${JSON.stringify(drawn.untraced)}; traced part ${JSON.stringify(drawn.tracedPart)}`);
     }
     console.log(`  receiver webrtc-stats per frame (ms): ${JSON.stringify(receiver)}`);
     console.log(`  fps: sent ${res.sentFps}, decoded ${res.receivedFps}, rVFC ${res.rvfcFps}; reader ${res.readerMsPerFrame} ms/frame; unreadable ${unreadable}, unmatched ${unmatched}`);
