@@ -37,7 +37,8 @@ import { TestBrowser } from "../test/helpers/browser.js";
 import type { FrameSentTrace } from "../agent/rtc/stage.js";
 import type { DesktopVideoSource } from "../agent/encode/desktop-source.js";
 import { writeFileSync } from "node:fs";
-import { ChromeTrace, joinVideoFrames, type TraceEvent } from "./pages/trace.js";
+import { ChromeTrace } from "./pages/trace.js";
+import { drawnReport, pcts, type Pcts, type Rec } from "./pages/drawn.js";
 import { framesDecoded, nodeClockOffsetMs, openSourcePage, pageClockOffsetMs, RECEIVER_SCRIPT, receiverVideoStats } from "./pages/harness.js";
 
 function arg(name: string, def: string): string {
@@ -57,20 +58,8 @@ const traceOut = arg("trace-out", "");
 // "media" and "viz" hold every event joinVideoFrames reads; more categories cost the receiver more.
 const TRACE_CATEGORIES = arg("trace-categories", "media,viz").split(",");
 
-export interface Pcts {
-  p50: number;
-  p95: number;
-  p99: number;
-  n: number;
-}
-function pcts(xs: number[]): Pcts {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  const at = (q: number): number => (s.length ? Math.round(s[Math.min(s.length - 1, Math.floor(q * s.length))]! * 10) / 10 : NaN);
-  return { p50: at(0.5), p95: at(0.95), p99: at(0.99), n: s.length };
-}
 const loadavg = async (): Promise<number> => Number((await import("node:os")).loadavg()[0]!.toFixed(2));
 
-type Rec = [number, number, number, number, number, number];
 
 const r2 = (x: number): number => Math.round(x * 100) / 100;
 
@@ -171,139 +160,6 @@ function phaseReport(rows: { received: number; presented: number; tick: number; 
     expectedMinusTick: hist(x.map((r) => Math.round((r.presented - r.tick) / T))),
     byArrivalPhase: bins.map((b, i) => [r2((i * T) / 8), b.length, pcts(b.map((r) => r.presented - r.received)).p50, r2(b.reduce((s2, r) => s2 + r.shown, 0) / Math.max(1, b.length))]),
     per10s,
-  };
-}
-
-export interface DrawnReport {
-  /** The traced span (wall-clock ms) and how many frames rVFC saw in it, how many were followed to viz's draw. */
-  windowMs: [number, number];
-  rvfcFrames: number;
-  traced: number;
-  joined: number;
-  lost: Record<string, number>;
-  /** Compositor-frame submissions counted on the renderer and on viz, and order checks that failed (must be 0). */
-  submitted: number;
-  vizReceived: number;
-  orderViolations: number;
-  /** rVFC presentationTime - the trace's SetCurrentFrame time mapped by CLOCK_MONOTONIC (ms): the clocks agree. */
-  clockCheckMs: Pcts;
-  /** rVFC expectedDisplayTime - the trace's last_expected_display_time (ms, after the same mapping): the same value. */
-  expectedCheckMs: Pcts;
-  /** received -> drawn: the frame's receiveTime to the end of SoftwareRenderer::SwapBuffers of the display
-   * frame that drew it (rVFC received -> submitted, plus the trace's SetCurrentFrame -> swap). */
-  receivedToDrawn: Pcts;
-  /** The same frames' received -> presented (expectedDisplayTime), for comparison. */
-  receivedToPresented: Pcts;
-  /** expectedDisplayTime - drawn (ms): how far Chromium's prediction is from the real draw. */
-  expectedMinusDrawn: Pcts;
-  /** The parts: set -> submitted (VideoFrameSubmitter::SubmitFrame end: the software frame copied and sent),
-   * submitted -> viz received, viz received -> draw start, draw start -> swapped. */
-  setToSubmitted: Pcts;
-  submittedToViz: Pcts;
-  vizToDraw: Pcts;
-  drawToSwap: Pcts;
-  /** expectedDisplayTime - frame_time of the BeginFrame the video compositor thread had handled when the
-   * frame was set, in intervals: [intervals, frames]. */
-  expectedAfterHandledTick: [number, number][];
-  /** Ditto, by where the frame was set in that interval: [ms after that frame_time (2 ms bins), intervals, frames]. */
-  expectedByPhase: [number, number, number][];
-  /** Same-run check that tracing does not distort: untraced part vs traced part. */
-  untraced: { rvfcFps: number; captureToSent: Pcts; receivedToPresented: Pcts };
-  tracedPart: { rvfcFps: number; captureToSent: Pcts; receivedToPresented: Pcts };
-}
-
-function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs: [number, number], records: Rec[], rows: { received: number; captureToSent: number; presented: number; tick: number }[], untracedMs: [number, number]): DrawnReport | undefined {
-  const j = joinVideoFrames(events);
-  if (!j) return undefined;
-  const inWin = records.filter((r) => r[5] >= windowMs[0] && r[5] <= windowMs[1]);
-  // Records by presentationTime (wall ms); a trace frame maps to the nearest within 2 ms after the clock
-  // mapping (frames are 16.7 ms apart at 60 fps, so the nearest one is unambiguous).
-  const recs = [...records].sort((a, b) => a[3] - b[3]);
-  const nearest = (t: number): Rec | undefined => {
-    let lo = 0;
-    let hi = recs.length - 1;
-    while (lo < hi) {
-      const m = (lo + hi) >> 1;
-      if (recs[m]![3] < t) lo = m + 1;
-      else hi = m;
-    }
-    const c = [recs[lo - 1], recs[lo]].filter((r): r is Rec => !!r);
-    c.sort((a, b) => Math.abs(a[3] - t) - Math.abs(b[3] - t));
-    return c[0] && Math.abs(c[0][3] - t) < 2 ? c[0] : undefined;
-  };
-  const lost: Record<string, number> = {};
-  const clock: number[] = [];
-  const expCheck: number[] = [];
-  const rToDrawn: number[] = [];
-  const rToPresented: number[] = [];
-  const expMinusDrawn: number[] = [];
-  const setToSub: number[] = [];
-  const subToViz: number[] = [];
-  const vizToDraw: number[] = [];
-  const drawToSwap: number[] = [];
-  const handled = new Map<number, number>();
-  const byPhase = new Map<string, number>();
-  let traced = 0;
-  let joined = 0;
-  const T = j.intervalUs;
-  for (const f of j.frames) {
-    const setWall = f.set / 1000 + monoToWallMs;
-    if (setWall < windowMs[0] || setWall > windowMs[1]) continue;
-    traced++;
-    if (f.handledFrameTime !== undefined && Number.isFinite(T)) {
-      const k = Math.round((f.expected - f.handledFrameTime) / T);
-      handled.set(k, (handled.get(k) ?? 0) + 1);
-      const bin = Math.floor((f.set - f.handledFrameTime) / 2000) * 2;
-      byPhase.set(`${bin},${k}`, (byPhase.get(`${bin},${k}`) ?? 0) + 1);
-    }
-    if (f.lost) {
-      lost[f.lost] = (lost[f.lost] ?? 0) + 1;
-      continue;
-    }
-    const r = nearest(setWall);
-    if (!r || f.swapped === undefined) {
-      lost[r ? "no-swap" : "no-rvfc-record"] = (lost[r ? "no-swap" : "no-rvfc-record"] ?? 0) + 1;
-      continue;
-    }
-    joined++;
-    const [, , received, submitted, presented] = r;
-    clock.push(submitted - setWall);
-    expCheck.push(presented - (f.expected / 1000 + monoToWallMs + (submitted - setWall)));
-    const drawn = submitted + (f.swapped - f.set) / 1000;
-    rToDrawn.push(drawn - received);
-    rToPresented.push(presented - received);
-    expMinusDrawn.push(presented - drawn);
-    setToSub.push((f.submitEnd! - f.set) / 1000);
-    subToViz.push((f.vizReceived! - f.submitEnd!) / 1000);
-    vizToDraw.push((f.drawStart! - f.vizReceived!) / 1000);
-    drawToSwap.push((f.swapped - f.drawStart!) / 1000);
-  }
-  const part = (a: number, b: number): { rvfcFps: number; captureToSent: Pcts; receivedToPresented: Pcts } => {
-    const xs = rows.filter((x) => x.tick >= a && x.tick <= b);
-    return { rvfcFps: Math.round((records.filter((r) => r[5] >= a && r[5] <= b).length / ((b - a) / 1000)) * 10) / 10, captureToSent: pcts(xs.map((x) => x.captureToSent)), receivedToPresented: pcts(xs.map((x) => x.presented - x.received)) };
-  };
-  return {
-    windowMs,
-    rvfcFrames: inWin.length,
-    traced,
-    joined,
-    lost,
-    submitted: j.submitted,
-    vizReceived: j.vizReceived,
-    orderViolations: j.orderViolations,
-    clockCheckMs: pcts(clock),
-    expectedCheckMs: pcts(expCheck),
-    receivedToDrawn: pcts(rToDrawn),
-    receivedToPresented: pcts(rToPresented),
-    expectedMinusDrawn: pcts(expMinusDrawn),
-    setToSubmitted: pcts(setToSub),
-    submittedToViz: pcts(subToViz),
-    vizToDraw: pcts(vizToDraw),
-    drawToSwap: pcts(drawToSwap),
-    expectedAfterHandledTick: [...handled.entries()].sort((a, b) => a[0] - b[0]),
-    expectedByPhase: [...byPhase.entries()].map(([k, n]) => [...k.split(",").map(Number), n] as [number, number, number]).sort((a, b) => a[0] - b[0] || a[1] - b[1]),
-    untraced: part(untracedMs[0], untracedMs[1]),
-    tracedPart: part(windowMs[0], windowMs[1]),
   };
 }
 
@@ -489,7 +345,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
       console.log(`  received -> presented by arrival phase [bin ms, frames, p50 ms, mean ticks to expectedDisplayTime]: ${JSON.stringify(phase.byArrivalPhase)}; phase p50 per 10 s [arrival, capture] ${JSON.stringify(phase.per10s.map((p) => [p.arrival, p.capture]))}`);
     }
     if (drawn) {
-      console.log(`  traced ${r2((drawn.windowMs[1] - drawn.windowMs[0]) / 1000)} s (${TRACE_CATEGORIES.join(",")}): rVFC frames ${drawn.rvfcFrames}, set as current ${drawn.traced}, followed to viz's draw ${drawn.joined}, lost ${JSON.stringify(drawn.lost)}; submissions renderer ${drawn.submitted} / viz ${drawn.vizReceived}, order violations ${drawn.orderViolations}; clock check ${f(drawn.clockCheckMs)}, expectedDisplayTime = trace value: ${f(drawn.expectedCheckMs)}`);
+      console.log(`  traced ${r2((drawn.windowMs[1] - drawn.windowMs[0]) / 1000)} s (${TRACE_CATEGORIES.join(",")}): rVFC frames ${drawn.rvfcFrames}, set as current ${drawn.traced}, followed to viz's draw ${drawn.joined}, lost ${JSON.stringify(drawn.lost)}; submissions renderer ${drawn.submitted} / viz ${drawn.vizReceived} (list offset ${drawn.shift}), receives before their submission ${drawn.orderViolations}; clock check ${f(drawn.clockCheckMs)}, expectedDisplayTime = trace value: ${f(drawn.expectedCheckMs)}`);
       console.log(`  received -> drawn (viz swap) ${f(drawn.receivedToDrawn)}  [same frames: received -> presented (expectedDisplayTime) ${f(drawn.receivedToPresented)}; expectedDisplayTime - drawn ${f(drawn.expectedMinusDrawn)}]`);
       console.log(`  set -> submitted ${f(drawn.setToSubmitted)}; submitted -> viz ${f(drawn.submittedToViz)}; viz -> draw start ${f(drawn.vizToDraw)}; draw -> swapped ${f(drawn.drawToSwap)}`);
       console.log(`  expectedDisplayTime - frame_time of the BeginFrame the video thread had handled, in intervals [n, frames] ${JSON.stringify(drawn.expectedAfterHandledTick)}; by set time after it [ms bin, n, frames] ${JSON.stringify(drawn.expectedByPhase)}`);

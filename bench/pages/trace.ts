@@ -92,8 +92,10 @@ export interface VideoTraceJoin {
   /** Submissions of video compositor frames seen on each side (renderer, viz) in the joined span. */
   submitted: number;
   vizReceived: number;
-  /** Receives that did not fall between their submission's end and the next submission's start (0 = the order join holds). */
+  /** Receives that precede the submission they were joined to (impossible: must be 0), and the offset between
+   * the two lists chosen at the start of the trace. */
   orderViolations: number;
+  shift: number;
   /** The video compositor thread's BeginFrames (viz's frame_time of each tick, µs) and its interval. */
   ticks: number[];
   intervalUs: number;
@@ -110,8 +112,8 @@ const isPipe = (e: TraceEvent, step: string): boolean =>
  *   really sent a frame when VideoFrameResourceProvider::AppendQuads ran inside it (otherwise it returned
  *   early: same frame, or still waiting for viz's ack).
  * - submission -> viz: the k-th real submission is the k-th STEP_RECEIVE_COMPOSITOR_FRAME of the video's frame
- *   sink: the submitter sends nothing while a frame is unacknowledged, so they cannot cross. Checked: each
- *   receive must lie between its submission's end and the next submission's start (`orderViolations`).
+ *   sink (both ends of one mojo pipe, in order), the offset between the lists found at the trace's start;
+ *   checked: no receive may precede its submission (`orderViolations`), and submitted -> viz is printed.
  * - viz -> drawn: viz's compositor thread runs receive and draw in order; the first Display::DrawAndSwap
  *   starting after the receive aggregates the newest frame of the sink, so it draws this one unless another
  *   receive of the sink came first (then this frame was replaced, never drawn).
@@ -159,18 +161,33 @@ export function joinVideoFrames(events: TraceEvent[]): VideoTraceJoin | undefine
   const ticks = ev.filter((e) => onViz(e) && e.name === "DelayBasedBeginFrameSource::OnTimerTick").map((e) => Number(e.args!.frame_time));
   const iv = ev.find((e) => onViz(e) && e.name === "DelayBasedBeginFrameSource::OnTimerTick")?.args?.interval;
 
-  // Align submissions with viz receives: the first submission is the one whose end precedes the first
-  // receive in the trace (a receive of a submission from before the trace began is skipped).
-  let si = 0;
-  let ri = 0;
-  while (ri < vRecv.length && submits.length && vRecv[ri]!.ts < submits[0]!.end) ri++;
-  let orderViolations = 0;
+  // Submissions and receives are the two ends of one mojo pipe, so they are in the same order (FIFO); what
+  // is not known is the offset between the lists at the start of the trace (processes start tracing at
+  // slightly different times: a submission may be traced without its receive, or a receive without its
+  // submission). Try the offsets in -3..3 and keep the one under which no receive precedes its own
+  // submission and the receive follows the submission soonest (median); at a wrong offset receives either
+  // precede their submission or lag it by whole frame intervals.
   const recvOf = new Map<number, number>(); // submission index -> receive ts
-  for (; si < submits.length && ri < vRecv.length; si++, ri++) {
-    const next = submits[si + 1];
-    const r = vRecv[ri]!.ts;
-    if (r < submits[si]!.end - 50 || (next && r > next.start)) orderViolations++;
-    recvOf.set(si, r);
+  let best: { shift: number; violations: number; median: number } | undefined;
+  for (let shift = -3; shift <= 3; shift++) {
+    let violations = 0;
+    const lags: number[] = [];
+    for (let si = 0; si < submits.length; si++) {
+      const r = vRecv[si + shift];
+      if (!r) continue;
+      if (r.ts < submits[si]!.start) violations++;
+      else lags.push(r.ts - submits[si]!.end);
+    }
+    if (lags.length < 10) continue;
+    lags.sort((a, b) => a - b);
+    const cand = { shift, violations, median: lags[lags.length >> 1]! };
+    if (!best || cand.violations < best.violations || (cand.violations === best.violations && cand.median < best.median)) best = cand;
+  }
+  const orderViolations = best?.violations ?? 0;
+  const shift = best?.shift ?? 0;
+  for (let si = 0; si < submits.length; si++) {
+    const r = vRecv[si + shift];
+    if (r) recvOf.set(si, r.ts);
   }
   const firstAfter = <T extends TraceEvent>(xs: T[], t: number): T | undefined => {
     let lo = 0;
@@ -213,5 +230,5 @@ export function joinVideoFrames(events: TraceEvent[]): VideoTraceJoin | undefine
     const fd = firstAfter(shown, d.ts);
     if (fd && fd.ts <= d.ts + d.dur! + 1000) f.displayed = fd.ts;
   }
-  return { frames, submitted: submits.length, vizReceived: vRecv.length, orderViolations, ticks, intervalUs: Number(iv ?? NaN) };
+  return { frames, submitted: submits.length, vizReceived: vRecv.length, orderViolations, shift, ticks, intervalUs: Number(iv ?? NaN) };
 }
