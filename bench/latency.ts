@@ -39,7 +39,7 @@ import type { DesktopVideoSource } from "../agent/encode/desktop-source.js";
 import { writeFileSync } from "node:fs";
 import { ChromeTrace } from "./pages/trace.js";
 import { drawnReport, pcts, type Pcts, type Rec } from "./pages/drawn.js";
-import { framesDecoded, nodeClockOffsetMs, openSourcePage, pageClockOffsetMs, RECEIVER_SCRIPT, receiverVideoStats } from "./pages/harness.js";
+import { openWaylandReceiver, type ReceiverBrowser, framesDecoded, nodeClockOffsetMs, openSourcePage, pageClockOffsetMs, RECEIVER_SCRIPT, receiverVideoStats } from "./pages/harness.js";
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -54,6 +54,10 @@ const playoutMaxMs = Number(arg("playout-delay-max-ms", "0"));
 const WARMUP_S = 3;
 // Trace the receiving Chromium for the last N s of the window (0: no trace), optionally dumping the raw events.
 const traceSeconds = Number(arg("trace-seconds", "0"));
+// The receiving Chromium: "headless" (--headless=new, test/helpers/browser.ts) or "wayland" (a client of the
+// agent's sway on a second output: a real Wayland display path, see openWaylandReceiver).
+const receiverKind = arg("receiver", "headless");
+if (receiverKind !== "headless" && receiverKind !== "wayland") throw new Error(`--receiver: headless or wayland, not ${receiverKind}`);
 const traceOut = arg("trace-out", "");
 // "media" and "viz" hold every event joinVideoFrames reads; more categories cost the receiver more.
 const TRACE_CATEGORIES = arg("trace-categories", "media,viz").split(",");
@@ -170,14 +174,14 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     rtc: { start_bitrate_bps: bitrateKbps * 1000, playout_delay_min_ms: playoutMinMs, playout_delay_max_ms: playoutMaxMs },
     metrics: { enabled: false },
   });
-  let browser: TestBrowser | undefined;
+  let browser: ReceiverBrowser | undefined;
   let src: Awaited<ReturnType<typeof openSourcePage>> | undefined;
   try {
     const desktop = t.agent.desktop?.headless;
     if (!desktop) throw new Error("the agent has no headless desktop");
     src = await openSourcePage(desktop);
-    browser = await TestBrowser.launch();
-    const page = await browser.context.newPage();
+    browser = receiverKind === "wayland" ? await openWaylandReceiver(desktop) : await TestBrowser.launch();
+    const page = receiverKind === "wayland" ? (browser.context.pages()[0] ?? (await browser.context.newPage())) : await browser.context.newPage();
     const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 3600, subject: "latency-bench" });
     await page.goto(`${t.httpUrl}/#token=${token}`);
     const end = Date.now() + 20_000;
@@ -310,6 +314,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     };
     const res = {
       fps,
+      receiverBrowser: receiverKind,
       seconds: Math.round(dt),
       total: pcts(seg.total),
       paintToCapture: pcts(seg.paintToCapture),
@@ -334,7 +339,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
       ...(bench.error ? { readerError: bench.error } : {}),
     };
     const f = (p: Pcts): string => `p50 ${p.p50} p95 ${p.p95} p99 ${p.p99} (n=${p.n})`;
-    console.log(`# 1080p${fps}, ${res.seconds} s, load ${load0} -> ${load1}`);
+    console.log(`# 1080p${fps}, ${res.seconds} s, receiver ${receiverKind}, load ${load0} -> ${load1}`);
     console.log(`  total (paint -> presented) ${f(res.total)}`);
     console.log(`  paint -> capture (source app + sway + portal) ${f(res.paintToCapture)}`);
     console.log(`  capture -> sent (ours) ${f(res.captureToSent)}  [capture -> encoded in JS ${f(captureToReady)}; JS -> sent ${f(readyToSent)}]`);
@@ -346,7 +351,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     }
     if (drawn) {
       console.log(`  traced ${r2((drawn.windowMs[1] - drawn.windowMs[0]) / 1000)} s (${TRACE_CATEGORIES.join(",")}): rVFC frames ${drawn.rvfcFrames}, set as current ${drawn.traced}, followed to viz's draw ${drawn.joined}, lost ${JSON.stringify(drawn.lost)}; submissions renderer ${drawn.submitted} / viz ${drawn.vizReceived} (list offset ${drawn.shift}), receives before their submission ${drawn.orderViolations}; clock check ${f(drawn.clockCheckMs)}, expectedDisplayTime = trace value: ${f(drawn.expectedCheckMs)}`);
-      console.log(`  received -> drawn (viz swap) ${f(drawn.receivedToDrawn)}  [same frames: received -> presented (expectedDisplayTime) ${f(drawn.receivedToPresented)}; expectedDisplayTime - drawn ${f(drawn.expectedMinusDrawn)}]`);
+      console.log(`  received -> drawn (viz swap) ${f(drawn.receivedToDrawn)}; received -> presentation feedback ${f(drawn.receivedToFeedback)}  [same frames: received -> presented (expectedDisplayTime) ${f(drawn.receivedToPresented)}; expectedDisplayTime - drawn ${f(drawn.expectedMinusDrawn)}]`);
       console.log(`  set -> submitted ${f(drawn.setToSubmitted)}; submitted -> viz ${f(drawn.submittedToViz)}; viz -> draw start ${f(drawn.vizToDraw)}; draw -> swapped ${f(drawn.drawToSwap)}`);
       console.log(`  expectedDisplayTime - frame_time of the BeginFrame the video thread had handled, in intervals [n, frames] ${JSON.stringify(drawn.expectedAfterHandledTick)}; by set time after it [ms bin, n, frames] ${JSON.stringify(drawn.expectedByPhase)}`);
       console.log(`  tracing check: untraced part ${JSON.stringify(drawn.untraced)}; traced part ${JSON.stringify(drawn.tracedPart)}`);

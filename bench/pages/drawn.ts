@@ -41,6 +41,9 @@ export interface DrawnReport {
   /** received -> drawn: the frame's receiveTime to the end of SoftwareRenderer::SwapBuffers of the display
    * frame that drew it (rVFC received -> submitted, plus the trace's SetCurrentFrame -> swap). */
   receivedToDrawn: Pcts;
+  /** received -> presentation feedback of that display frame (headless: the swap; Wayland: the compositor's
+   * wp_presentation time), for the frames that have one. */
+  receivedToFeedback: Pcts;
   /** The same frames' received -> presented (expectedDisplayTime), for comparison. */
   receivedToPresented: Pcts;
   /** expectedDisplayTime - drawn (ms): how far Chromium's prediction is from the real draw. */
@@ -85,6 +88,7 @@ export function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs
   const expCheck: number[] = [];
   const rToDrawn: number[] = [];
   const rToPresented: number[] = [];
+  const rToFeedback: number[] = [];
   const expMinusDrawn: number[] = [];
   const setToSub: number[] = [];
   const subToViz: number[] = [];
@@ -121,6 +125,7 @@ export function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs
     const drawn = submitted + (f.swapped - f.set) / 1000;
     rToDrawn.push(drawn - received);
     rToPresented.push(presented - received);
+    if (f.feedback !== undefined) rToFeedback.push(submitted + (f.feedback - f.set) / 1000 - received);
     expMinusDrawn.push(presented - drawn);
     setToSub.push((f.submitEnd! - f.set) / 1000);
     subToViz.push((f.vizReceived! - f.submitEnd!) / 1000);
@@ -144,6 +149,7 @@ export function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs
     clockCheckMs: pcts(clock),
     expectedCheckMs: pcts(expCheck),
     receivedToDrawn: pcts(rToDrawn),
+    receivedToFeedback: pcts(rToFeedback),
     receivedToPresented: pcts(rToPresented),
     expectedMinusDrawn: pcts(expMinusDrawn),
     setToSubmitted: pcts(setToSub),

@@ -83,6 +83,10 @@ export interface TracedVideoFrame {
   drawStart?: number;
   swapped?: number;
   displayed?: number;
+  /** viz's presentation feedback for that display frame (the end of its Graphics.Pipeline.DrawAndSwap, the
+   * timestamp VideoFrameSubmitter's frame also ends with): headless, right after the swap; on Wayland, when
+   * the compositor reported the buffer presented (wp_presentation). */
+  feedback?: number;
   /** Why it was not followed to the display, if not. */
   lost?: "not-submitted" | "replaced-before-draw" | "no-draw-in-trace";
 }
@@ -158,6 +162,11 @@ export function joinVideoFrames(events: TraceEvent[]): VideoTraceJoin | undefine
   const draws = ev.filter((e) => onViz(e) && e.name === "Display::DrawAndSwap" && e.dur !== undefined);
   const swaps = ev.filter((e) => onViz(e) && e.name === "SoftwareRenderer::SwapBuffers" && e.dur !== undefined);
   const shown = ev.filter((e) => onViz(e) && e.name === "Display::FrameDisplayed");
+  // Graphics.Pipeline.DrawAndSwap: begins inside Display::DrawAndSwap, ends at the presentation feedback;
+  // its ids are reused, so each begin is closed by the first end of the same id after it (swaps complete in order).
+  const pipeB = ev.filter((e) => onViz(e) && e.name === "Graphics.Pipeline.DrawAndSwap" && e.ph === "b");
+  const pipeE = ev.filter((e) => onViz(e) && e.name === "Graphics.Pipeline.DrawAndSwap" && e.ph === "e");
+  const idOf = (e: TraceEvent): string => JSON.stringify(e.id2 ?? e.id);
   const ticks = ev.filter((e) => onViz(e) && e.name === "DelayBasedBeginFrameSource::OnTimerTick").map((e) => Number(e.args!.frame_time));
   const iv = ev.find((e) => onViz(e) && e.name === "DelayBasedBeginFrameSource::OnTimerTick")?.args?.interval;
 
@@ -229,6 +238,18 @@ export function joinVideoFrames(events: TraceEvent[]): VideoTraceJoin | undefine
     if (sw && sw.ts <= d.ts + d.dur!) f.swapped = sw.ts + sw.dur!;
     const fd = firstAfter(shown, d.ts);
     if (fd && fd.ts <= d.ts + d.dur! + 1000) f.displayed = fd.ts;
+    const b = firstAfter(pipeB, d.ts);
+    if (b && b.ts <= d.ts + d.dur!) {
+      let e = firstAfter(pipeE, b.ts);
+      for (let i = e ? pipeE.indexOf(e) : -1; i >= 0 && i < pipeE.length; i++) {
+        if (idOf(pipeE[i]!) === idOf(b)) {
+          e = pipeE[i];
+          break;
+        }
+        e = undefined;
+      }
+      if (e) f.feedback = e.ts;
+    }
   }
   return { frames, submitted: submits.length, vizReceived: vRecv.length, orderViolations, shift, ticks, intervalUs: Number(iv ?? NaN) };
 }
