@@ -26,6 +26,22 @@ async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * Removes a Chromium profile dir after its browser process exited. Its renderer/utility children can
+ * outlive it for a moment and still write there (a bench run once died on ENOTEMPTY), so retry for up to 3 s.
+ */
+async function removeProfile(dir: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      rmSync(dir, { recursive: true, force: true, maxRetries: 2, retryDelay: 50 });
+      return;
+    } catch (err) {
+      if (i >= 30) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
 export interface SourcePage {
   page: Page;
   pid: number;
@@ -82,13 +98,13 @@ export async function openSourcePage(desktop: HeadlessDesktop, query = ""): Prom
         await b.close().catch(() => undefined);
         kill();
         if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once("exit", r));
-        rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+        await removeProfile(dir);
       },
     };
   } catch (err) {
     await browser?.close().catch(() => undefined);
     kill();
-    rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    await removeProfile(dir);
     throw err;
   }
 }
@@ -160,14 +176,14 @@ export async function openWaylandReceiver(desktop: HeadlessDesktop): Promise<Rec
         await b.close().catch(() => undefined);
         kill();
         if (c.exitCode === null && c.signalCode === null) await new Promise((r) => c.once("exit", r));
-        rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+        await removeProfile(dir);
         await unplug();
       },
     };
   } catch (err) {
     await browser?.close().catch(() => undefined);
     kill();
-    rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    await removeProfile(dir);
     await unplug();
     throw err;
   }
