@@ -48,6 +48,8 @@ export interface DrawnReport {
   receivedToPresented: Pcts;
   /** expectedDisplayTime - drawn (ms): how far Chromium's prediction is from the real draw. */
   expectedMinusDrawn: Pcts;
+  /** expectedDisplayTime - presentation feedback (ms). */
+  expectedMinusFeedback: Pcts;
   /** The parts: set -> submitted (VideoFrameSubmitter::SubmitFrame end: the software frame copied and sent),
    * submitted -> viz received, viz received -> draw start, draw start -> swapped. */
   setToSubmitted: Pcts;
@@ -89,6 +91,7 @@ export function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs
   const rToDrawn: number[] = [];
   const rToPresented: number[] = [];
   const rToFeedback: number[] = [];
+  const expMinusFeedback: number[] = [];
   const expMinusDrawn: number[] = [];
   const setToSub: number[] = [];
   const subToViz: number[] = [];
@@ -125,7 +128,10 @@ export function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs
     const drawn = submitted + (f.swapped - f.set) / 1000;
     rToDrawn.push(drawn - received);
     rToPresented.push(presented - received);
-    if (f.feedback !== undefined) rToFeedback.push(submitted + (f.feedback - f.set) / 1000 - received);
+    if (f.feedback !== undefined) {
+      rToFeedback.push(submitted + (f.feedback - f.set) / 1000 - received);
+      expMinusFeedback.push((f.expected - f.feedback) / 1000);
+    }
     expMinusDrawn.push(presented - drawn);
     setToSub.push((f.submitEnd! - f.set) / 1000);
     subToViz.push((f.vizReceived! - f.submitEnd!) / 1000);
@@ -152,6 +158,7 @@ export function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs
     receivedToFeedback: pcts(rToFeedback),
     receivedToPresented: pcts(rToPresented),
     expectedMinusDrawn: pcts(expMinusDrawn),
+    expectedMinusFeedback: pcts(expMinusFeedback),
     setToSubmitted: pcts(setToSub),
     submittedToViz: pcts(subToViz),
     vizToDraw: pcts(vizToDraw),
