@@ -1,7 +1,7 @@
 /**
  * Glass-to-glass latency of the whole pipeline on real parts (issue 5).
  *   node dist/bench/latency.js [--seconds 60] [--fps 30,60] [--bitrate-kbps 6000] [--playout-delay-min-ms 0 --playout-delay-max-ms 0]
- *     [--trace-seconds 10 [--trace-categories media,viz] [--trace-out file.json]]
+ *     [--trace-seconds 10 [--trace-categories media,viz] [--trace-out file.json]] [--receiver headless|wayland]
  *
  * Source: Chromium (kiosk, software rendering) inside the agent's headless sway shows
  * bench/pages/counter.html, which paints a frame counter as a block pattern on every rAF and records the
