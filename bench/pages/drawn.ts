@@ -61,6 +61,10 @@ export interface DrawnReport {
   expectedAfterHandledTick: [number, number][];
   /** Ditto, by where the frame was set in that interval: [ms after that frame_time (2 ms bins), intervals, frames]. */
   expectedByPhase: [number, number, number][];
+  /** The submitter's per-BeginFrame display-time estimate: at its fallback (deadline_max) or from
+   * presentation feedback, and how many submissions a BeginFrame made (see docs/streaming.md). */
+  estimate: { fallback: number; fromFeedback: number };
+  beginFrameSubmissions: number;
   /** Same-run check that tracing does not distort: untraced part vs traced part. */
   untraced: { rvfcFps: number; captureToSent: Pcts; receivedToPresented: Pcts };
   tracedPart: { rvfcFps: number; captureToSent: Pcts; receivedToPresented: Pcts };
@@ -165,6 +169,8 @@ export function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs
     drawToSwap: pcts(drawToSwap),
     expectedAfterHandledTick: [...handled.entries()].sort((a, b) => a[0] - b[0]),
     expectedByPhase: [...byPhase.entries()].map(([k, n]) => [...k.split(",").map(Number), n] as [number, number, number]).sort((a, b) => a[0] - b[0] || a[1] - b[1]),
+    estimate: j.estimate,
+    beginFrameSubmissions: j.beginFrameSubmissions,
     untraced: part(untracedMs[0], untracedMs[1]),
     tracedPart: part(windowMs[0], windowMs[1]),
   };

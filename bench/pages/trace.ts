@@ -103,6 +103,10 @@ export interface VideoTraceJoin {
   /** The video compositor thread's BeginFrames (viz's frame_time of each tick, µs) and its interval. */
   ticks: number[];
   intervalUs: number;
+  /** FrameExpectedDisplayTime events at the fallback (deadline_max) vs from presentation feedback. */
+  estimate: { fallback: number; fromFeedback: number };
+  /** Real submissions made from a BeginFrame rather than at once on the frame's arrival. */
+  beginFrameSubmissions: number;
 }
 
 const isPipe = (e: TraceEvent, step: string): boolean =>
@@ -251,5 +255,20 @@ export function joinVideoFrames(events: TraceEvent[]): VideoTraceJoin | undefine
       if (e) f.feedback = e.ts;
     }
   }
-  return { frames, submitted: submits.length, vizReceived: vRecv.length, orderViolations, shift, ticks, intervalUs: Number(iv ?? NaN) };
+  // The submitter's display-time estimate per BeginFrame ("FrameExpectedDisplayTime"): its fallback is the
+  // BeginFrame's deadline_max (frame_time + 2 intervals, the "Actual Render End" of the UpdateCurrentFrame
+  // that follows it), otherwise now + its running mean of viz-receive -> presentation feedback.
+  const fedt = ev.filter((e) => onV(e) && e.name === "FrameExpectedDisplayTime");
+  const estimate = { fallback: 0, fromFeedback: 0 };
+  for (const x of fedt) {
+    const u = firstAfter(updates, x.ts);
+    if (!u || u.ts - x.ts > 2000) continue;
+    if (Math.abs(Number(x.args!.frame_expected_display_time) - Number(u.args!["Actual Render End"])) < 50) estimate.fallback++;
+    else estimate.fromFeedback++;
+  }
+  // Submissions made from a BeginFrame (inside VideoFrameSubmitter::OnBeginFrame: the frame arrived while
+  // the previous one was unacknowledged) rather than at once on arrival (SubmitSingleFrame, a "manual" ack).
+  const onBf = ev.filter((e) => onV(e) && e.name === "VideoFrameSubmitter::OnBeginFrame" && e.dur !== undefined);
+  const beginFrameSubmissions = submits.filter((sub) => onBf.some((o) => sub.start >= o.ts && sub.start <= o.ts + o.dur!)).length;
+  return { frames, submitted: submits.length, vizReceived: vRecv.length, orderViolations, shift, ticks, intervalUs: Number(iv ?? NaN), estimate, beginFrameSubmissions };
 }
