@@ -1,6 +1,7 @@
 /**
  * Glass-to-glass latency of the whole pipeline on real parts (issue 5).
  *   node dist/bench/latency.js [--seconds 60] [--fps 30,60] [--bitrate-kbps 6000] [--playout-delay-min-ms 0 --playout-delay-max-ms 0]
+ *     [--trace-seconds 10 [--trace-categories media,viz] [--trace-out file.json]] [--receiver headless|wayland]
  *
  * Source: Chromium (kiosk, software rendering) inside the agent's headless sway shows
  * bench/pages/counter.html, which paints a frame counter as a block pattern on every rAF and records the
@@ -19,6 +20,15 @@
  * the receiver's BeginFrame ticks (rVFC `now` of all frames), each frame's arrival and capture phase in
  * that interval, how many ticks after arrival Chromium's expectedDisplayTime lies, received -> presented
  * per eighth of the interval, and the receiver's webrtc-stats (jitter buffer, processing, drops) per frame.
+ * received -> presented uses rVFC's expectedDisplayTime, which is Chromium's *prediction* made when the
+ * frame is set as current, not a measured display time. With --trace-seconds N the receiving Chromium is
+ * traced (CDP Tracing, categories media,viz) for the last N s of the window and each video frame is followed
+ * to the viz draw that put it in the display frame (bench/pages/trace.ts joinVideoFrames): "received ->
+ * drawn" = receiveTime to the end of viz's SoftwareRenderer::SwapBuffers for that frame (headless software
+ * output: the closest thing to presented there is). Printed beside the expectedDisplayTime figure, with its
+ * parts, how many frames were joined, and the untraced part of the same run against the traced one
+ * (rVFC fps, capture -> sent, received -> presented) to show what tracing costs. --trace-out writes the
+ * raw events and rVFC records for offline reading.
  * Targets at 1080p60: capture->sent p50 <= 8 ms, p99 <= 20 ms; total p95 <= 1.5 x total p50; received
  * fps >= 55; received->presented p50 <= 10 ms. Last line: one JSON object.
  */
@@ -26,7 +36,10 @@ import { startTestAgent } from "../test/helpers/agent.js";
 import { TestBrowser } from "../test/helpers/browser.js";
 import type { FrameSentTrace } from "../agent/rtc/stage.js";
 import type { DesktopVideoSource } from "../agent/encode/desktop-source.js";
-import { framesDecoded, nodeClockOffsetMs, openSourcePage, pageClockOffsetMs, RECEIVER_SCRIPT, receiverVideoStats } from "./pages/harness.js";
+import { writeFileSync } from "node:fs";
+import { ChromeTrace } from "./pages/trace.js";
+import { drawnReport, pcts, type Pcts, type Rec } from "./pages/drawn.js";
+import { openWaylandReceiver, type ReceiverBrowser, framesDecoded, nodeClockOffsetMs, openSourcePage, pageClockOffsetMs, RECEIVER_SCRIPT, receiverVideoStats } from "./pages/harness.js";
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -39,21 +52,18 @@ const bitrateKbps = Number(arg("bitrate-kbps", "6000"));
 const playoutMinMs = Number(arg("playout-delay-min-ms", "0"));
 const playoutMaxMs = Number(arg("playout-delay-max-ms", "0"));
 const WARMUP_S = 3;
+// Trace the receiving Chromium for the last N s of the window (0: no trace), optionally dumping the raw events.
+const traceSeconds = Number(arg("trace-seconds", "0"));
+// The receiving Chromium: "headless" (--headless=new, test/helpers/browser.ts) or "wayland" (a client of the
+// agent's sway on a second output: a real Wayland display path, see openWaylandReceiver).
+const receiverKind = arg("receiver", "headless");
+if (receiverKind !== "headless" && receiverKind !== "wayland") throw new Error(`--receiver: headless or wayland, not ${receiverKind}`);
+const traceOut = arg("trace-out", "");
+// "media" and "viz" hold every event joinVideoFrames reads; more categories cost the receiver more.
+const TRACE_CATEGORIES = arg("trace-categories", "media,viz").split(",");
 
-export interface Pcts {
-  p50: number;
-  p95: number;
-  p99: number;
-  n: number;
-}
-function pcts(xs: number[]): Pcts {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  const at = (q: number): number => (s.length ? Math.round(s[Math.min(s.length - 1, Math.floor(q * s.length))]! * 10) / 10 : NaN);
-  return { p50: at(0.5), p95: at(0.95), p99: at(0.99), n: s.length };
-}
 const loadavg = async (): Promise<number> => Number((await import("node:os")).loadavg()[0]!.toFixed(2));
 
-type Rec = [number, number, number, number, number, number];
 
 const r2 = (x: number): number => Math.round(x * 100) / 100;
 
@@ -164,14 +174,14 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     rtc: { start_bitrate_bps: bitrateKbps * 1000, playout_delay_min_ms: playoutMinMs, playout_delay_max_ms: playoutMaxMs },
     metrics: { enabled: false },
   });
-  let browser: TestBrowser | undefined;
+  let browser: ReceiverBrowser | undefined;
   let src: Awaited<ReturnType<typeof openSourcePage>> | undefined;
   try {
     const desktop = t.agent.desktop?.headless;
     if (!desktop) throw new Error("the agent has no headless desktop");
     src = await openSourcePage(desktop);
-    browser = await TestBrowser.launch();
-    const page = await browser.context.newPage();
+    browser = receiverKind === "wayland" ? await openWaylandReceiver(desktop) : await TestBrowser.launch();
+    const page = receiverKind === "wayland" ? (browser.context.pages()[0] ?? (await browser.context.newPage())) : await browser.context.newPage();
     const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 3600, subject: "latency-bench" });
     await page.goto(`${t.httpUrl}/#token=${token}`);
     const end = Date.now() + 20_000;
@@ -208,8 +218,19 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     const rx0 = await receiverVideoStats(page);
     const load0 = await loadavg();
     const t0 = performance.now();
+    const wall0 = Date.now();
     const sent0 = traces.size;
-    await new Promise((r) => setTimeout(r, seconds * 1000));
+    let trace: ChromeTrace | undefined;
+    let traceWindow: [number, number] | undefined;
+    if (traceSeconds > 0) {
+      await new Promise((r) => setTimeout(r, Math.max(0, seconds - traceSeconds) * 1000));
+      trace = await ChromeTrace.start(browser.browser, TRACE_CATEGORIES);
+      const a = Date.now();
+      await new Promise((r) => setTimeout(r, Math.min(seconds, traceSeconds) * 1000));
+      traceWindow = [a, Date.now()];
+    } else {
+      await new Promise((r) => setTimeout(r, seconds * 1000));
+    }
     const dt = (performance.now() - t0) / 1000;
     const dec1 = await framesDecoded(page);
     const rx1 = await receiverVideoStats(page);
@@ -238,11 +259,14 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     const sentFrames = traces.size - sent0;
     const bench = (await page.evaluate("({ records: window.wlBench.records, frames: window.wlBench.frames, readMs: window.wlBench.readMs, error: window.wlBench.error })")) as { records: Rec[]; frames: number; readMs: number; error?: string };
     const paints = (await src.page.evaluate("window.paints")) as (number | null)[];
+    const traced = trace ? await trace.stop() : undefined;
+    if (traced && traceOut) writeFileSync(traceOut, JSON.stringify({ monoToWallMs: traced.monoToWallMs, offsetDriftMs: traced.offsetDriftMs, window: traceWindow, records: bench.records, events: traced.events }));
     const offsets1 = { node: nodeClockOffsetMs(), source: await pageClockOffsetMs(src.page), receiver: await pageClockOffsetMs(page) };
     const load1 = await loadavg();
 
     const seg = { paintToCapture: [] as number[], captureToSent: [] as number[], sentToReceived: [] as number[], receivedToPresented: [] as number[], receivedToSubmitted: [] as number[], total: [] as number[] };
     const phaseRows: { received: number; presented: number; tick: number; capture: number }[] = [];
+    const traceRows: { received: number; captureToSent: number; presented: number; tick: number }[] = [];
     let unreadable = 0;
     let unmatched = 0;
     for (const [counter, rtp, received, submitted, presented, tick] of bench.records) {
@@ -263,7 +287,9 @@ async function run(fps: number): Promise<Record<string, unknown>> {
       seg.receivedToSubmitted.push(submitted - received);
       seg.total.push(presented - paint);
       phaseRows.push({ received, presented, tick, capture: tr.captureTimeMs });
+      traceRows.push({ received, captureToSent: tr.sentTimeMs - tr.captureTimeMs, presented, tick });
     }
+    const drawn = traced && traceWindow ? drawnReport(traced.events, traced.monoToWallMs, traceWindow, bench.records, traceRows, [wall0, traceWindow[0]]) : undefined;
     // The agent's own split of capture -> sent over every frame sent (not only those the reader saw).
     const all = [...traces.values()];
     const captureToReady = pcts(all.map((x) => x.readyTimeMs - x.captureTimeMs));
@@ -288,6 +314,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     };
     const res = {
       fps,
+      receiverBrowser: receiverKind,
       seconds: Math.round(dt),
       total: pcts(seg.total),
       paintToCapture: pcts(seg.paintToCapture),
@@ -302,6 +329,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
       sentFps: Math.round((sentFrames / dt) * 10) / 10,
       pipeline,
       phase,
+      ...(traceSeconds > 0 ? { drawn: drawn ?? null, traceCategories: TRACE_CATEGORIES } : {}),
       receiver,
       readerMsPerFrame: Math.round((bench.readMs / Math.max(1, bench.frames)) * 100) / 100,
       unreadable,
@@ -311,7 +339,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
       ...(bench.error ? { readerError: bench.error } : {}),
     };
     const f = (p: Pcts): string => `p50 ${p.p50} p95 ${p.p95} p99 ${p.p99} (n=${p.n})`;
-    console.log(`# 1080p${fps}, ${res.seconds} s, load ${load0} -> ${load1}`);
+    console.log(`# 1080p${fps}, ${res.seconds} s, receiver ${receiverKind}, load ${load0} -> ${load1}`);
     console.log(`  total (paint -> presented) ${f(res.total)}`);
     console.log(`  paint -> capture (source app + sway + portal) ${f(res.paintToCapture)}`);
     console.log(`  capture -> sent (ours) ${f(res.captureToSent)}  [capture -> encoded in JS ${f(captureToReady)}; JS -> sent ${f(readyToSent)}]`);
@@ -320,6 +348,13 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     if (phase) {
       console.log(`  receiver BeginFrame interval ${phase.intervalMs} ms (p95 |gap - interval| ${phase.tickJitterP95Ms}); phase in it (ms after the last tick) of arrival ${f(phase.arrivalPhase)}, of capture ${f(phase.capturePhase)}; ticks from the last one before arrival [ticks, frames] to the rVFC tick ${JSON.stringify(phase.ticksWaited)}, to expectedDisplayTime ${JSON.stringify(phase.ticksToExpected)}; expectedDisplayTime - rVFC tick in ticks ${JSON.stringify(phase.expectedMinusTick)}`);
       console.log(`  received -> presented by arrival phase [bin ms, frames, p50 ms, mean ticks to expectedDisplayTime]: ${JSON.stringify(phase.byArrivalPhase)}; phase p50 per 10 s [arrival, capture] ${JSON.stringify(phase.per10s.map((p) => [p.arrival, p.capture]))}`);
+    }
+    if (drawn) {
+      console.log(`  traced ${r2((drawn.windowMs[1] - drawn.windowMs[0]) / 1000)} s (${TRACE_CATEGORIES.join(",")}): rVFC frames ${drawn.rvfcFrames}, set as current ${drawn.traced}, followed to viz's draw ${drawn.joined}, lost ${JSON.stringify(drawn.lost)}; submissions renderer ${drawn.submitted} / viz ${drawn.vizReceived} (list offset ${drawn.shift}), receives before their submission ${drawn.orderViolations}; clock check ${f(drawn.clockCheckMs)}, expectedDisplayTime = trace value: ${f(drawn.expectedCheckMs)}`);
+      console.log(`  received -> drawn (viz swap) ${f(drawn.receivedToDrawn)}; received -> presentation feedback ${f(drawn.receivedToFeedback)}  [same frames: received -> presented (expectedDisplayTime) ${f(drawn.receivedToPresented)}; expectedDisplayTime - drawn ${f(drawn.expectedMinusDrawn)}, - presentation feedback ${f(drawn.expectedMinusFeedback)}]`);
+      console.log(`  set -> submitted ${f(drawn.setToSubmitted)}; submitted -> viz ${f(drawn.submittedToViz)}; viz -> draw start ${f(drawn.vizToDraw)}; draw -> swapped ${f(drawn.drawToSwap)}`);
+      console.log(`  expectedDisplayTime - frame_time of the BeginFrame the video thread had handled, in intervals [n, frames] ${JSON.stringify(drawn.expectedAfterHandledTick)}; by set time after it [ms bin, n, frames] ${JSON.stringify(drawn.expectedByPhase)}; the submitter's estimate per BeginFrame ${JSON.stringify(drawn.estimate)}, submissions made by a BeginFrame ${drawn.beginFrameSubmissions}`);
+      console.log(`  tracing check: untraced part ${JSON.stringify(drawn.untraced)}; traced part ${JSON.stringify(drawn.tracedPart)}`);
     }
     console.log(`  receiver webrtc-stats per frame (ms): ${JSON.stringify(receiver)}`);
     console.log(`  fps: sent ${res.sentFps}, decoded ${res.receivedFps}, rVFC ${res.rvfcFps}; reader ${res.readerMsPerFrame} ms/frame; unreadable ${unreadable}, unmatched ${unmatched}`);

@@ -8,7 +8,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium, type Browser, type Page } from "playwright-core";
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import type { HeadlessDesktop } from "../../agent/desktop/headless.js";
 import { CHROMIUM } from "../../test/helpers/browser.js";
 
@@ -24,6 +24,22 @@ async function freePort(): Promise<number> {
       s.close(() => resolve(typeof a === "object" && a ? a.port : 0));
     });
   });
+}
+
+/**
+ * Removes a Chromium profile dir after its browser process exited. Its renderer/utility children can
+ * outlive it for a moment and still write there (a bench run once died on ENOTEMPTY), so retry for up to 3 s.
+ */
+async function removeProfile(dir: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      rmSync(dir, { recursive: true, force: true, maxRetries: 2, retryDelay: 50 });
+      return;
+    } catch (err) {
+      if (i >= 30) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
 }
 
 export interface SourcePage {
@@ -82,13 +98,93 @@ export async function openSourcePage(desktop: HeadlessDesktop, query = ""): Prom
         await b.close().catch(() => undefined);
         kill();
         if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once("exit", r));
-        rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+        await removeProfile(dir);
       },
     };
   } catch (err) {
     await browser?.close().catch(() => undefined);
     kill();
-    rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    await removeProfile(dir);
+    throw err;
+  }
+}
+
+export interface ReceiverBrowser {
+  browser: Browser;
+  context: BrowserContext;
+  close(): Promise<void>;
+}
+
+/**
+ * A receiving Chromium with a real Wayland display path (not --headless): a client of the desktop's sway on
+ * a second headless output that sway creates for it (so the captured output HEADLESS-1 is untouched), its
+ * window fullscreen there. Its compositor frames go out through wl_surface commits that sway presents on
+ * that output's own 60 Hz clock. For bench/latency.ts --receiver wayland. close() kills it by its pid and
+ * unplugs the output.
+ */
+export async function openWaylandReceiver(desktop: HeadlessDesktop): Promise<ReceiverBrowser> {
+  type Out = { name: string; focused?: boolean };
+  const before = new Set((JSON.parse(await desktop.swaymsg("-t", "get_outputs", "-r")) as Out[]).map((o) => o.name));
+  await desktop.swaymsg("create_output");
+  const out = (JSON.parse(await desktop.swaymsg("-t", "get_outputs", "-r")) as Out[]).find((o) => !before.has(o.name))?.name;
+  if (!out) throw new Error("sway created no second output");
+  const unplug = async (): Promise<void> => {
+    await desktop.swaymsg("output", out, "unplug").catch(() => undefined);
+  };
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "wl-rx-chromium-"));
+  let child: Awaited<ReturnType<HeadlessDesktop["spawnClient"]>> | undefined;
+  let browser: Browser | undefined;
+  const kill = (): void => {
+    try {
+      if (child?.pid !== undefined) process.kill(child.pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  };
+  try {
+    await desktop.swaymsg("output", out, "mode", "1920x1080@60Hz", "pos", "1920", "0");
+    await desktop.swaymsg("focus", "output", out);
+    child = await desktop.spawnClient(CHROMIUM, [
+      "--ozone-platform=wayland", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check", "--test-type",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync", "--start-fullscreen",
+      "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns",
+      "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
+      `--remote-debugging-port=${port}`, "--remote-debugging-address=127.0.0.1", `--user-data-dir=${dir}`, "about:blank",
+    ], { name: "receiver-chromium" });
+    const end = Date.now() + 20_000;
+    for (;;) {
+      try {
+        browser = await chromium.connectOverCDP(`http://127.0.0.1:${port}`, { timeout: 2000 });
+        break;
+      } catch (err) {
+        if (Date.now() > end || child.exitCode !== null) throw new Error(`receiver Chromium on the desktop did not start: ${String(err)}`, { cause: err });
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+    // It opened on the focused output; make sure (a window may map before focus moved), fullscreen it there.
+    await desktop.swaymsg(`[pid=${child.pid}]`, "move", "container", "to", "output", out).catch(() => undefined);
+    await desktop.swaymsg(`[pid=${child.pid}]`, "fullscreen", "enable").catch(() => undefined);
+    const context = browser.contexts()[0];
+    if (!context) throw new Error("receiver Chromium has no browser context");
+    const b = browser;
+    const c = child;
+    return {
+      browser: b,
+      context,
+      close: async () => {
+        await b.close().catch(() => undefined);
+        kill();
+        if (c.exitCode === null && c.signalCode === null) await new Promise((r) => c.once("exit", r));
+        await removeProfile(dir);
+        await unplug();
+      },
+    };
+  } catch (err) {
+    await browser?.close().catch(() => undefined);
+    kill();
+    await removeProfile(dir);
+    await unplug();
     throw err;
   }
 }
