@@ -70,7 +70,11 @@ export interface DrawnReport {
   tracedPart: { rvfcFps: number; captureToSent: Pcts; receivedToPresented: Pcts };
 }
 
-export function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs: [number, number], records: Rec[], rows: { received: number; captureToSent: number; presented: number; tick: number }[], untracedMs: [number, number]): DrawnReport | undefined {
+/**
+ * `feedbackOut`, when given, receives for each joined rVFC record the wall-clock time (ms) of its display
+ * frame's presentation feedback: the measured "presented" (bench/latency.ts).
+ */
+export function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs: [number, number], records: Rec[], rows: { received: number; captureToSent: number; presented: number; tick: number }[], untracedMs: [number, number], feedbackOut?: Map<Rec, number>): DrawnReport | undefined {
   const j = joinVideoFrames(events);
   if (!j) return undefined;
   const inWin = records.filter((r) => r[5] >= windowMs[0] && r[5] <= windowMs[1]);
@@ -133,7 +137,9 @@ export function drawnReport(events: TraceEvent[], monoToWallMs: number, windowMs
     rToDrawn.push(drawn - received);
     rToPresented.push(presented - received);
     if (f.feedback !== undefined) {
-      rToFeedback.push(submitted + (f.feedback - f.set) / 1000 - received);
+      const feedbackWall = submitted + (f.feedback - f.set) / 1000;
+      feedbackOut?.set(r, feedbackWall);
+      rToFeedback.push(feedbackWall - received);
       expMinusFeedback.push((f.expected - f.feedback) / 1000);
     }
     expMinusDrawn.push(presented - drawn);
