@@ -21,8 +21,8 @@ const stale = !existsSync(makefile) || !existsSync(configured) || statSync(`${na
 if (stale) run(process.execPath, [gyp, "configure", "--directory", native]);
 if (process.env.WL_WEBRTC_ASAN === "1") {
   // The sanitizer build (binding.gyp "Asan" configuration) next to Release, never instead of it: the
-  // addon and the native tests in native/build/Asan. Never the default.
-  run("make", ["-C", `${native}/build`, "BUILDTYPE=Asan", "-j", "2", "wl_webrtc", "capture_source_test", "pw_video_producer"]);
+  // addon and every native test program in native/build/Asan. Never the default.
+  run("make", ["-s", "-C", `${native}/build`, "BUILDTYPE=Asan", "-j", "2"]);
   process.exit(0);
 }
 run(process.execPath, [gyp, "build", "--directory", native, "-j", "2"]);
