@@ -13,7 +13,7 @@ import type { MessageBus, Variant } from "dbus-next";
 import { detectSession } from "../../agent/desktop/detect.js";
 import { DesktopStartError, HeadlessDesktop } from "../../agent/desktop/headless.js";
 import { isAlive, processesWithEnv } from "../../agent/desktop/procs.js";
-import { guardUsocketClose } from "../../agent/portal/usocket-guard.js";
+import { guardUsocketClose } from "../../agent/util/usocket-guard.js";
 import { InvalidStateError } from "../../agent/util/errors.js";
 
 const here = dirname(fileURLToPath(import.meta.url));

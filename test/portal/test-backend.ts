@@ -5,7 +5,7 @@
  * PipeWire, so PortalSession still talks to the real portal; only what sits behind it is scripted.
  */
 import * as dbus from "dbus-next";
-import { guardUsocketClose } from "../../agent/portal/usocket-guard.js";
+import { guardUsocketClose } from "../../agent/util/usocket-guard.js";
 
 export const TEST_BACKEND_NAME = "org.freedesktop.impl.portal.desktop.wltest";
 const OBJ = "/org/freedesktop/portal/desktop";

@@ -9,7 +9,7 @@
 import { createRequire } from "node:module";
 import dbus from "dbus-next";
 import { PortalBus } from "../../agent/portal/bus.js";
-import { usocketWrapsClosing } from "../../agent/portal/usocket-guard.js";
+import { usocketWrapsClosing } from "../../agent/util/usocket-guard.js";
 import { silentLogger } from "../../agent/log/logger.js";
 
 const [address, mode] = process.argv.slice(2);

@@ -1,7 +1,7 @@
 /**
  * usocket 1.1.0 (dbus-next's socket for unix:path= buses) frees a closed socket's libuv handle while
  * libuv is still closing it when a GC comes first; the process then aborts in uv__finish_close (seen
- * once in test/capture/desktop.test.ts). agent/portal/usocket-guard.ts keeps the closed wrapper alive
+ * once in test/capture/desktop.test.ts). agent/util/usocket-guard.ts keeps the closed wrapper alive
  * until libuv is done. Both sides run in a child process against a real dbus-daemon, with a GC forced
  * right after every close and glibc's malloc told to overwrite freed memory at once (so a freed
  * handle is never read back intact by luck).
@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { describe, it, before, after } from "node:test";
-import { guardUsocketClose } from "../../agent/portal/usocket-guard.js";
+import { guardUsocketClose } from "../../agent/util/usocket-guard.js";
 import { TestDesktop } from "./desktop-fixture.js";
 
 const CHILD = fileURLToPath(new URL("./usocket-close-child.js", import.meta.url));
