@@ -15,7 +15,9 @@
  * iteration N, the handle is finished in N's closing phase, or in N+1's when the close ran from a close
  * callback; two chained setImmediate callbacks run in the check phase of N+1 at the earliest and of N+2
  * at the latest, after it either way. A wrapper that is never closed cannot be collected early: its
- * JS callback (a strong persistent) keeps it alive until close.
+ * JS callback (a strong persistent) keeps it alive until close. Not covered: a socket closed while its
+ * connect() still runs in usocket's thread pool (its uv_work_t is in the wrapper too); connecting a
+ * unix socket takes microseconds, and our callers close only after the connection is made or failed.
  */
 import { createRequire } from "node:module";
 
