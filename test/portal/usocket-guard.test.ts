@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import { describe, it, before, after } from "node:test";
 import { guardUsocketClose } from "../../agent/util/usocket-guard.js";
@@ -24,7 +25,9 @@ interface Exit {
 
 function runChild(address: string, mode: "guarded" | "unguarded"): Promise<Exit> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--expose-gc", CHILD, address, mode], {
+    // No core file for the abort that is expected (ulimit -c 0; exec keeps the signal the child's).
+    const child = spawn("/bin/sh", ["-c", 'ulimit -c 0 && exec "$0" "$@"', process.execPath, "--expose-gc", CHILD, address, mode], {
+      cwd: tmpdir(),
       // Freed memory filled with 0x55 at once (tcache off: its frees skip the fill).
       env: { ...process.env, MALLOC_PERTURB_: "85", GLIBC_TUNABLES: "glibc.malloc.tcache_count=0" },
       stdio: ["ignore", "pipe", "pipe"],
