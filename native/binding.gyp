@@ -26,6 +26,17 @@
     "cflags_cc": ["-std=c++17", "-fexceptions", "-O3", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                   "-Wno-unused-parameter", "-Wno-cast-function-type"],
     "include_dirs": ["src"],
+    # Not built by default: `WL_WEBRTC_ASAN=1 node scripts/build-native.mjs` builds this configuration
+    # into build/Asan (AddressSanitizer + UBSan, frame pointers, debug info) for hunting memory bugs.
+    # Node must then run with LD_PRELOAD=$(gcc -print-file-name=libasan.so) and
+    # WL_WEBRTC_ADDON=native/build/Asan/wl_webrtc.node (docs/architecture.md, "Memory checks").
+    "configurations": {
+      "Asan": {
+        "inherit_from": ["Release"],
+        "cflags": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"],
+        "ldflags": ["-fsanitize=address,undefined"],
+      },
+    },
   },
   "targets": [
     {

@@ -19,5 +19,11 @@ const stale = !existsSync(makefile) || !existsSync(configured) || statSync(`${na
   // Built against another Node's headers (e.g. a different npm_config_nodedir): start over.
   || !statSync(configured).isFile();
 if (stale) run(process.execPath, [gyp, "configure", "--directory", native]);
+if (process.env.WL_WEBRTC_ASAN === "1") {
+  // The sanitizer build (binding.gyp "Asan" configuration) next to Release, never instead of it: the
+  // addon and every native test program in native/build/Asan. Never the default.
+  run("make", ["-s", "-C", `${native}/build`, "BUILDTYPE=Asan", "-j", "2"]);
+  process.exit(0);
+}
 run(process.execPath, [gyp, "build", "--directory", native, "-j", "2"]);
 run("make", ["-s", "-C", `${native}/preload`]);

@@ -2,6 +2,7 @@ import { readdirSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { isAbsolute, join } from "node:path";
 import dbus from "dbus-next";
+import { guardUsocketClose } from "../util/usocket-guard.js";
 import { errorMessage } from "../util/errors.js";
 
 /** Whether the current user already has a desktop session the agent can capture. */
@@ -80,6 +81,7 @@ async function busAnswers(address: string, timeoutMs: number): Promise<string | 
   let bus: dbus.MessageBus | undefined;
   let timer: NodeJS.Timeout | undefined;
   try {
+    guardUsocketClose(); // usocket frees a closing socket's libuv handle too early (util/usocket-guard.ts)
     bus = dbus.sessionBus({ busAddress: address });
     const b = bus;
     const failed = new Promise<never>((_, reject) => {

@@ -8,6 +8,7 @@ import type { Message, MessageBus } from "dbus-next";
 import { silentLogger, type Logger } from "../log/logger.js";
 import { errorMessage, InvalidStateError, UnsupportedError, WlError } from "../util/errors.js";
 import { TypedEmitter } from "../util/events.js";
+import { guardUsocketClose } from "../util/usocket-guard.js";
 import { desktopPrograms, nativeHelpers, which, type DesktopPrograms, type NativeHelpers } from "./native.js";
 import { Part } from "./part.js";
 import { isAlive, processesWithEnv } from "./procs.js";
@@ -233,6 +234,7 @@ export class HeadlessDesktop extends TypedEmitter<HeadlessDesktopEvents> {
     this.env.DBUS_SESSION_BUS_ADDRESS = addressLine.split("\n")[0]!.trim();
     lap("dbus");
 
+    guardUsocketClose(); // usocket frees a closing socket's libuv handle too early (util/usocket-guard.ts)
     const bus = dbus.sessionBus({ busAddress: this.env.DBUS_SESSION_BUS_ADDRESS });
     bus.on("error", (err: unknown) => this.#log.debug({ err: errorMessage(err) }, "bring-up bus connection error"));
     try {

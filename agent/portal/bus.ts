@@ -13,6 +13,7 @@ import * as dbus from "dbus-next";
 import type { Logger } from "../log/logger.js";
 import { errorMessage } from "../util/errors.js";
 import { PortalCancelledError, PortalFailedError, PortalTimeoutError, PortalUnavailableError } from "./errors.js";
+import { guardUsocketClose } from "../util/usocket-guard.js";
 
 export const PORTAL_BUS_NAME = "org.freedesktop.portal.Desktop";
 export const PORTAL_OBJECT_PATH = "/org/freedesktop/portal/desktop";
@@ -89,6 +90,7 @@ export class PortalBus {
       );
     }
     let bus: dbus.MessageBus;
+    guardUsocketClose(); // usocket frees a closing socket's libuv handle too early (util/usocket-guard.ts)
     try {
       // negotiateUnixFd is accepted at run time but missing from dbus-next's bundled types.
       bus = dbus.sessionBus({ busAddress: address, negotiateUnixFd: true } as dbus.SessionBusOptions);

@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
   const int fds0 = CountFds();
   NullSink sink;
   wl::capture::CaptureOptions opts;
-  opts.hold_buffers = true;  // the held-buffer path (off by default, see pw_capture.h) is tested here
+  opts.hold_buffers = true;  // the default (pw_capture.h), set here because the held-buffer path is what is tested
   opts.node_id = static_cast<uint32_t>(std::strtoul(argv[1], nullptr, 10));
   std::string error;
   auto capture = wl::capture::PipeWireCapture::Create(opts, &sink, &error);

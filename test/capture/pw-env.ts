@@ -8,7 +8,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 /** Repository root, from dist/test/capture/ (compiled) or test/capture/ (source). */
 export const REPO_ROOT = fileURLToPath(new URL(existsSync(fileURLToPath(new URL("../../../package.json", import.meta.url))) ? "../../../" : "../../", import.meta.url));
-export const NATIVE_RELEASE = join(REPO_ROOT, "native", "build", "Release");
+/** The native test programs: build/Release, or build/Asan with WL_NATIVE_BUILD=Asan (the sanitizer build,
+ *  scripts/build-native.mjs with WL_WEBRTC_ASAN=1; docs/architecture.md "Memory checks"). */
+export const NATIVE_RELEASE = join(REPO_ROOT, "native", "build", process.env.WL_NATIVE_BUILD === "Asan" ? "Asan" : "Release");
 
 export function requireBinary(path: string, hint: string): string {
   if (!existsSync(path)) throw new Error(`${path} is missing: ${hint}`);

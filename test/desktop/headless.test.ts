@@ -13,6 +13,7 @@ import type { MessageBus, Variant } from "dbus-next";
 import { detectSession } from "../../agent/desktop/detect.js";
 import { DesktopStartError, HeadlessDesktop } from "../../agent/desktop/headless.js";
 import { isAlive, processesWithEnv } from "../../agent/desktop/procs.js";
+import { guardUsocketClose } from "../../agent/util/usocket-guard.js";
 import { InvalidStateError } from "../../agent/util/errors.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -72,6 +73,7 @@ async function busCall(bus: MessageBus, m: { destination: string; path: string; 
 }
 
 async function connectBus(address: string): Promise<MessageBus> {
+  guardUsocketClose();
   const bus = dbus.sessionBus({ busAddress: address });
   bus.on("error", () => {});
   await busCall(bus, { destination: "org.freedesktop.DBus", path: "/org/freedesktop/DBus", interface: "org.freedesktop.DBus.Peer", member: "Ping" });

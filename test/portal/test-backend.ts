@@ -5,6 +5,7 @@
  * PipeWire, so PortalSession still talks to the real portal; only what sits behind it is scripted.
  */
 import * as dbus from "dbus-next";
+import { guardUsocketClose } from "../../agent/util/usocket-guard.js";
 
 export const TEST_BACKEND_NAME = "org.freedesktop.impl.portal.desktop.wltest";
 const OBJ = "/org/freedesktop/portal/desktop";
@@ -36,6 +37,7 @@ export class TestBackend {
   }
 
   static async start(busAddress: string, config: TestBackendConfig): Promise<TestBackend> {
+    guardUsocketClose();
     const bus = dbus.sessionBus({ busAddress } as dbus.SessionBusOptions);
     bus.on("error", () => undefined);
     const b = new TestBackend(bus, config);

@@ -59,11 +59,10 @@ struct CaptureOptions {
   std::string dmabuf_device;
   std::string dmabuf_off_reason;
   // Shared memory: publish frames that reference the producer's buffer (held until released) instead
-  // of a copy (saves ~1.5 ms per 1080p frame). Off for now: one run of the full test suite, after it
-  // was merged, aborted in test/capture/desktop.test.ts on a libuv assertion (heap corruption?) right
-  // after a mode change, and the cause is not found (12 runs of that file alone passed). The native
-  // capture test turns it on and tests it; docs/architecture.md "Held buffers".
-  bool hold_buffers = false;
+  // of a copy (saves ~1.5 ms per 1080p frame); docs/architecture.md "Held buffers". (It was off for a
+  // while after an abort in test/capture/desktop.test.ts; that was usocket's, not this code's:
+  // agent/util/usocket-guard.ts.)
+  bool hold_buffers = true;
 };
 
 struct NegotiatedFormat {
