@@ -3,6 +3,7 @@
  * captured desktop (counter.html, kiosk, inside the agent's headless sway) and a reader injected into
  * the receiving web client page that decodes the counter from each decoded frame.
  */
+import type { ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -48,6 +49,18 @@ export interface SourcePage {
   close(): Promise<void>;
 }
 
+/** Connects over CDP to a Chromium we started on the desktop, retrying until `end` or until it exits. */
+async function connectWhenUp(port: number, child: ChildProcess, what: string, end: number): Promise<Browser> {
+  for (;;) {
+    try {
+      return await chromium.connectOverCDP(`http://127.0.0.1:${port}`, { timeout: 2000 });
+    } catch (err) {
+      if (Date.now() > end || child.exitCode !== null) throw new Error(`${what} Chromium on the desktop did not start: ${String(err)}`, { cause: err });
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
+
 /**
  * Starts Chromium as a Wayland client of the desktop (fullscreen kiosk: page pixel (x, y) is screen pixel
  * (x, y)) showing counter.html, and connects to it over CDP. Killed by its pid on close.
@@ -72,15 +85,7 @@ export async function openSourcePage(desktop: HeadlessDesktop, query = ""): Prom
   let browser: Browser | undefined;
   try {
     const end = Date.now() + 20_000;
-    for (;;) {
-      try {
-        browser = await chromium.connectOverCDP(`http://127.0.0.1:${port}`, { timeout: 2000 });
-        break;
-      } catch (err) {
-        if (Date.now() > end || child.exitCode !== null) throw new Error(`source Chromium on the desktop did not start: ${String(err)}`, { cause: err });
-        await new Promise((r) => setTimeout(r, 250));
-      }
-    }
+    browser = await connectWhenUp(port, child, "source", end);
     let page: Page | undefined;
     while (!page) {
       page = browser.contexts()[0]?.pages().find((p) => p.url().includes("counter.html"));
@@ -152,16 +157,7 @@ export async function openWaylandReceiver(desktop: HeadlessDesktop): Promise<Rec
       "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
       `--remote-debugging-port=${port}`, "--remote-debugging-address=127.0.0.1", `--user-data-dir=${dir}`, "about:blank",
     ], { name: "receiver-chromium" });
-    const end = Date.now() + 20_000;
-    for (;;) {
-      try {
-        browser = await chromium.connectOverCDP(`http://127.0.0.1:${port}`, { timeout: 2000 });
-        break;
-      } catch (err) {
-        if (Date.now() > end || child.exitCode !== null) throw new Error(`receiver Chromium on the desktop did not start: ${String(err)}`, { cause: err });
-        await new Promise((r) => setTimeout(r, 250));
-      }
-    }
+    browser = await connectWhenUp(port, child, "receiver", Date.now() + 20_000);
     // It opened on the focused output; make sure (a window may map before focus moved), fullscreen it there.
     await desktop.swaymsg(`[pid=${child.pid}]`, "move", "container", "to", "output", out).catch(() => undefined);
     await desktop.swaymsg(`[pid=${child.pid}]`, "fullscreen", "enable").catch(() => undefined);
