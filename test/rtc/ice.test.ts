@@ -49,6 +49,19 @@ interface PathInfo {
   remoteCandidates: { type: string; address: string; port: number }[];
 }
 
+/** Runs a TURN test's body; on failure prints the end of coturn's log; closes the agent, then coturn. */
+async function withTurnLog(turn: TurnServer, fx: RtcFixture, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (err) {
+    console.log(turn.log.slice(-3000));
+    throw err;
+  } finally {
+    await fx.close();
+    await turn.close();
+  }
+}
+
 /** The selected candidate pair (both ends) and every candidate the agent offered, from the browser's getStats. */
 async function pathInfo(page: Page): Promise<PathInfo> {
   return page.evaluate(async () => {
@@ -96,7 +109,7 @@ test("TURN relay: a relay-only Chromium streams through a coturn started here, w
   writeFileSync(secretFile, secret + "\n", { mode: 0o600 });
   const turn = await TurnServer.start({ ip: hostIp, secret, relayPorts: [50_100, 50_199] });
   const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { turn_servers: [turn.url], turn_secret_file: secretFile, turn_credential_ttl_s: 600 } });
-  try {
+  await withTurnLog(turn, fx, async () => {
     const { page, welcome } = await openPage(fx, "&ice=relay");
     const w = await welcome;
     const servers = w.iceServers as { urls: string; username?: string; credential?: string }[];
@@ -125,13 +138,7 @@ test("TURN relay: a relay-only Chromium streams through a coturn started here, w
     assert.match(turn.log, /user <\d+:test>/);
     assert.match(turn.log, /user <\d+:wl-webrtc-agent>/);
     await page.close();
-  } catch (err) {
-    console.log(turn.log.slice(-3000));
-    throw err;
-  } finally {
-    await fx.close();
-    await turn.close();
-  }
+  });
 });
 
 test("TURN with a static user: the agent relays with it, and the password never goes to browsers", async () => {
@@ -140,7 +147,7 @@ test("TURN with a static user: the agent relays with it, and the password never 
   writeFileSync(pwFile, password, { mode: 0o600 });
   const turn = await TurnServer.start({ ip: hostIp, user: `agent:${password}`, relayPorts: [50_200, 50_299] });
   const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { turn_servers: [turn.url], turn_username: "agent", turn_password_file: pwFile } });
-  try {
+  await withTurnLog(turn, fx, async () => {
     const { page, welcome } = await openPage(fx);
     assert.deepEqual((await welcome).iceServers, [], "no TURN for the browser without a shared secret (the static password stays on the host)");
     // A page that insists on relays says at once why it cannot have them.
@@ -157,13 +164,7 @@ test("TURN with a static user: the agent relays with it, and the password never 
     assert.ok(relay.port >= 50_200 && relay.port <= 50_299, `relay port ${relay.port}`);
     assert.match(turn.log, /user <agent>/);
     await page.close();
-  } catch (err) {
-    console.log(turn.log.slice(-3000));
-    throw err;
-  } finally {
-    await fx.close();
-    await turn.close();
-  }
+  });
 });
 
 test("UDP port range: every host candidate uses a port in it; the viewer with no port left gets a clear error, the others go on", async () => {
@@ -218,7 +219,7 @@ test("TURN: werift uses one TURN URL; with a dead first URL the agent picks the 
   // so that werift's own UDP -> TCP fallback cannot rescue it.
   const dead = `turn:${hostIp}:${await freePort(hostIp)}?transport=udp`;
   const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { turn_servers: [dead, `turn:${hostIp}:${turn.port}?transport=tcp`, turn.url], turn_secret_file: secretFile, turn_credential_ttl_s: 600 } });
-  try {
+  await withTurnLog(turn, fx, async () => {
     const t0 = performance.now();
     // Relay only: the browser gets all three URLs and finds the working one itself.
     const { page } = await openPage(fx, "&ice=relay");
@@ -244,13 +245,7 @@ test("TURN: werift uses one TURN URL; with a dead first URL the agent picks the 
     assert.match(turn.log, /user <\d+:wl-webrtc-agent>/);
     await page.close();
     await second.close();
-  } catch (err) {
-    console.log(turn.log.slice(-3000));
-    throw err;
-  } finally {
-    await fx.close();
-    await turn.close();
-  }
+  });
 });
 
 test("UDP port range: viewers connecting at the same moment get distinct ports, all inside the range, and all stream", async () => {
