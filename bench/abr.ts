@@ -14,7 +14,8 @@
  */
 import { readFileSync } from "node:fs";
 import { startTestAgent } from "../test/helpers/agent.js";
-import { BUSY_TERMINAL, NetLink, NsBrowser, viewerSample } from "../test/helpers/netns.js";
+import { BUSY_TERMINAL, NetLink, viewerSample } from "../test/helpers/netns.js";
+import { TestBrowser } from "../test/helpers/browser.js";
 import { ViewerPacer } from "../agent/rtc/pacer.js";
 
 const width = Number(process.argv[2] ?? 1280);
@@ -28,10 +29,10 @@ const t = await startTestAgent({
   server: { host: link.hostAddr },
   desktop: { mode: "headless", width, height, refresh_hz: 30 },
   metrics: { enabled: false },
-  rtc: { start_bitrate_bps: 8_000_000, max_bitrate_bps: 8_000_000 },
+  rtc: { ice_host_addresses: [link.hostAddr], start_bitrate_bps: 8_000_000, max_bitrate_bps: 8_000_000 },
 });
 const term = await t.agent.desktop!.headless!.spawnClient("foot", BUSY_TERMINAL, { name: "busy" });
-const browser = await NsBrowser.launch(link);
+const browser = await TestBrowser.launch({ link });
 const txBytes = (): number => Number(readFileSync(`/sys/class/net/${link.hostIf}/statistics/tx_bytes`, "utf8"));
 
 interface Sample { held: number; sentQ: number; waitSum: number; windowHeld: number; hist: number[]; whist: number[]; pushback: number; skipped: number; t: number; payload: number; target: number; enc: number; cap: number; qd: number; kf: number; tbfSent: number; tbfDropped: number; tbfBytes: number; tbfBacklog: number }

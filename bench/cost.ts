@@ -108,13 +108,16 @@ function serve(handlers: Record<string, (m: Msg) => Promise<Record<string, unkno
 
 async function agentRole(): Promise<void> {
   const bitrateKbps = Number(arg("bitrate-kbps", "6000"));
+  // Signaling on the browser's test link; media on loopback (werift viewers) and on that link (the browser).
+  const host = arg("host", "127.0.0.1");
   const { startTestAgent } = await import("../test/helpers/agent.js");
   const t = await startTestAgent({
+    server: { host },
     desktop: { mode: "headless", width: 1920, height: 1080, refresh_hz: 60 },
     encode: { backends: ["x264"], max_fps: 60, bitrate_kbps: bitrateKbps },
     // Every viewer at one fixed rate: the per-viewer ABR would otherwise start new viewers low and
     // throttle them (fewer frames, a cost per viewer that looks smaller than it is).
-    rtc: { min_bitrate_bps: bitrateKbps * 1000, start_bitrate_bps: bitrateKbps * 1000, max_bitrate_bps: bitrateKbps * 1000 },
+    rtc: { ice_host_addresses: [...new Set(["127.0.0.1", host])], min_bitrate_bps: bitrateKbps * 1000, start_bitrate_bps: bitrateKbps * 1000, max_bitrate_bps: bitrateKbps * 1000 },
     metrics: { enabled: false },
   });
   const desktop = t.agent.desktop!.headless!;
@@ -253,6 +256,7 @@ async function viewersRole(): Promise<void> {
     return serializeTwcc.call(this);
   };
   const { hello } = await import("../test/helpers/ws-client.js");
+  const { iceHostOptions } = await import("../agent/rtc/peer.js");
   const wsUrl = process.argv[3]!;
   interface V {
     close(): Promise<void>;
@@ -265,7 +269,7 @@ async function viewersRole(): Promise<void> {
     const pc = new RTCPeerConnection({
       codecs: { video: [useH264({ rtcpFeedback: [useNACK(), usePLI(), useFIR(), useTWCC()] })], audio: [] },
       headerExtensions: { video: [useSdesMid(), useTransportWideCC()], audio: [] },
-      iceUseIpv6: false,
+      ...iceHostOptions(["127.0.0.1"]),
       bundlePolicy: "max-bundle",
       iceTcpPassive: false,
     });
@@ -477,8 +481,10 @@ async function main(): Promise<void> {
   const only = arg("only", "");
   const fanScenes = arg("fanout-scenes", "small,full").split(",").filter((x) => x !== "");
   const prof = arg("agent-cpu-prof", "");
+  const { NetLink } = await import("../test/helpers/netns.js");
+  const link = await NetLink.create();
   const agent = new Rpc(
-    fork(SELF, ["agent", "--bitrate-kbps", arg("bitrate-kbps", "6000"), "--scene-fps", arg("scene-fps", "24")], {
+    fork(SELF, ["agent", "--bitrate-kbps", arg("bitrate-kbps", "6000"), "--scene-fps", arg("scene-fps", "24"), "--host", link.hostAddr], {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       execArgv: ["--expose-gc", ...(prof ? ["--cpu-prof", "--cpu-prof-dir", prof] : [])],
     }),
@@ -571,7 +577,7 @@ async function main(): Promise<void> {
     // the agent's (trace), on one wall clock.
     await viewers.call("set", { n: 1, tokens });
     const { TestBrowser } = await import("../test/helpers/browser.js");
-    browser = await TestBrowser.launch();
+    browser = await TestBrowser.launch({ link });
     const page = await browser.context.newPage();
     const browserToken = String((await agent.call("browserToken")).token);
     await page.goto(`${String(ready.httpUrl)}/#token=${browserToken}`);
@@ -673,6 +679,7 @@ async function main(): Promise<void> {
     await browser?.close();
     await viewers?.close();
     await agent.close();
+    await link.close();
   }
 }
 

@@ -38,6 +38,7 @@
  */
 import { startTestAgent } from "../test/helpers/agent.js";
 import { TestBrowser } from "../test/helpers/browser.js";
+import { NetLink } from "../test/helpers/netns.js";
 import type { FrameSentTrace } from "../agent/rtc/stage.js";
 import type { DesktopVideoSource } from "../agent/encode/desktop-source.js";
 import { writeFileSync } from "node:fs";
@@ -182,10 +183,13 @@ function phaseReport(rows: { received: number; presented: number; tick: number; 
 }
 
 async function run(fps: number): Promise<Record<string, unknown>> {
+  // The receiver reaches the agent over a test link of its own (TestBrowser).
+  const link = await NetLink.create();
   const t = await startTestAgent({
+    server: { host: link.hostAddr },
     desktop: { mode: "headless", width: 1920, height: 1080, refresh_hz: fps },
     encode: { backends: ["x264"], max_fps: fps, bitrate_kbps: bitrateKbps },
-    rtc: { start_bitrate_bps: bitrateKbps * 1000, playout_delay_min_ms: playoutMinMs, playout_delay_max_ms: playoutMaxMs },
+    rtc: { ice_host_addresses: [link.hostAddr], start_bitrate_bps: bitrateKbps * 1000, playout_delay_min_ms: playoutMinMs, playout_delay_max_ms: playoutMaxMs },
     metrics: { enabled: false },
   });
   let browser: ReceiverBrowser | undefined;
@@ -194,7 +198,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     const desktop = t.agent.desktop?.headless;
     if (!desktop) throw new Error("the agent has no headless desktop");
     src = await openSourcePage(desktop);
-    browser = receiverKind === "wayland" ? await openWaylandReceiver(desktop) : await TestBrowser.launch(receiverWindow ? [`--window-size=${receiverWindow.replace("x", ",")}`] : []);
+    browser = receiverKind === "wayland" ? await openWaylandReceiver(desktop, link) : await TestBrowser.launch({ link, args: receiverWindow ? [`--window-size=${receiverWindow.replace("x", ",")}`] : [] });
     const page = receiverKind === "wayland" ? (browser.context.pages()[0] ?? (await browser.context.newPage())) : await browser.context.newPage();
     const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 3600, subject: "latency-bench" });
     await page.goto(`${t.httpUrl}/#token=${token}`);
@@ -397,6 +401,7 @@ async function run(fps: number): Promise<Record<string, unknown>> {
     await browser?.close();
     await src?.close();
     await t.close();
+    await link.close();
   }
 }
 

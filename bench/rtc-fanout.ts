@@ -12,8 +12,9 @@ declare const window: { wl: { pc?: { getStats(): Promise<{ forEach(cb: (s: Recor
 
 const steps = (process.argv[2] ?? "1,2,4").split(",").map(Number);
 const seconds = Number(process.argv[3] ?? 8);
-const fx = await startRtcAgent({ rtc: { start_bitrate_bps: 4_000_000 } }, { width: 1280, height: 720, fps: 30, gop: 30, bitrateKbps: 4000 });
 const browser = await TestBrowser.launch();
+const lk = browser.agentOverrides();
+const fx = await startRtcAgent({ server: lk.server, rtc: { ...lk.rtc, start_bitrate_bps: 4_000_000 } }, { width: 1280, height: 720, fps: 30, gop: 30, bitrateKbps: 4000 });
 try {
   for (const n of steps) {
     const pages = [];

@@ -125,6 +125,12 @@ const rtcSection = z
     turn_secret_file: z.string().regex(/^(\/.*)?$/, "an absolute path, or empty").default(""),
     /** Lifetime of those credentials, seconds (a session that outlives them cannot renew its relay). */
     turn_credential_ttl_s: z.number().int().min(60).max(7 * 86_400).default(86_400),
+    /**
+     * Local addresses to gather ICE host candidates on (IPv4 or IPv6 literals). Empty: every address of
+     * every interface that werift finds (loopback excluded). Set it to keep media on one interface (a VPN,
+     * one LAN); the agent then neither offers nor sends from any other local address.
+     */
+    ice_host_addresses: z.array(z.ipv4().or(z.ipv6())).default([]),
     /** UDP ports for ICE; 0 and 0: any free port. */
     udp_port_min: portOrZero.default(0),
     udp_port_max: portOrZero.default(0),

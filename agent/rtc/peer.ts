@@ -5,6 +5,7 @@ import {
   useH264, useNACK, usePLI, useREMB, useSdesMid, useTransportWideCC, useTWCC,
   type RTCDataChannel, type RTCIceServer, type RTCRtpSender, type RtcpPacket, type RtpPacket,
 } from "werift";
+import { isIPv4 } from "node:net";
 import type { Logger } from "../log/logger.js";
 import type { RtcConfig } from "../config/schema.js";
 import type { EncodedFrame, KeyframeReason } from "../encode/types.js";
@@ -132,6 +133,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#pc = new RTCPeerConnection({
       iceServers: opts.iceServers,
       icePortRange: c.udp_port_min !== 0 ? [c.udp_port_min, c.udp_port_max] : undefined,
+      ...iceHostOptions(c.ice_host_addresses),
       bundlePolicy: "max-bundle",
       codecs: { video: [this.#chooseCodec(opts.firstOffer)], audio: [] },
       headerExtensions: {
@@ -730,4 +732,21 @@ function pickId(v: unknown): string | number | undefined {
   if (typeof id === "number" && Number.isInteger(id)) return id;
   if (typeof id === "string" && id.length <= 64) return id;
   return undefined;
+}
+
+/**
+ * werift's options for `rtc.ice_host_addresses`. werift gathers on every interface address unless told
+ * otherwise, and its own filter (`iceInterfaceAddresses`) falls back to all of them when none matches, so
+ * the interface scan is turned off and the configured addresses are the only host candidates. A family
+ * with exactly one address also binds its sockets (host, TURN client) there, so nothing leaves from
+ * another local address.
+ */
+export function iceHostOptions(addresses: readonly string[]): { iceUseIpv4?: boolean; iceUseIpv6?: boolean; iceAdditionalHostAddresses?: string[]; iceInterfaceAddresses?: { udp4?: string; udp6?: string } } {
+  if (addresses.length === 0) return {};
+  const v4 = addresses.filter((a) => isIPv4(a));
+  const v6 = addresses.filter((a) => !isIPv4(a));
+  const bind: { udp4?: string; udp6?: string } = {};
+  if (v4.length === 1) bind.udp4 = v4[0];
+  if (v6.length === 1) bind.udp6 = v6[0];
+  return { iceUseIpv4: false, iceUseIpv6: false, iceAdditionalHostAddresses: [...addresses], iceInterfaceAddresses: bind };
 }

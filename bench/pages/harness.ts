@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import type { HeadlessDesktop } from "../../agent/desktop/headless.js";
+import { NetLink } from "../../test/helpers/netns.js";
 import { CHROMIUM } from "../../test/helpers/browser.js";
 
 /** bench/pages/counter.html in the source tree (this file runs from dist/bench/pages/). */
@@ -50,10 +51,10 @@ export interface SourcePage {
 }
 
 /** Connects over CDP to a Chromium we started on the desktop, retrying until `end` or until it exits. */
-async function connectWhenUp(port: number, child: ChildProcess, what: string, end: number): Promise<Browser> {
+async function connectWhenUp(port: number, child: ChildProcess, what: string, end: number, host = "127.0.0.1"): Promise<Browser> {
   for (;;) {
     try {
-      return await chromium.connectOverCDP(`http://127.0.0.1:${port}`, { timeout: 2000 });
+      return await chromium.connectOverCDP(`http://${host}:${port}`, { timeout: 2000 });
     } catch (err) {
       if (Date.now() > end || child.exitCode !== null) throw new Error(`${what} Chromium on the desktop did not start: ${String(err)}`, { cause: err });
       await new Promise((r) => setTimeout(r, 250));
@@ -68,13 +69,24 @@ async function connectWhenUp(port: number, child: ChildProcess, what: string, en
 export async function openSourcePage(desktop: HeadlessDesktop, query = ""): Promise<SourcePage> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "wl-src-chromium-"));
-  const child = await desktop.spawnClient(CHROMIUM, [
+  // In a network namespace of its own: the page needs no network, and Chromium's own background requests
+  // (autofill, DNS prefetch: not all are covered by its flags) then cannot leave the machine. CDP is
+  // reached over the namespace's link; the Wayland socket is a file, reachable from any namespace.
+  const link = await NetLink.create();
+  await link.forwardLoopback(port).catch(async (err: unknown) => {
+    await link.close();
+    throw err;
+  });
+  const child = await desktop.spawnClient("ip", ["netns", "exec", link.ns, CHROMIUM,
     "--ozone-platform=wayland", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check", "--test-type",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--kiosk",
     "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
-    `--remote-debugging-port=${port}`, "--remote-debugging-address=127.0.0.1", `--user-data-dir=${dir}`,
+    `--remote-debugging-port=${port}`, `--user-data-dir=${dir}`,
     `file://${COUNTER_PAGE}${query}`,
-  ], { name: "source-chromium" });
+  ], { name: "source-chromium" }).catch(async (err: unknown) => {
+    await link.close();
+    throw err;
+  });
   const kill = (): void => {
     try {
       if (child.pid !== undefined) process.kill(child.pid, "SIGKILL");
@@ -85,7 +97,7 @@ export async function openSourcePage(desktop: HeadlessDesktop, query = ""): Prom
   let browser: Browser | undefined;
   try {
     const end = Date.now() + 20_000;
-    browser = await connectWhenUp(port, child, "source", end);
+    browser = await connectWhenUp(port, child, "source", end, link.nsAddr);
     let page: Page | undefined;
     while (!page) {
       page = browser.contexts()[0]?.pages().find((p) => p.url().includes("counter.html"));
@@ -103,12 +115,14 @@ export async function openSourcePage(desktop: HeadlessDesktop, query = ""): Prom
         await b.close().catch(() => undefined);
         kill();
         if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once("exit", r));
+        await link.close();
         await removeProfile(dir);
       },
     };
   } catch (err) {
     await browser?.close().catch(() => undefined);
     kill();
+    await link.close();
     await removeProfile(dir);
     throw err;
   }
@@ -127,7 +141,7 @@ export interface ReceiverBrowser {
  * that output's own 60 Hz clock. For bench/latency.ts --receiver wayland. close() kills it by its pid and
  * unplugs the output.
  */
-export async function openWaylandReceiver(desktop: HeadlessDesktop): Promise<ReceiverBrowser> {
+export async function openWaylandReceiver(desktop: HeadlessDesktop, link: NetLink): Promise<ReceiverBrowser> {
   type Out = { name: string; focused?: boolean };
   const before = new Set((JSON.parse(await desktop.swaymsg("-t", "get_outputs", "-r")) as Out[]).map((o) => o.name));
   await desktop.swaymsg("create_output");
@@ -148,16 +162,19 @@ export async function openWaylandReceiver(desktop: HeadlessDesktop): Promise<Rec
     }
   };
   try {
+    await link.forwardLoopback(port);
     await desktop.swaymsg("output", out, "mode", "1920x1080@60Hz", "pos", "1920", "0");
     await desktop.swaymsg("focus", "output", out);
-    child = await desktop.spawnClient(CHROMIUM, [
+    // Inside the link's namespace (its WebRTC can then reach the agent only over the link; the Wayland
+    // socket is a file, reachable from any namespace), with CDP on the namespace's end of the link.
+    child = await desktop.spawnClient("ip", ["netns", "exec", link.ns, CHROMIUM,
       "--ozone-platform=wayland", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check", "--test-type",
       "--disable-background-networking", "--disable-component-update", "--disable-sync", "--start-fullscreen",
       "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns",
       "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
-      `--remote-debugging-port=${port}`, "--remote-debugging-address=127.0.0.1", `--user-data-dir=${dir}`, "about:blank",
+      `--remote-debugging-port=${port}`, `--user-data-dir=${dir}`, "about:blank",
     ], { name: "receiver-chromium" });
-    browser = await connectWhenUp(port, child, "receiver", Date.now() + 20_000);
+    browser = await connectWhenUp(port, child, "receiver", Date.now() + 20_000, link.nsAddr);
     // It opened on the focused output; make sure (a window may map before focus moved), fullscreen it there.
     await desktop.swaymsg(`[pid=${child.pid}]`, "move", "container", "to", "output", out).catch(() => undefined);
     await desktop.swaymsg(`[pid=${child.pid}]`, "fullscreen", "enable").catch(() => undefined);

@@ -19,6 +19,9 @@ export function testConfig(overrides: DeepPartial<Config> = {}): { config: Confi
   merged.log.level = overrides.log?.level ?? "silent";
   // Signaling-level tests need no desktop; tests that do ask for one.
   merged.desktop.mode = overrides.desktop?.mode ?? "none";
+  // Media stays on loopback unless a test puts it on a link of its own (TestBrowser.agentOverrides()):
+  // by default werift would offer, and send from, the machine's LAN address.
+  merged.rtc.ice_host_addresses = overrides.rtc?.ice_host_addresses ?? ["127.0.0.1"];
   merged.auth.secret_file = join(stateDir, "secret.key");
   merged.auth.revocation_file = join(stateDir, "revoked-jti");
   return { config: merged, stateDir, cleanup: () => rmSync(stateDir, { recursive: true, force: true }) };

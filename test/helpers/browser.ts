@@ -1,112 +1,90 @@
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium, type Browser, type BrowserContext } from "playwright-core";
+import { NetLink } from "./netns.js";
 
 export const CHROMIUM = process.env.WL_TEST_CHROMIUM ?? "/usr/lib/chromium/chromium";
 
+export interface TestBrowserOptions {
+  /** Extra Chromium flags. */
+  args?: string[];
+  /** The link whose namespace the browser runs in; default: a link of its own, closed with the browser. */
+  link?: NetLink;
+}
+
 /**
- * A real headless Chromium, started by us (so its pid is ours to kill) and driven over CDP by
- * playwright-core. Flags from docs/notes: headless=new without GPU or sandbox (root), no mDNS host
- * candidates (the agent cannot resolve .local names), autoplay allowed.
+ * A real headless Chromium as a viewer, inside a network namespace joined to this one by one veth pair
+ * (`NetLink`), driven by playwright-core over a pipe.
+ *
+ * Why a namespace: Chromium gathers no loopback ICE candidates (not even with
+ * --allow-loopback-in-peer-connection), so a viewer in this namespace would reach the agent over the
+ * machine's own LAN address. Inside the namespace its only address is the link's, the namespace has no
+ * route beyond the link, and an agent configured with `agentOverrides()` listens and gathers on the link's
+ * other end only: every packet of a test stays on a link the test made.
+ *
+ * Flags from docs/notes: headless without GPU or sandbox (root), no mDNS host candidates (the agent cannot
+ * resolve .local names), autoplay allowed.
  */
 export class TestBrowser {
   readonly browser: Browser;
   readonly context: BrowserContext;
-  readonly #proc: ChildProcess;
+  readonly link: NetLink;
+  readonly #ownLink: boolean;
   readonly #dir: string;
-  readonly #exited: Promise<void>;
   #closed = false;
 
-  private constructor(browser: Browser, context: BrowserContext, proc: ChildProcess, dir: string, exited: Promise<void>) {
+  private constructor(browser: Browser, context: BrowserContext, link: NetLink, ownLink: boolean, dir: string) {
     this.browser = browser;
     this.context = context;
-    this.#proc = proc;
+    this.link = link;
+    this.#ownLink = ownLink;
     this.#dir = dir;
-    this.#exited = exited;
   }
 
-  get pid(): number {
-    return this.#proc.pid!;
+  /** The address an agent under test must listen on (and gather ICE candidates on) for this browser. */
+  get agentHost(): string {
+    return this.link.hostAddr;
   }
 
-  static async launch(extraArgs: string[] = []): Promise<TestBrowser> {
+  /** Config overrides that put an agent's signaling and media on this browser's link. */
+  agentOverrides(): { server: { host: string }; rtc: { ice_host_addresses: string[] } } {
+    return { server: { host: this.agentHost }, rtc: { ice_host_addresses: [this.agentHost] } };
+  }
+
+  static async launch(opts: TestBrowserOptions = {}): Promise<TestBrowser> {
+    const link = opts.link ?? (await NetLink.create());
     const dir = mkdtempSync(join(tmpdir(), "wl-chromium-"));
-    const args = [
-      "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns",
-      "--remote-debugging-port=0", `--user-data-dir=${dir}`, ...extraArgs, "about:blank",
-    ];
-    // Its own process group, so that close() can also reach the zygote and renderers by the group id.
-    const proc = spawn(CHROMIUM, args, { stdio: ["ignore", "ignore", "pipe"], detached: true });
-    const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-    const kill = (): void => {
-      try {
-        if (proc.pid !== undefined) process.kill(proc.pid, "SIGKILL");
-      } catch {
-        // gone
-      }
-    };
+    const wrapper = join(dir, "chromium.sh");
+    // ip netns exec execs Chromium in place: playwright's pid is Chromium's, and fds 3/4 (the pipe) survive.
+    writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${link.ns} ${CHROMIUM} "$@"\n`);
+    chmodSync(wrapper, 0o755);
     try {
-      const ws = await new Promise<string>((resolve, reject) => {
-        let text = "";
-        const t = setTimeout(() => reject(new Error(`chromium did not start within 20 s: ${text.slice(-500)}`)), 20_000);
-        proc.once("error", (e) => {
-          clearTimeout(t);
-          reject(e);
-        });
-        proc.once("exit", (code) => {
-          clearTimeout(t);
-          reject(new Error(`chromium exited (${code}): ${text.slice(-500)}`));
-        });
-        proc.stderr!.on("data", (d: Buffer) => {
-          text += d.toString();
-          const m = /DevTools listening on (ws:\/\/\S+)/.exec(text);
-          if (m) {
-            clearTimeout(t);
-            resolve(m[1]!);
-          }
-        });
+      const browser = await chromium.launch({
+        executablePath: wrapper,
+        headless: true,
+        timeout: 30_000,
+        args: [
+          "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
+          "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required",
+          "--disable-features=WebRtcHideLocalIpsWithMdns", ...(opts.args ?? []),
+        ],
       });
-      const browser = await chromium.connectOverCDP(ws);
-      const context = browser.contexts()[0] ?? (await browser.newContext());
-      return new TestBrowser(browser, context, proc, dir, exited);
+      const context = await browser.newContext();
+      return new TestBrowser(browser, context, link, opts.link === undefined, dir);
     } catch (err) {
-      kill();
-      await exited;
-      rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+      rmSync(dir, { recursive: true, force: true });
+      if (opts.link === undefined) await link.close();
       throw err;
     }
   }
 
-  /** Idempotent: disconnects, kills Chromium by its pid (all its children die with it) and waits for it. */
+  /** Idempotent: playwright closes Chromium (killing it by its pid if it does not exit); then its own link, which kills anything left inside. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     await this.browser.close().catch(() => undefined);
-    if (this.#proc.exitCode === null && this.#proc.signalCode === null) {
-      try {
-        process.kill(this.#proc.pid!, "SIGTERM");
-      } catch {
-        // gone
-      }
-      const t = setTimeout(() => {
-        try {
-          process.kill(this.#proc.pid!, "SIGKILL");
-        } catch {
-          // gone
-        }
-      }, 3000);
-      await this.#exited;
-      clearTimeout(t);
-    }
-    try {
-      process.kill(-this.#proc.pid!, "SIGKILL"); // anything of that group still alive
-    } catch {
-      // the group is gone
-    }
+    if (this.#ownLink) await this.link.close();
     rmSync(this.#dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   }
 }

@@ -1,10 +1,6 @@
-import { execFile } from "node:child_process";
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { execFile, spawn } from "node:child_process";
 import { promisify } from "node:util";
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
-import { CHROMIUM } from "./browser.js";
+import type { Page } from "playwright-core";
 
 const run = promisify(execFile);
 
@@ -148,6 +144,30 @@ export class NetLink {
     return (await run("ip", ["netns", "exec", this.ns, cmd, ...args])).stdout;
   }
 
+  /**
+   * Makes a TCP port that a program inside the namespace serves on the namespace's own loopback (a headful
+   * Chromium's CDP: it ignores --remote-debugging-address) reachable at `nsAddr:port`, through a small
+   * forwarder running inside the namespace. The forwarder ends with the namespace (close()).
+   */
+  async forwardLoopback(port: number): Promise<void> {
+    const script = `const net = require("node:net");
+net.createServer((c) => {
+  const u = net.connect(${port}, "127.0.0.1");
+  c.pipe(u).pipe(c);
+  c.on("error", () => u.destroy());
+  u.on("error", () => c.destroy());
+}).listen(${port}, "${this.nsAddr}", () => process.stdout.write("ready\\n"));`;
+    const child = spawn("ip", ["netns", "exec", this.ns, process.execPath, "-e", script], { stdio: ["ignore", "pipe", "pipe"] });
+    await new Promise<void>((resolve, reject) => {
+      let err = "";
+      child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
+      child.stdout!.once("data", () => resolve());
+      child.once("exit", (code) => reject(new Error(`the forwarder in ${this.ns} exited (${code}): ${err.slice(-300)}`)));
+    });
+    child.stdout!.resume();
+    child.unref();
+  }
+
   /** Lets the namespace reach another root-namespace address (e.g. another link's host end) over this link. */
   async routeTo(addr: string): Promise<void> {
     await this.exec("ip", "route", "replace", `${addr}/32`, "via", this.hostAddr);
@@ -220,56 +240,6 @@ export class NetLink {
     await killInside(this.ns);
     await ip("netns", "del", this.ns).catch(() => undefined);
     await ip("link", "del", this.hostIf).catch(() => undefined); // only if the namespace was never made
-  }
-}
-
-/**
- * Headless Chromium running inside a link's namespace, driven by playwright over a pipe (CDP over TCP
- * would be on the namespace's own loopback, out of reach; a pipe also keeps it off the shaped link).
- * Same flags as TestBrowser; no mDNS host candidates, so the agent sees the namespace address.
- */
-export class NsBrowser {
-  readonly browser: Browser;
-  readonly context: BrowserContext;
-  readonly #dir: string;
-  #closed = false;
-
-  private constructor(browser: Browser, context: BrowserContext, dir: string) {
-    this.browser = browser;
-    this.context = context;
-    this.#dir = dir;
-  }
-
-  static async launch(link: NetLink): Promise<NsBrowser> {
-    const dir = mkdtempSync(join(tmpdir(), "wl-nschromium-"));
-    const wrapper = join(dir, "chromium.sh");
-    // ip netns exec execs Chromium in place: playwright's pid is Chromium's, and fds 3/4 (the pipe) survive.
-    writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${link.ns} ${CHROMIUM} "$@"\n`);
-    chmodSync(wrapper, 0o755);
-    try {
-      const browser = await chromium.launch({
-        executablePath: wrapper,
-        headless: true,
-        timeout: 30_000,
-        args: [
-          "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update",
-          "--disable-sync", "--autoplay-policy=no-user-gesture-required", "--disable-features=WebRtcHideLocalIpsWithMdns",
-        ],
-      });
-      const context = await browser.newContext();
-      return new NsBrowser(browser, context, dir);
-    } catch (err) {
-      rmSync(dir, { recursive: true, force: true });
-      throw err;
-    }
-  }
-
-  /** Idempotent: playwright closes Chromium (and kills it, by its pid, if it does not exit). */
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    await this.browser.close().catch(() => undefined);
-    rmSync(this.#dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   }
 }
 

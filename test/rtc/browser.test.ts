@@ -2,7 +2,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import type { Page } from "playwright-core";
 import { TestBrowser } from "../helpers/browser.js";
-import { NetLink, NsBrowser } from "../helpers/netns.js";
+import { NetLink } from "../helpers/netns.js";
 import { startRtcAgent, type RtcFixture } from "./fixture.js";
 import { PortalCancelledError } from "../../agent/portal/errors.js";
 import { X264TestSource } from "../helpers/x264-source.js";
@@ -41,8 +41,8 @@ let browser: TestBrowser;
 let fx: RtcFixture;
 
 before(async () => {
-  fx = await startRtcAgent();
   browser = await TestBrowser.launch();
+  fx = await startRtcAgent(browser.agentOverrides());
 });
 after(async () => {
   try {
@@ -252,7 +252,7 @@ test("cursor: embedded is announced and nothing is drawn over the video; metadat
   // Cursor metadata: no portal here offers it, so a source claims it and feeds cursor updates as
   // DesktopVideoSource does from SPA_META_Cursor; everything after the source is the real path.
   let src: X264TestSource | undefined;
-  const f2 = await startRtcAgent({}, {}, async () => {
+  const f2 = await startRtcAgent(browser.agentOverrides(), {}, async () => {
     src = await X264TestSource.open({ width: 1280, height: 720 });
     src.cursorMode = "metadata";
     return src;
@@ -382,7 +382,7 @@ test("bad token: a clear message, the sign-in form, and no reconnect", async () 
 });
 
 test("screen sharing refused on the host: the agent says so and the client explains it", async () => {
-  const refusing = await startRtcAgent({}, {}, () => Promise.reject(new PortalCancelledError("ScreenCast.Start", "screen sharing was refused on the host (the portal dialog was cancelled)")));
+  const refusing = await startRtcAgent(browser.agentOverrides(), {}, () => Promise.reject(new PortalCancelledError("ScreenCast.Start", "screen sharing was refused on the host (the portal dialog was cancelled)")));
   const page = await open("view", refusing);
   try {
     await until("refusal shown", async () => (await wl(page)).failure === "refused");
@@ -396,7 +396,7 @@ test("screen sharing refused on the host: the agent says so and the client expla
 });
 
 test("agent stopped: the client says the agent is unreachable and retries with backoff", async () => {
-  const f2 = await startRtcAgent();
+  const f2 = await startRtcAgent(browser.agentOverrides());
   const page = await open("view", f2);
   try {
     await decoding(page, 1);
@@ -419,10 +419,10 @@ test("UDP blocked after the connection is up: the client shows its ICE failure, 
   // passes, all UDP (ICE, DTLS, SRTP) is dropped both ways with nftables once video flows.
   const link = await NetLink.create();
   let f2: RtcFixture | undefined;
-  let nsb: NsBrowser | undefined;
+  let nsb: TestBrowser | undefined;
   try {
-    f2 = await startRtcAgent({ server: { host: link.hostAddr } });
-    nsb = await NsBrowser.launch(link);
+    f2 = await startRtcAgent({ server: { host: link.hostAddr }, rtc: { ice_host_addresses: [link.hostAddr] } });
+    nsb = await TestBrowser.launch({ link: link });
     const stage = f2.agent.rtc!;
     const fds = (): number => readdirSync("/proc/self/fd").length;
     const base = fds();

@@ -15,8 +15,8 @@ let t: TestAgent;
 let browser: TestBrowser;
 
 before(async () => {
-  t = await startTestAgent({ desktop: { mode: "headless", width: 1920, height: 1080, refresh_hz: 60 }, metrics: { enabled: false } });
   browser = await TestBrowser.launch();
+  t = await startTestAgent({ ...browser.agentOverrides(), desktop: { mode: "headless", width: 1920, height: 1080, refresh_hz: 60 }, metrics: { enabled: false } });
 });
 after(async () => {
   try {

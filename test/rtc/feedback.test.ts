@@ -7,6 +7,7 @@ import {
 } from "werift";
 import { hello, type TestClient } from "../helpers/ws-client.js";
 import { startRtcAgent, type RtcFixture } from "./fixture.js";
+import { iceHostOptions } from "../../agent/rtc/peer.js";
 
 /**
  * RTCP feedback against a real werift viewer in this process: it can send exactly the PLI, FIR and NACK
@@ -34,7 +35,7 @@ async function connectViewer(): Promise<Viewer> {
   const pc = new RTCPeerConnection({
     codecs: { video: [useH264({ rtcpFeedback: [useNACK(), usePLI(), useFIR(), useTWCC()] })], audio: [] },
     headerExtensions: { video: [useSdesMid(), useTransportWideCC()], audio: [] },
-    iceUseIpv6: false,
+    ...iceHostOptions(["127.0.0.1"]),
     bundlePolicy: "max-bundle",
     iceTcpPassive: false,
   });

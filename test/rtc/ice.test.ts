@@ -1,9 +1,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { networkInterfaces, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { getHostAddresses } from "werift";
 import type { Page } from "playwright-core";
 import { TestBrowser } from "../helpers/browser.js";
 import { TurnServer, freePort } from "../helpers/turn.js";
@@ -20,18 +19,18 @@ declare const window: { wl: { pc?: { getStats(): Promise<{ forEach(cb: (s: Recor
 
 let browser: TestBrowser;
 let dir: string;
-/** The machine's own address (not loopback: Chromium gathers no loopback candidates, coturn refuses loopback peers). */
+/**
+ * The agent's end of the browser's test link (TestBrowser runs Chromium in a network namespace): the agent,
+ * its ICE candidates and coturn all live on it, so no test packet goes to the machine's own LAN address.
+ */
 let hostIp: string;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), "wl-ice-test-"));
-  const addrs = Object.entries(networkInterfaces()).filter(([name]) => !name.startsWith("wlt"))
-    .flatMap(([, list]) => list ?? []).filter((a) => a.family === "IPv4" && !a.internal);
-  assert.ok(addrs.length > 0, "this machine has a non-loopback IPv4 address");
-  hostIp = addrs[0]!.address;
   browser = await TestBrowser.launch();
+  hostIp = browser.agentHost;
 });
 
 after(async () => {
@@ -108,7 +107,7 @@ test("TURN relay: a relay-only Chromium streams through a coturn started here, w
   const secretFile = join(dir, "turn-secret");
   writeFileSync(secretFile, secret + "\n", { mode: 0o600 });
   const turn = await TurnServer.start({ ip: hostIp, secret, relayPorts: [50_100, 50_199] });
-  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { turn_servers: [turn.url], turn_secret_file: secretFile, turn_credential_ttl_s: 600 } });
+  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { ice_host_addresses: [hostIp], turn_servers: [turn.url], turn_secret_file: secretFile, turn_credential_ttl_s: 600 } });
   await withTurnLog(turn, fx, async () => {
     const { page, welcome } = await openPage(fx, "&ice=relay");
     const w = await welcome;
@@ -146,7 +145,7 @@ test("TURN with a static user: the agent relays with it, and the password never 
   const pwFile = join(dir, "turn-password");
   writeFileSync(pwFile, password, { mode: 0o600 });
   const turn = await TurnServer.start({ ip: hostIp, user: `agent:${password}`, relayPorts: [50_200, 50_299] });
-  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { turn_servers: [turn.url], turn_username: "agent", turn_password_file: pwFile } });
+  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { ice_host_addresses: [hostIp], turn_servers: [turn.url], turn_username: "agent", turn_password_file: pwFile } });
   await withTurnLog(turn, fx, async () => {
     const { page, welcome } = await openPage(fx);
     assert.deepEqual((await welcome).iceServers, [], "no TURN for the browser without a shared secret (the static password stays on the host)");
@@ -169,11 +168,11 @@ test("TURN with a static user: the agent relays with it, and the password never 
 
 test("UDP port range: every host candidate uses a port in it; the viewer with no port left gets a clear error, the others go on", async () => {
   const [min, max] = [51_300, 51_301];
-  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { udp_port_min: min, udp_port_max: max } });
+  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { ice_host_addresses: [hostIp], udp_port_min: min, udp_port_max: max } });
   const pages: Page[] = [];
   try {
-    // Each viewer takes one port per network interface: how many fit depends on this machine's
-    // interfaces, so viewers join until one is refused (at most one per port, plus the refused one).
+    // Each viewer takes one port per host address (one here: the link's), so viewers join until one
+    // is refused (at most one per port, plus the refused one).
     let refused: Page | undefined;
     for (let i = 0; i <= max - min + 1 && !refused; i++) {
       const { page } = await openPage(fx);
@@ -218,7 +217,7 @@ test("TURN: werift uses one TURN URL; with a dead first URL the agent picks the 
   // Nothing listens there (a port just taken and released): the first URL is dead. Its TCP twice too,
   // so that werift's own UDP -> TCP fallback cannot rescue it.
   const dead = `turn:${hostIp}:${await freePort(hostIp)}?transport=udp`;
-  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { turn_servers: [dead, `turn:${hostIp}:${turn.port}?transport=tcp`, turn.url], turn_secret_file: secretFile, turn_credential_ttl_s: 600 } });
+  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { ice_host_addresses: [hostIp], turn_servers: [dead, `turn:${hostIp}:${turn.port}?transport=tcp`, turn.url], turn_secret_file: secretFile, turn_credential_ttl_s: 600 } });
   await withTurnLog(turn, fx, async () => {
     const t0 = performance.now();
     // Relay only: the browser gets all three URLs and finds the working one itself.
@@ -249,11 +248,11 @@ test("TURN: werift uses one TURN URL; with a dead first URL the agent picks the 
 });
 
 test("UDP port range: viewers connecting at the same moment get distinct ports, all inside the range, and all stream", async () => {
-  // werift binds one socket per host address; enough ports for every viewer, few to spare.
-  const perViewer = getHostAddresses(true, true).length;
+  // werift binds one socket per host address (one here: the link's); enough ports for every viewer, few to spare.
+  const perViewer = 1;
   const viewers = 4;
   const min = 51_400, max = min + viewers * perViewer + 1;
-  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { udp_port_min: min, udp_port_max: max } });
+  const fx = await startRtcAgent({ server: { host: hostIp }, rtc: { ice_host_addresses: [hostIp], udp_port_min: min, udp_port_max: max } });
   const pages: Page[] = [];
   try {
     pages.push(...(await Promise.all([...Array(viewers)].map(async () => (await openPage(fx)).page))));

@@ -4,7 +4,8 @@ import type { ChildProcess } from "node:child_process";
 import type { Page } from "playwright-core";
 import { startTestAgent, type TestAgent } from "../helpers/agent.js";
 import type { PeerSession } from "../../agent/rtc/peer.js";
-import { BUSY_TERMINAL, NetLink, NsBrowser, viewerSample, type ViewerSample } from "../helpers/netns.js";
+import { BUSY_TERMINAL, NetLink, viewerSample, type ViewerSample } from "../helpers/netns.js";
+import { TestBrowser } from "../helpers/browser.js";
 import { until } from "../helpers/wait.js";
 
 /**
@@ -31,7 +32,7 @@ before(async () => {
     metrics: { enabled: false },
     // The one-encoder design with its token bucket: what slow viewers get when the low rung is switched
     // off or cannot open (docs/streaming.md); the low rung itself is shown in rung.test.ts.
-    rtc: { start_bitrate_bps: 3_000_000, low_rung: false },
+    rtc: { start_bitrate_bps: 3_000_000, low_rung: false, ice_host_addresses: [linkA.hostAddr, linkB.hostAddr] },
   });
   term = await t.agent.desktop!.headless!.spawnClient("foot", BUSY_TERMINAL, { name: "busy" });
 });
@@ -47,7 +48,7 @@ after(async () => {
 });
 
 
-async function openViewer(b: NsBrowser): Promise<Page> {
+async function openViewer(b: TestBrowser): Promise<Page> {
   const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 600, subject: "net" });
   const page = await b.context.newPage();
   const port = new URL(t.httpUrl).port;
@@ -64,7 +65,7 @@ function assertCrossesLink(s: ViewerSample, link: NetLink): void {
 const delta = (a: ViewerSample, b: ViewerSample, k: string): number => (b.video[k] ?? 0) - (a.video[k] ?? 0);
 
 test("5 % loss towards the browser: NACKs repair, PLIs bring keyframes, video keeps playing, clean again after", async () => {
-  const browser = await NsBrowser.launch(linkA);
+  const browser = await TestBrowser.launch({ link: linkA });
   try {
     const page = await openViewer(browser);
     const peer = t.agent.rtc!.viewers[0]!;
@@ -151,8 +152,8 @@ test("5 % loss towards the browser: NACKs repair, PLIs bring keyframes, video ke
 
 test("two viewers on different links: a 1.5 Mbit/s viewer does not drag the fast one down, and still gets video", async () => {
   await linkB.shape("down", { rateKbit: 1500 });
-  const fast = await NsBrowser.launch(linkA);
-  const slow = await NsBrowser.launch(linkB);
+  const fast = await TestBrowser.launch({ link: linkA });
+  const slow = await TestBrowser.launch({ link: linkB });
   try {
     const pf = await openViewer(fast);
     const ps = await openViewer(slow);

@@ -18,13 +18,14 @@ let browser: TestBrowser;
 let src: SourcePage;
 
 before(async () => {
+  browser = await TestBrowser.launch();
   t = await startTestAgent({
+    ...browser.agentOverrides(),
     desktop: { mode: "headless", width: 1920, height: 1080, refresh_hz: 60 },
     encode: { backends: ["x264"] },
     metrics: { enabled: false },
   });
   src = await openSourcePage(t.agent.desktop!.headless!, "?box=0");
-  browser = await TestBrowser.launch();
 });
 after(async () => {
   try {

@@ -6,7 +6,8 @@ import { startTestAgent, type TestAgent } from "../helpers/agent.js";
 import type { PeerSession } from "../../agent/rtc/peer.js";
 import type { DesktopVideoSource } from "../../agent/encode/desktop-source.js";
 import type { VideoEncoder } from "../../agent/encode/encoder.js";
-import { BUSY_TERMINAL, NetLink, NsBrowser, viewerSample, type ViewerSample } from "../helpers/netns.js";
+import { BUSY_TERMINAL, NetLink, viewerSample, type ViewerSample } from "../helpers/netns.js";
+import { TestBrowser } from "../helpers/browser.js";
 import { until } from "../helpers/wait.js";
 
 /**
@@ -34,7 +35,7 @@ before(async () => {
     server: { host: linkA.hostAddr },
     desktop: { mode: "headless", width: W, height: H, refresh_hz: 30 },
     metrics: { enabled: false },
-    rtc: { start_bitrate_bps: 3_000_000, low_rung: true, low_rung_scale: 0.5, low_rung_linger_ms: 3000 },
+    rtc: { ice_host_addresses: [linkA.hostAddr, linkB.hostAddr], start_bitrate_bps: 3_000_000, low_rung: true, low_rung_scale: 0.5, low_rung_linger_ms: 3000 },
   });
   term = await t.agent.desktop!.headless!.spawnClient("foot", BUSY_TERMINAL, { name: "busy" });
 });
@@ -50,7 +51,7 @@ after(async () => {
 });
 
 
-async function openViewer(b: NsBrowser): Promise<Page> {
+async function openViewer(b: TestBrowser): Promise<Page> {
   const { token } = await t.agent.tokens.mint({ role: "view", ttlS: 600, subject: "rung" });
   const page = await b.context.newPage();
   const port = new URL(t.httpUrl).port;
@@ -63,8 +64,8 @@ const delta = (a: ViewerSample, b: ViewerSample, k: string): number => (b.video[
 
 test("a 0.6 Mbit/s viewer moves to the half-size rung and gets a steady picture; the fast viewer keeps full size, frame rate and keyframe rhythm; the rung closes when the slow viewer leaves", async () => {
   await linkB.shape("down", { rateKbit: 600 });
-  const fast = await NsBrowser.launch(linkA);
-  const slow = await NsBrowser.launch(linkB);
+  const fast = await TestBrowser.launch({ link: linkA });
+  const slow = await TestBrowser.launch({ link: linkB });
   try {
     const stage = t.agent.rtc!;
     const pf = await openViewer(fast);
@@ -170,8 +171,8 @@ test("a 0.6 Mbit/s viewer moves to the half-size rung and gets a steady picture;
 
 test("the slow link gets fast: the viewer moves back up to the main rung at a keyframe (full size, decoding goes on), and the unused low rung closes", async () => {
   await linkB.shape("down", { rateKbit: 600 });
-  const fast = await NsBrowser.launch(linkA);
-  const slow = await NsBrowser.launch(linkB);
+  const fast = await TestBrowser.launch({ link: linkA });
+  const slow = await TestBrowser.launch({ link: linkB });
   try {
     const stage = t.agent.rtc!;
     const opens0 = stage.rungCounters.opens, closes0 = stage.rungCounters.closes, ups0 = stage.rungCounters.switchesUp;
@@ -244,8 +245,8 @@ test("the slow link gets fast: the viewer moves back up to the main rung at a ke
 
 test("the low rung fails: its viewer goes back to the main rung at a keyframe; a rung that cannot open leaves the slow viewer on the main rung, thinned (the fallback), and is not retried at once", async () => {
   await linkB.shape("down", { rateKbit: 600 });
-  const fast = await NsBrowser.launch(linkA);
-  const slow = await NsBrowser.launch(linkB);
+  const fast = await TestBrowser.launch({ link: linkA });
+  const slow = await TestBrowser.launch({ link: linkB });
   const stage = t.agent.rtc!;
   let src: DesktopVideoSource | undefined;
   try {
