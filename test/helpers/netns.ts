@@ -38,6 +38,9 @@ export interface QdiscStats {
 export const BUSY_TERMINAL = ["sh", "-c", "while :; do head -c 2400 /dev/urandom | base64; sleep 0.03; done"];
 
 const PREFIX = "wlt-";
+/** Where test links live (subnets of 10.200.0.0 - 10.249.255.255, see create()); scripts/traffic-watch.sh allows the same. */
+const TEST_NETS = "{ 10.200.0.0/13, 10.208.0.0/12, 10.224.0.0/12, 10.240.0.0/13, 10.248.0.0/15 }";
+const SEAL_TABLE = "wlseal";
 let counter = 0;
 
 async function ip(...args: string[]): Promise<string> {
@@ -132,11 +135,25 @@ export class NetLink {
       await link.exec("ip", "addr", "add", `${link.nsAddr}/30`, "dev", nsIf);
       await link.exec("ip", "link", "set", nsIf, "up");
       await link.exec("ip", "link", "set", "lo", "up");
+      await link.#seal();
     } catch (err) {
       await link.close();
       throw err;
     }
     return link;
+  }
+
+  /**
+   * A default route over the link, with everything outside loopback and the test links dropped as it
+   * leaves the namespace. Chromium offers a host candidate only for the address of its default route
+   * (without one it offers none, and ICE lives on peer-reflexive candidates only); the drop keeps its
+   * background requests (DNS, autofill) and any candidate a test names from going anywhere else.
+   */
+  async #seal(): Promise<void> {
+    await this.exec("ip", "route", "add", "default", "via", this.hostAddr);
+    await this.exec("nft", `add table inet ${SEAL_TABLE}; add chain inet ${SEAL_TABLE} out { type filter hook output priority -10; policy drop; }; ` +
+      `add rule inet ${SEAL_TABLE} out oifname "lo" accept; add rule inet ${SEAL_TABLE} out ip daddr ${TEST_NETS} accept; ` +
+      `add rule inet ${SEAL_TABLE} out meta l4proto icmpv6 accept`);
   }
 
   /** Runs a command inside the namespace; resolves with its stdout. */
