@@ -26,8 +26,9 @@ pkgs=(build-essential python3 pkg-config ca-certificates
       dbus dbus-daemon pipewire wireplumber sway xdg-desktop-portal xdg-desktop-portal-wlr
       fonts-dejavu-core)
 # Tests and benches: a real browser, a terminal that animates the screen, input checkers, ffmpeg,
-# network shaping between test hosts, a TURN server (coturn: the tests start their own `turnserver`).
-test_pkgs=(chromium foot wev wtype ffmpeg nftables iproute2 procps openssl coturn)
+# network shaping between test hosts, a TURN server (coturn: the tests start their own `turnserver`),
+# tcpdump (scripts/traffic-watch.sh: no test packet may leave for an address outside loopback and the test links).
+test_pkgs=(chromium foot wev wtype ffmpeg nftables iproute2 procps openssl coturn tcpdump)
 [ "$want_test" = 1 ] && pkgs+=("${test_pkgs[@]}")
 
 missing=()

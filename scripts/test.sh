@@ -6,4 +6,5 @@ here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/env.sh"
 cd "$WL_ROOT"
 npm run --silent lint
-exec npm test
+# Every packet the suite sends must stay on loopback or on the test links it makes (README, "Traffic").
+exec scripts/traffic-watch.sh --strict -- npm test
