@@ -10,6 +10,8 @@ import type { Metrics } from "../metrics/metrics.js";
 import type { ServerConfig, SignalingConfig } from "../config/schema.js";
 import type { TokenService } from "../auth/tokens.js";
 import { AddressRateLimiter, TokenBucket } from "./limits.js";
+import { PendingPool, addressGroup, type PendingEntry } from "./admission.js";
+import { HostCheck } from "./host-check.js";
 import {
   BEARER_PREFIX, CLIENT_TYPES, CloseCode, PROTOCOL_VERSION, SIGNALING_PATH, SUBPROTOCOL,
   clientMessageSchema, describeZodError, helloSchema, type ErrorCode, type ServerMessage,
@@ -49,6 +51,9 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
   readonly #addressLimiter: AddressRateLimiter;
   readonly #static: StaticFiles;
   readonly #connections = new Set<WebSocket>();
+  /** Connections not yet welcomed: a budget of their own (signaling.max_pending), apart from sessions. */
+  readonly #pending: PendingPool;
+  readonly #hosts: HostCheck;
   readonly #tls: boolean;
   #closed = false;
 
@@ -59,6 +64,8 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     this.#tls = tls;
     this.registry = new SessionRegistry(opts.metrics);
     this.#addressLimiter = new AddressRateLimiter(opts.signaling.connections_per_second_per_address, opts.signaling.connection_burst_per_address);
+    this.#pending = new PendingPool(opts.signaling.max_pending, opts.signaling.max_pending_per_address);
+    this.#hosts = new HostCheck(opts.server.allowed_hosts, opts.server.host);
     this.#static = new StaticFiles(opts.server.web_root === "" ? DEFAULT_WEB_ROOT : opts.server.web_root);
     this.#wss = new WebSocketServer({
       noServer: true,
@@ -119,6 +126,11 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     return this.#connections.size;
   }
 
+  /** Open WebSocket connections not welcomed yet (at most signaling.max_pending). */
+  get pendingCount(): number {
+    return this.#pending.size;
+  }
+
   get closed(): boolean {
     return this.#closed;
   }
@@ -138,6 +150,13 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const wrongHost = this.#hosts.refusal(req.headers.host);
+    if (wrongHost !== undefined) {
+      this.#opts.metrics.rejectedConnections.inc({ reason: "host" });
+      this.#opts.log.info({ remote: req.socket.remoteAddress, status: 421, reason: "host", detail: req.headers.host?.slice(0, 100) }, "request refused");
+      res.writeHead(421, { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff", connection: "close" }).end(`${wrongHost}\n`);
+      return;
+    }
     if (req.url?.split("?")[0] === SIGNALING_PATH) {
       res.writeHead(426, { "content-type": "text/plain", upgrade: "websocket" }).end("use a WebSocket\n");
       return;
@@ -145,11 +164,12 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     this.#static.serve(req, res);
   }
 
-  #reject(socket: Duplex, status: number, reason: string, remote: string, detail?: string): void {
+  /** Refuses an upgrade with an HTTP status; the body is `body` (default: the reason label) and a newline. */
+  #reject(socket: Duplex, status: number, reason: string, remote: string, detail?: string, body = reason): void {
     this.#opts.metrics.rejectedConnections.inc({ reason });
     this.#opts.log.info({ remote, status, reason, detail }, "signaling connection refused");
     const text = `${status} ${STATUS_TEXT[status] ?? "Refused"}`;
-    socket.end(`HTTP/1.1 ${text}\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(reason) + 1}\r\n\r\n${reason}\n`);
+    socket.end(`HTTP/1.1 ${text}\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body) + 1}\r\n\r\n${body}\n`);
     socket.destroy();
   }
 
@@ -157,17 +177,22 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     socket.on("error", () => socket.destroy());
     const remote = req.socket.remoteAddress ?? "unknown";
     if (this.#closed) return this.#reject(socket, 503, "shutting-down", remote);
+    const wrongHost = this.#hosts.refusal(req.headers.host);
+    if (wrongHost !== undefined) return this.#reject(socket, 421, "host", remote, req.headers.host?.slice(0, 100), wrongHost);
     if (req.url?.split("?")[0] !== SIGNALING_PATH) return this.#reject(socket, 404, "wrong-path", remote);
     if (!this.#addressLimiter.take(remote)) return this.#reject(socket, 429, "address-rate", remote);
     const origin = req.headers.origin;
     if (origin !== undefined && !this.#originAllowed(origin, req.headers.host)) return this.#reject(socket, 403, "origin", remote, origin);
-    const sig = this.#opts.signaling;
-    // Unauthenticated connections get a small allowance above the session limit, no more.
-    if (this.#connections.size >= sig.max_sessions + Math.max(16, sig.max_sessions)) return this.#reject(socket, 503, "server-full", remote);
     const protocols = parseProtocols(req.headers["sec-websocket-protocol"]);
     const bearer = protocols.find((p) => p.startsWith(BEARER_PREFIX));
     if (protocols.length > 0 && !protocols.includes(SUBPROTOCOL)) return this.#reject(socket, 400, "subprotocol", remote);
-    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#onConnection(ws, remote, bearer?.slice(BEARER_PREFIX.length)));
+    // Room among the connections that have not said hello (apart from the sessions' room), displacing
+    // the oldest silent one of the biggest holder if need be (admission.ts).
+    const group = addressGroup(remote);
+    if (!this.#pending.admit(group).ok) return this.#reject(socket, 503, "pending-full", remote);
+    // handleUpgrade completes synchronously (no verifyClient), so no other upgrade comes between the
+    // admission above and #onConnection adding this one to the pool.
+    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#onConnection(ws, remote, group, bearer?.slice(BEARER_PREFIX.length)));
   }
 
   #originAllowed(origin: string, host: string | undefined): boolean {
@@ -176,13 +201,14 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     // Same origin: the page was served by this agent.
     try {
       const u = new URL(origin);
-      return host !== undefined && u.host === host && u.protocol === (this.#tls ? "https:" : "http:");
+      // Host names are case-insensitive; URL has lowered the origin's already.
+      return host !== undefined && u.host === host.toLowerCase() && u.protocol === (this.#tls ? "https:" : "http:");
     } catch {
       return false;
     }
   }
 
-  #onConnection(ws: WebSocket, remote: string, headerToken: string | undefined): void {
+  #onConnection(ws: WebSocket, remote: string, group: string, headerToken: string | undefined): void {
     const { signaling: sig, metrics, log, tokens } = this.#opts;
     this.#connections.add(ws);
     const bucket = new TokenBucket(sig.messages_per_second, sig.message_burst);
@@ -219,6 +245,18 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
       if (++strikes > sig.max_bad_messages) refuse(CloseCode.badMessage, "too many bad messages", "bad-messages");
     };
 
+    // Until its welcome the connection lives in the pending pool; a newcomer may displace it while it is
+    // silent (no message yet).
+    const pending: PendingEntry = {
+      group,
+      silent: true,
+      displace: () => {
+        answerError("unexpected", "too many connections are waiting for hello: say hello at once after connecting");
+        refuse(CloseCode.helloTimeout, "hello timeout: too many connections waiting for hello", "pending-evicted");
+      },
+    };
+    this.#pending.add(pending);
+
     const helloTimer = setTimeout(() => {
       if (state === "hello" || state === "auth") {
         answerError("unexpected", `no valid hello within ${sig.hello_timeout_ms} ms`);
@@ -247,6 +285,7 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     ws.on("close", (code, reasonBuf) => {
       clearTimeout(helloTimer);
       clearInterval(pingTimer);
+      this.#pending.remove(pending);
       this.#connections.delete(ws);
       state = "closed";
       session?.socketClosed(code, reasonBuf.toString());
@@ -264,6 +303,7 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     ws.on("message", (data: RawData, isBinary: boolean) => {
       if (state === "closed") return;
       alive = true;
+      pending.silent = false;
       if (!bucket.take()) {
         refuse(CloseCode.rateLimited, "rate limited: too many messages", "message-rate");
         return;
@@ -322,6 +362,7 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
             const c = result.claims;
             session = new Session(ws, { role: c.role, subject: c.sub, jti: c.jti, expiresAt: c.exp, remoteAddress: remote }, sent);
             state = "open";
+            this.#pending.remove(pending);
             this.registry.add(session);
             log.info({ remote, session: session.id, role: c.role, subject: c.sub, jti: c.jti }, "session opened");
             session.once("close", ({ code, reason }) => log.info({ session: session?.id, code, reason }, "session closed"));
@@ -394,6 +435,7 @@ const STATUS_TEXT: Record<number, string> = {
   400: "Bad Request",
   403: "Forbidden",
   404: "Not Found",
+  421: "Misdirected Request",
   429: "Too Many Requests",
   503: "Service Unavailable",
 };
