@@ -8,7 +8,7 @@ import { WebSocketServer, type WebSocket, type RawData } from "ws";
 import type { Logger } from "../log/logger.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { ServerConfig, SignalingConfig } from "../config/schema.js";
-import type { TokenService } from "../auth/tokens.js";
+import type { Role, TokenService } from "../auth/tokens.js";
 import { AddressRateLimiter, TokenBucket } from "./limits.js";
 import { PendingPool, addressGroup, type PendingEntry } from "./admission.js";
 import { HostCheck } from "./host-check.js";
@@ -54,6 +54,9 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
   /** Connections not yet welcomed: a budget of their own (signaling.max_pending), apart from sessions. */
   readonly #pending: PendingPool;
   readonly #hosts: HostCheck;
+  /** One per open session: checks it against the revocation list. */
+  readonly #revocationChecks = new Set<() => void>();
+  #revocationWatch: { close(): void } | undefined;
   readonly #tls: boolean;
   #closed = false;
 
@@ -105,6 +108,10 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
         resolve();
       });
     });
+    // `wl-webrtc revoke` runs in another process: the file is how it reaches live sessions.
+    self.#revocationWatch = opts.tokens.revocations.watch(() => {
+      for (const check of [...self.#revocationChecks]) check();
+    });
     if (!tls && !isLoopback(cfg.host))
       log.warn({ host: cfg.host }, "signaling listens on a non-loopback address without TLS: tokens and SDP travel in clear; set server.tls_cert and server.tls_key");
     log.info({ url: self.url, tls }, "signaling listening");
@@ -138,6 +145,7 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#revocationWatch?.close();
     this.registry.closeAll(CloseCode.goingAway, "agent shutting down");
     for (const ws of this.#connections) closeSocket(ws, CloseCode.goingAway, "agent shutting down");
     await new Promise<void>((resolve) => {
@@ -257,6 +265,55 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     };
     this.#pending.add(pending);
 
+    // The session lives as long as its tokens: it ends when the newest expires (with the same clock
+    // tolerance hello gives), or at once when any of them is revoked.
+    let expiryTimer: NodeJS.Timeout | undefined;
+    const armExpiry = (): void => {
+      if (expiryTimer !== undefined) clearTimeout(expiryTimer);
+      if (!session) return;
+      const left = (session.expiresAt + this.#opts.tokens.clockToleranceS) * 1000 - Date.now();
+      // setTimeout holds at most ~24.8 days; a longer token is looked at again then.
+      expiryTimer = setTimeout(() => {
+        if (session && (session.expiresAt + this.#opts.tokens.clockToleranceS) * 1000 <= Date.now()) refuse(CloseCode.unauthorized, "unauthorized: expired", "token-expired");
+        else armExpiry();
+      }, Math.min(Math.max(0, left), 2 ** 31 - 1));
+      expiryTimer.unref();
+    };
+    const checkRevoked = (): void => {
+      if (session && [...session.tokenIds].some((id) => tokens.revocations.has(id))) refuse(CloseCode.unauthorized, "unauthorized: revoked", "token-revoked");
+    };
+    let renewing: Promise<void> = Promise.resolve();
+    const renew = (token: string, id: string | number | undefined): void => {
+      // In order, one at a time: a slow check never lands after a later one.
+      renewing = renewing.then(async () => {
+        const result = await tokens.verify(token);
+        if (state !== "open" || !session || session.closed) return;
+        if (!result.ok) {
+          metrics.authFailures.inc({ reason: result.reason });
+          strike("forbidden", `token refused: ${result.reason}`, "token", id);
+          return;
+        }
+        const c = result.claims;
+        if (c.sub !== session.info.subject) {
+          strike("forbidden", "token refused: it names another subject; a session keeps its subject (connect again to change)", "token", id);
+          return;
+        }
+        if (ROLE_RANK[c.role] < ROLE_RANK[session.role]) {
+          strike("forbidden", `token refused: its role ${c.role} is below this session's role ${session.role} (connect again with it to change role)`, "token", id);
+          return;
+        }
+        session.renew(c.jti, c.exp);
+        armExpiry();
+        log.info({ remote, session: session.id, jti: c.jti, expiresAt: session.expiresAt }, "session token renewed");
+        send({ type: "renewed", expiresAt: session.expiresAt, role: session.role, ...(id !== undefined ? { id } : {}) });
+        // A token revoked between its check and now is caught here.
+        checkRevoked();
+      }).catch((err: unknown) => {
+        log.error({ err, remote }, "token renewal failed unexpectedly");
+        refuse(CloseCode.internalError, "internal error", "internal");
+      });
+    };
+
     const helloTimer = setTimeout(() => {
       if (state === "hello" || state === "auth") {
         answerError("unexpected", `no valid hello within ${sig.hello_timeout_ms} ms`);
@@ -285,6 +342,8 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     ws.on("close", (code, reasonBuf) => {
       clearTimeout(helloTimer);
       clearInterval(pingTimer);
+      if (expiryTimer !== undefined) clearTimeout(expiryTimer);
+      this.#revocationChecks.delete(checkRevoked);
       this.#pending.remove(pending);
       this.#connections.delete(ws);
       state = "closed";
@@ -364,6 +423,12 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
             state = "open";
             this.#pending.remove(pending);
             this.registry.add(session);
+            armExpiry();
+            this.#revocationChecks.add(checkRevoked);
+            session.once("close", () => {
+              if (expiryTimer !== undefined) clearTimeout(expiryTimer);
+              this.#revocationChecks.delete(checkRevoked);
+            });
             log.info({ remote, session: session.id, role: c.role, subject: c.sub, jti: c.jti }, "session opened");
             session.once("close", ({ code, reason }) => log.info({ session: session?.id, code, reason }, "session closed"));
             send({
@@ -404,6 +469,10 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
         send({ type: "pong", ...(m.id !== undefined ? { id: m.id } : {}), time: Date.now() });
         return;
       }
+      if (m.type === "token") {
+        renew(m.token, m.id);
+        return;
+      }
       if (!session?.deliver(m)) answerError("unavailable", "this agent has no media to offer yet", m.type, m.id);
     });
   }
@@ -426,6 +495,9 @@ function parseProtocols(header: string | undefined): string[] {
   if (header === undefined) return [];
   return header.split(",").map((s) => s.trim()).filter((s) => s !== "");
 }
+
+/** A fresh token may keep or raise the rank it grants, never lower it below the session's role. */
+const ROLE_RANK: Record<Role, number> = { view: 0, control: 1 };
 
 export function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || /^127\./.test(host);
