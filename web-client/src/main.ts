@@ -219,7 +219,12 @@ class Connection {
   #prev: { t: number; frames: number; bytes: number; decodeTime: number; decoded: number } | undefined;
   #latency: number[] = [];
   #welcomed = false;
+  /** The timeout until the expiry warning, then the interval that keeps its countdown current. */
   #expiryTimer: number | undefined;
+  /** Set while the page is asking for a new token: the session's end (seconds since the epoch). */
+  #warningFor: number | undefined;
+  /** Why the last token pasted was not accepted (shown with the warning). */
+  #renewError: string | undefined;
 
   constructor(readonly token: string) {
     wl.state = "connecting";
@@ -267,20 +272,39 @@ class Connection {
   renew(token: string): void {
     const msg: TokenMessage = { type: "token", token };
     this.#send(msg);
+    this.#renewError = undefined;
     setStatus("Checking the new token…", "info");
   }
 
   /** Asks for a new token a little before the session's end (the agent closes it then). */
   #armExpiryWarning(expiresAt: number): void {
     wl.expiresAt = expiresAt;
-    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    this.#clearExpiryWarning();
     const warnInMs = Math.max(0, (expiresAt - EXPIRY_WARNING_S) * 1000 - Date.now());
     this.#expiryTimer = window.setTimeout(() => {
       if (this.#closed) return;
       form.hidden = false;
-      const left = Math.max(0, Math.round(expiresAt - Date.now() / 1000));
-      setStatus(`The token expires in ${left} s and the session with it: paste a new token (\`wl-webrtc token\`) to continue, or reload the page with one.`, "error");
+      this.#warningFor = expiresAt;
+      const show = (): void => {
+        if (!this.#closed && this.#warningFor !== undefined) setStatus(this.#expiryText(this.#warningFor), "error");
+      };
+      show();
+      this.#expiryTimer = window.setInterval(show, 1000);
     }, warnInMs);
+  }
+
+  #clearExpiryWarning(): void {
+    // Timeouts and intervals share one id space: clearTimeout ends either.
+    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
+    this.#warningFor = undefined;
+    this.#renewError = undefined;
+  }
+
+  #expiryText(expiresAt: number): string {
+    const left = Math.max(0, Math.round(expiresAt - Date.now() / 1000));
+    const refused = this.#renewError !== undefined ? `The new token was not accepted (${this.#renewError}). ` : "";
+    return `${refused}The token expires in ${left} s and the session with it: paste a new token (\`wl-webrtc token\`) to continue, or reload the page with one.`;
   }
 
   #onSignal(text: string): void {
@@ -322,7 +346,8 @@ class Connection {
         if (msg.ref === "token") {
           pendingToken = undefined;
           form.hidden = false;
-          setStatus(`The new token was not accepted (${m}); the session goes on until its current token expires.`, "error");
+          this.#renewError = m;
+          setStatus(this.#warningFor !== undefined ? this.#expiryText(this.#warningFor) : `The new token was not accepted (${m}); the session goes on until its current token expires.`, "error");
         } else if (msg.ref === "offer" || msg.code === "unavailable") {
           if (/refused|cancel/i.test(m)) this.fail("refused", `Screen sharing was refused on the host (${m}). Someone at the host must allow it.`, true);
           else this.fail("stream", `The agent cannot stream: ${m}`, true);
@@ -409,7 +434,9 @@ class Connection {
       backoffMs = 1000;
       this.#restarted = false;
       if (this.#iceTimer !== undefined) clearTimeout(this.#iceTimer);
-      setStatus(`Streaming (${wl.role ?? "?"}).`, "ok");
+      // The expiry warning, when it is up, stays: it asks the user for something.
+      if (this.#warningFor !== undefined) setStatus(this.#expiryText(this.#warningFor), "error");
+      else setStatus(`Streaming (${wl.role ?? "?"}).`, "ok");
     } else if (s === "disconnected") {
       setStatus("Connection interrupted; waiting for it to come back…", "info");
       this.#iceTimer = window.setTimeout(() => this.#onIceFailed(), 5000);
@@ -541,7 +568,7 @@ class Connection {
     this.#closed = true;
     for (const t of this.#timers) clearInterval(t);
     if (this.#iceTimer !== undefined) clearTimeout(this.#iceTimer);
-    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    this.#clearExpiryWarning();
     wl.expiresAt = undefined;
     try {
       if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "bye", reason: "client closed" }));
