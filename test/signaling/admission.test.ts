@@ -6,6 +6,8 @@ import { WebSocket } from "ws";
 import { startTestAgent } from "../helpers/agent.js";
 import { hello, TestClient, withTimeout, type Closed } from "../helpers/ws-client.js";
 import { CloseCode } from "../../agent/signaling/protocol.js";
+import { addressGroup } from "../../agent/signaling/admission.js";
+import { HostCheck } from "../../agent/signaling/host-check.js";
 
 /**
  * Who gets in: connections that have not said hello have a budget of their own (signaling.max_pending,
@@ -156,6 +158,25 @@ test("the pending budget is shared fairly: a newcomer displaces the address hold
     for (const s of socks) s.ws.terminate();
     await t.close();
   }
+});
+
+test("address groups: IPv4 as is (mapped IPv6 unwrapped), IPv6 by /64, each loopback address its own", () => {
+  assert.equal(addressGroup("::ffff:127.0.0.2"), "127.0.0.2");
+  assert.notEqual(addressGroup("127.0.0.2"), addressGroup("127.0.0.3"));
+  assert.equal(addressGroup("2001:db8:1:2:3:4:5:6"), addressGroup("2001:db8:1:2::9"));
+  assert.equal(addressGroup("2001:0db8:0001:0002::1"), addressGroup("2001:db8:1:2:ffff::"));
+  assert.notEqual(addressGroup("2001:db8:1:2::1"), addressGroup("2001:db8:1:3::1"));
+  assert.equal(addressGroup("::1"), "0:0:0:0::/64");
+});
+
+test("Host check: names and literals", () => {
+  const h = new HostCheck(["desk.example.org"], "127.0.0.1");
+  for (const ok of ["127.0.0.1:8780", "10.1.2.3", "[::1]:8780", "[2001:db8::1]", "localhost", "localhost.:8780", "LocalHost:1", "desk.example.org:443", "DESK.example.org"])
+    assert.equal(h.refusal(ok), undefined, ok);
+  for (const bad of [undefined, "", "evil.example", "localhost.evil.example:8780", "desk.example.org.evil", "[::1", "[::1]x", "a:b:c"])
+    assert.match(h.refusal(bad) ?? "", /^host: /, String(bad));
+  assert.equal(new HostCheck(["*"], "127.0.0.1").refusal("evil.example"), undefined);
+  assert.equal(new HostCheck([], "desk.lan").refusal("desk.lan:8780"), undefined, "the configured host name");
 });
 
 test("config: max_pending and max_pending_per_address are validated", async () => {
