@@ -69,7 +69,7 @@ export class Agent {
   async #open(): Promise<void> {
     const { config, log } = this;
     if (config.metrics.enabled) {
-      this.#metricsServer = await MetricsServer.open({ host: config.metrics.host, port: config.metrics.port, metrics: this.metrics, log });
+      this.#metricsServer = await MetricsServer.open({ host: config.metrics.host, port: config.metrics.port, metrics: this.metrics, log, allowedHosts: config.server.allowed_hosts });
     }
     this.#signaling = await SignalingServer.open({ server: config.server, signaling: config.signaling, tokens: this.tokens, metrics: this.metrics, log });
     const signaling = this.#signaling;

@@ -78,6 +78,11 @@ export class TokenService {
     return this.#revoked;
   }
 
+  /** Allowed clock difference (auth.clock_tolerance_s): a token is good until exp plus this. */
+  get clockToleranceS(): number {
+    return this.#config.clock_tolerance_s;
+  }
+
   async mint(opts: MintOptions): Promise<{ token: string; claims: TokenClaims }> {
     if (!ROLES.includes(opts.role)) throw new TypeError(`role: expected view or control, found ${JSON.stringify(opts.role)}`);
     if (!Number.isInteger(opts.ttlS) || opts.ttlS < 1 || opts.ttlS > this.#config.max_ttl_s)

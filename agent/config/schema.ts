@@ -22,24 +22,42 @@ const serverSection = z.strictObject({
   tls_key: z.string().default(""),
   /** Origins allowed to open the signaling WebSocket, e.g. "https://desk.example.org". Empty: same origin only. */
   allowed_origins: z.array(z.string().regex(/^(https?:\/\/[^/\s]+|\*)$/, "an origin like https://host:port, or *")).default([]),
+  /**
+   * Host names (besides localhost, IP literals and `host` itself) that browsers may use to reach the agent,
+   * e.g. "desk.example.org" behind a reverse proxy. Any other Host header is refused (421): a page on a
+   * name that an attacker made resolve to this machine (DNS rebinding) gets nothing. "*": no check.
+   */
+  allowed_hosts: z.array(z.string().regex(/^(\*|[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*\.?)$/, "a host name like desk.example.org (no scheme, no port), or *")).default([]),
   /** Directory of the web client's static files. Empty: the bundled web-client/dist. */
   web_root: z.string().default(""),
 });
 
-const signalingSection = z.strictObject({
-  hello_timeout_ms: z.number().int().min(100).max(120_000).default(5000),
-  max_message_bytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
-  messages_per_second: z.number().min(1).max(100_000).default(50),
-  message_burst: positiveInt.max(100_000).default(200),
-  /** Bad messages tolerated (each answered with an error) before the connection is closed. */
-  max_bad_messages: positiveInt.max(10_000).default(20),
-  max_sessions: positiveInt.max(10_000).default(32),
-  /** New connections per remote address: sustained rate per second and burst. */
-  connections_per_second_per_address: z.number().min(0.01).max(10_000).default(2),
-  connection_burst_per_address: positiveInt.max(100_000).default(20),
-  /** A connection that answers no ping for this long is dropped. */
-  idle_timeout_ms: z.number().int().min(1000).max(3_600_000).default(30_000),
-});
+const signalingSection = z
+  .strictObject({
+    hello_timeout_ms: z.number().int().min(100).max(120_000).default(5000),
+    max_message_bytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
+    messages_per_second: z.number().min(1).max(100_000).default(50),
+    message_burst: positiveInt.max(100_000).default(200),
+    /** Bad messages tolerated (each answered with an error) before the connection is closed. */
+    max_bad_messages: positiveInt.max(10_000).default(20),
+    max_sessions: positiveInt.max(10_000).default(32),
+    /** New connections per remote address: sustained rate per second and burst. */
+    connections_per_second_per_address: z.number().min(0.01).max(10_000).default(2),
+    connection_burst_per_address: positiveInt.max(100_000).default(20),
+    /** A connection that answers no ping for this long is dropped. */
+    idle_timeout_ms: z.number().int().min(1000).max(3_600_000).default(30_000),
+    /**
+     * WebSockets that have not been welcomed yet (no hello, or a token being checked), in all: a budget of
+     * their own beside max_sessions, so silent connections never take an authenticated session's room.
+     */
+    max_pending: positiveInt.max(10_000).default(16),
+    /** Of those, from one source address (an IPv4 address; an IPv6 /64). docs/protocol.md "Admission". */
+    max_pending_per_address: positiveInt.max(10_000).default(4),
+  })
+  .superRefine((s, ctx) => {
+    if (s.max_pending_per_address > s.max_pending)
+      ctx.addIssue({ code: "custom", path: ["max_pending_per_address"], message: "expected max_pending_per_address <= max_pending" });
+  });
 
 const authSection = z.strictObject({
   audience: z.string().min(1).default("wl-webrtc"),

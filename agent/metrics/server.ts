@@ -2,13 +2,16 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "../log/logger.js";
 import type { Metrics } from "./metrics.js";
+import { HostCheck } from "../signaling/host-check.js";
 
 export type ReadinessCheck = () => { ok: boolean; detail: string };
 
 /**
  * The metrics listener, separate from the signaling port and on loopback by default:
  * `/metrics` (Prometheus text), `/healthz` (the process answers), `/readyz` (every readiness check
- * passes; 503 names the ones that do not).
+ * passes; 503 names the ones that do not). Like the signaling port it answers only requests whose Host
+ * names it (localhost, an IP literal, `metrics.host`, `server.allowed_hosts`): the counters say who is
+ * watching and the readiness details name the desktop's parts, nothing for a DNS-rebinding page to read.
  */
 export class MetricsServer {
   readonly #server: Server;
@@ -19,11 +22,17 @@ export class MetricsServer {
     this.#server = server;
   }
 
-  static async open(opts: { host: string; port: number; metrics: Metrics; log: Logger }): Promise<MetricsServer> {
+  static async open(opts: { host: string; port: number; metrics: Metrics; log: Logger; allowedHosts?: readonly string[] }): Promise<MetricsServer> {
     // The request handler is made before the object it reports on; it reads the object through this box.
     const box: { self?: MetricsServer } = {};
+    const hosts = new HostCheck(opts.allowedHosts ?? [], opts.host);
     const server = createServer((req, res) => {
       const url = req.url ?? "/";
+      const wrongHost = hosts.refusal(req.headers.host);
+      if (wrongHost !== undefined) {
+        res.writeHead(421, { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff", connection: "close" }).end(`${wrongHost}\n`);
+        return;
+      }
       if (req.method !== "GET" && req.method !== "HEAD") {
         res.writeHead(405, { allow: "GET, HEAD" }).end();
         return;

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import type { RenewedMessage } from "../protocol/signaling.js";
 
 /**
  * The signaling protocol, version 1: JSON text messages over one WebSocket, each an object with a
@@ -60,9 +61,11 @@ const answerSchema = z.strictObject({ type: z.literal("answer"), id, sdp });
 const candidateSchema = z.strictObject({ type: z.literal("candidate"), id, candidate: candidateInit.nullable() });
 const byeSchema = z.strictObject({ type: z.literal("bye"), id, reason: z.string().max(256).optional() });
 const pingSchema = z.strictObject({ type: z.literal("ping"), id });
+/** A fresh token for the open session (agent/protocol/signaling.ts TokenMessage). */
+const tokenSchema = z.strictObject({ type: z.literal("token"), id, token: z.string().max(8192) });
 
 /** Messages a client may send after hello. */
-export const clientMessageSchema = z.discriminatedUnion("type", [offerSchema, answerSchema, candidateSchema, byeSchema, pingSchema]);
+export const clientMessageSchema = z.discriminatedUnion("type", [offerSchema, answerSchema, candidateSchema, byeSchema, pingSchema, tokenSchema]);
 
 export type Hello = z.infer<typeof helloSchema>;
 export type ClientMessage = z.infer<typeof clientMessageSchema>;
@@ -82,9 +85,10 @@ export type ServerMessage =
   | { type: "candidate"; candidate: CandidateInit | null }
   | { type: "error"; code: ErrorCode; message: string; id?: string | number; ref?: string }
   | { type: "bye"; reason: string }
-  | { type: "pong"; id?: string | number; time: number };
+  | { type: "pong"; id?: string | number; time: number }
+  | RenewedMessage;
 
-export const CLIENT_TYPES = ["hello", "offer", "answer", "candidate", "bye", "ping"] as const;
+export const CLIENT_TYPES = ["hello", "offer", "answer", "candidate", "bye", "ping", "token"] as const;
 
 /** Describes a validation failure in one line: which field, and what was wrong. */
 export function describeZodError(err: z.ZodError): string {

@@ -8,8 +8,10 @@ import { WebSocketServer, type WebSocket, type RawData } from "ws";
 import type { Logger } from "../log/logger.js";
 import type { Metrics } from "../metrics/metrics.js";
 import type { ServerConfig, SignalingConfig } from "../config/schema.js";
-import type { TokenService } from "../auth/tokens.js";
+import type { Role, TokenService } from "../auth/tokens.js";
 import { AddressRateLimiter, TokenBucket } from "./limits.js";
+import { PendingPool, addressGroup, type PendingEntry } from "./admission.js";
+import { HostCheck } from "./host-check.js";
 import {
   BEARER_PREFIX, CLIENT_TYPES, CloseCode, PROTOCOL_VERSION, SIGNALING_PATH, SUBPROTOCOL,
   clientMessageSchema, describeZodError, helloSchema, type ErrorCode, type ServerMessage,
@@ -49,6 +51,12 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
   readonly #addressLimiter: AddressRateLimiter;
   readonly #static: StaticFiles;
   readonly #connections = new Set<WebSocket>();
+  /** Connections not yet welcomed: a budget of their own (signaling.max_pending), apart from sessions. */
+  readonly #pending: PendingPool;
+  readonly #hosts: HostCheck;
+  /** One per open session: checks it against the revocation list. */
+  readonly #revocationChecks = new Set<() => void>();
+  #revocationWatch: { close(): void } | undefined;
   readonly #tls: boolean;
   #closed = false;
 
@@ -59,6 +67,8 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     this.#tls = tls;
     this.registry = new SessionRegistry(opts.metrics);
     this.#addressLimiter = new AddressRateLimiter(opts.signaling.connections_per_second_per_address, opts.signaling.connection_burst_per_address);
+    this.#pending = new PendingPool(opts.signaling.max_pending, opts.signaling.max_pending_per_address);
+    this.#hosts = new HostCheck(opts.server.allowed_hosts, opts.server.host);
     this.#static = new StaticFiles(opts.server.web_root === "" ? DEFAULT_WEB_ROOT : opts.server.web_root);
     this.#wss = new WebSocketServer({
       noServer: true,
@@ -98,6 +108,10 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
         resolve();
       });
     });
+    // `wl-webrtc revoke` runs in another process: the file is how it reaches live sessions.
+    self.#revocationWatch = opts.tokens.revocations.watch(() => {
+      for (const check of [...self.#revocationChecks]) check();
+    });
     if (!tls && !isLoopback(cfg.host))
       log.warn({ host: cfg.host }, "signaling listens on a non-loopback address without TLS: tokens and SDP travel in clear; set server.tls_cert and server.tls_key");
     log.info({ url: self.url, tls }, "signaling listening");
@@ -119,6 +133,11 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     return this.#connections.size;
   }
 
+  /** Open WebSocket connections not welcomed yet (at most signaling.max_pending). */
+  get pendingCount(): number {
+    return this.#pending.size;
+  }
+
   get closed(): boolean {
     return this.#closed;
   }
@@ -126,6 +145,7 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#revocationWatch?.close();
     this.registry.closeAll(CloseCode.goingAway, "agent shutting down");
     for (const ws of this.#connections) closeSocket(ws, CloseCode.goingAway, "agent shutting down");
     await new Promise<void>((resolve) => {
@@ -138,6 +158,13 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
   }
 
   #onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const wrongHost = this.#hosts.refusal(req.headers.host);
+    if (wrongHost !== undefined) {
+      this.#opts.metrics.rejectedConnections.inc({ reason: "host" });
+      this.#opts.log.info({ remote: req.socket.remoteAddress, status: 421, reason: "host", detail: req.headers.host?.slice(0, 100) }, "request refused");
+      res.writeHead(421, { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff", connection: "close" }).end(`${wrongHost}\n`);
+      return;
+    }
     if (req.url?.split("?")[0] === SIGNALING_PATH) {
       res.writeHead(426, { "content-type": "text/plain", upgrade: "websocket" }).end("use a WebSocket\n");
       return;
@@ -145,11 +172,12 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     this.#static.serve(req, res);
   }
 
-  #reject(socket: Duplex, status: number, reason: string, remote: string, detail?: string): void {
+  /** Refuses an upgrade with an HTTP status; the body is `body` (default: the reason label) and a newline. */
+  #reject(socket: Duplex, status: number, reason: string, remote: string, detail?: string, body = reason): void {
     this.#opts.metrics.rejectedConnections.inc({ reason });
     this.#opts.log.info({ remote, status, reason, detail }, "signaling connection refused");
     const text = `${status} ${STATUS_TEXT[status] ?? "Refused"}`;
-    socket.end(`HTTP/1.1 ${text}\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(reason) + 1}\r\n\r\n${reason}\n`);
+    socket.end(`HTTP/1.1 ${text}\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body) + 1}\r\n\r\n${body}\n`);
     socket.destroy();
   }
 
@@ -157,17 +185,22 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     socket.on("error", () => socket.destroy());
     const remote = req.socket.remoteAddress ?? "unknown";
     if (this.#closed) return this.#reject(socket, 503, "shutting-down", remote);
+    const wrongHost = this.#hosts.refusal(req.headers.host);
+    if (wrongHost !== undefined) return this.#reject(socket, 421, "host", remote, req.headers.host?.slice(0, 100), wrongHost);
     if (req.url?.split("?")[0] !== SIGNALING_PATH) return this.#reject(socket, 404, "wrong-path", remote);
     if (!this.#addressLimiter.take(remote)) return this.#reject(socket, 429, "address-rate", remote);
     const origin = req.headers.origin;
     if (origin !== undefined && !this.#originAllowed(origin, req.headers.host)) return this.#reject(socket, 403, "origin", remote, origin);
-    const sig = this.#opts.signaling;
-    // Unauthenticated connections get a small allowance above the session limit, no more.
-    if (this.#connections.size >= sig.max_sessions + Math.max(16, sig.max_sessions)) return this.#reject(socket, 503, "server-full", remote);
     const protocols = parseProtocols(req.headers["sec-websocket-protocol"]);
     const bearer = protocols.find((p) => p.startsWith(BEARER_PREFIX));
     if (protocols.length > 0 && !protocols.includes(SUBPROTOCOL)) return this.#reject(socket, 400, "subprotocol", remote);
-    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#onConnection(ws, remote, bearer?.slice(BEARER_PREFIX.length)));
+    // Room among the connections that have not said hello (apart from the sessions' room), displacing
+    // the oldest silent one of the biggest holder if need be (admission.ts).
+    const group = addressGroup(remote);
+    if (!this.#pending.admit(group).ok) return this.#reject(socket, 503, "pending-full", remote);
+    // handleUpgrade completes synchronously (no verifyClient), so no other upgrade comes between the
+    // admission above and #onConnection adding this one to the pool.
+    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#onConnection(ws, remote, group, bearer?.slice(BEARER_PREFIX.length)));
   }
 
   #originAllowed(origin: string, host: string | undefined): boolean {
@@ -176,13 +209,14 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     // Same origin: the page was served by this agent.
     try {
       const u = new URL(origin);
-      return host !== undefined && u.host === host && u.protocol === (this.#tls ? "https:" : "http:");
+      // Host names are case-insensitive; URL has lowered the origin's already.
+      return host !== undefined && u.host === host.toLowerCase() && u.protocol === (this.#tls ? "https:" : "http:");
     } catch {
       return false;
     }
   }
 
-  #onConnection(ws: WebSocket, remote: string, headerToken: string | undefined): void {
+  #onConnection(ws: WebSocket, remote: string, group: string, headerToken: string | undefined): void {
     const { signaling: sig, metrics, log, tokens } = this.#opts;
     this.#connections.add(ws);
     const bucket = new TokenBucket(sig.messages_per_second, sig.message_burst);
@@ -219,6 +253,67 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
       if (++strikes > sig.max_bad_messages) refuse(CloseCode.badMessage, "too many bad messages", "bad-messages");
     };
 
+    // Until its welcome the connection lives in the pending pool; a newcomer may displace it while it is
+    // silent (no message yet).
+    const pending: PendingEntry = {
+      group,
+      silent: true,
+      displace: () => {
+        answerError("unexpected", "too many connections are waiting for hello: say hello at once after connecting");
+        refuse(CloseCode.helloTimeout, "hello timeout: too many connections waiting for hello", "pending-evicted");
+      },
+    };
+    this.#pending.add(pending);
+
+    // The session lives as long as its tokens: it ends when the newest expires (with the same clock
+    // tolerance hello gives), or at once when any of them is revoked.
+    let expiryTimer: NodeJS.Timeout | undefined;
+    const armExpiry = (): void => {
+      if (expiryTimer !== undefined) clearTimeout(expiryTimer);
+      if (!session) return;
+      const left = (session.expiresAt + this.#opts.tokens.clockToleranceS) * 1000 - Date.now();
+      // setTimeout holds at most ~24.8 days; a longer token is looked at again then.
+      expiryTimer = setTimeout(() => {
+        if (session && (session.expiresAt + this.#opts.tokens.clockToleranceS) * 1000 <= Date.now()) refuse(CloseCode.unauthorized, "unauthorized: expired", "token-expired");
+        else armExpiry();
+      }, Math.min(Math.max(0, left), 2 ** 31 - 1));
+      expiryTimer.unref();
+    };
+    const checkRevoked = (): void => {
+      if (session && [...session.tokenIds].some((id) => tokens.revocations.has(id))) refuse(CloseCode.unauthorized, "unauthorized: revoked", "token-revoked");
+    };
+    let renewing: Promise<void> = Promise.resolve();
+    const renew = (token: string, id: string | number | undefined): void => {
+      // In order, one at a time: a slow check never lands after a later one.
+      renewing = renewing.then(async () => {
+        const result = await tokens.verify(token);
+        if (state !== "open" || !session || session.closed) return;
+        if (!result.ok) {
+          metrics.authFailures.inc({ reason: result.reason });
+          strike("forbidden", `token refused: ${result.reason}`, "token", id);
+          return;
+        }
+        const c = result.claims;
+        if (c.sub !== session.info.subject) {
+          strike("forbidden", "token refused: it names another subject; a session keeps its subject (connect again to change)", "token", id);
+          return;
+        }
+        if (ROLE_RANK[c.role] < ROLE_RANK[session.role]) {
+          strike("forbidden", `token refused: its role ${c.role} is below this session's role ${session.role} (connect again with it to change role)`, "token", id);
+          return;
+        }
+        session.renew(c.jti, c.exp);
+        armExpiry();
+        log.info({ remote, session: session.id, jti: c.jti, expiresAt: session.expiresAt }, "session token renewed");
+        send({ type: "renewed", expiresAt: session.expiresAt, role: session.role, ...(id !== undefined ? { id } : {}) });
+        // A token revoked between its check and now is caught here.
+        checkRevoked();
+      }).catch((err: unknown) => {
+        log.error({ err, remote }, "token renewal failed unexpectedly");
+        refuse(CloseCode.internalError, "internal error", "internal");
+      });
+    };
+
     const helloTimer = setTimeout(() => {
       if (state === "hello" || state === "auth") {
         answerError("unexpected", `no valid hello within ${sig.hello_timeout_ms} ms`);
@@ -247,6 +342,9 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     ws.on("close", (code, reasonBuf) => {
       clearTimeout(helloTimer);
       clearInterval(pingTimer);
+      if (expiryTimer !== undefined) clearTimeout(expiryTimer);
+      this.#revocationChecks.delete(checkRevoked);
+      this.#pending.remove(pending);
       this.#connections.delete(ws);
       state = "closed";
       session?.socketClosed(code, reasonBuf.toString());
@@ -264,6 +362,7 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
     ws.on("message", (data: RawData, isBinary: boolean) => {
       if (state === "closed") return;
       alive = true;
+      pending.silent = false;
       if (!bucket.take()) {
         refuse(CloseCode.rateLimited, "rate limited: too many messages", "message-rate");
         return;
@@ -322,7 +421,14 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
             const c = result.claims;
             session = new Session(ws, { role: c.role, subject: c.sub, jti: c.jti, expiresAt: c.exp, remoteAddress: remote }, sent);
             state = "open";
+            this.#pending.remove(pending);
             this.registry.add(session);
+            armExpiry();
+            this.#revocationChecks.add(checkRevoked);
+            session.once("close", () => {
+              if (expiryTimer !== undefined) clearTimeout(expiryTimer);
+              this.#revocationChecks.delete(checkRevoked);
+            });
             log.info({ remote, session: session.id, role: c.role, subject: c.sub, jti: c.jti }, "session opened");
             session.once("close", ({ code, reason }) => log.info({ session: session?.id, code, reason }, "session closed"));
             send({
@@ -363,6 +469,10 @@ export class SignalingServer extends TypedEmitter<SignalingServerEvents> {
         send({ type: "pong", ...(m.id !== undefined ? { id: m.id } : {}), time: Date.now() });
         return;
       }
+      if (m.type === "token") {
+        renew(m.token, m.id);
+        return;
+      }
       if (!session?.deliver(m)) answerError("unavailable", "this agent has no media to offer yet", m.type, m.id);
     });
   }
@@ -386,6 +496,9 @@ function parseProtocols(header: string | undefined): string[] {
   return header.split(",").map((s) => s.trim()).filter((s) => s !== "");
 }
 
+/** A fresh token may keep or raise the rank it grants, never lower it below the session's role. */
+const ROLE_RANK: Record<Role, number> = { view: 0, control: 1 };
+
 export function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || /^127\./.test(host);
 }
@@ -394,6 +507,7 @@ const STATUS_TEXT: Record<number, string> = {
   400: "Bad Request",
   403: "Forbidden",
   404: "Not Found",
+  421: "Misdirected Request",
   429: "Too Many Requests",
   503: "Service Unavailable",
 };

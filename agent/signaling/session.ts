@@ -10,7 +10,9 @@ export const MAX_BUFFERED_BYTES = 4 * 1024 * 1024;
 export interface SessionInfo {
   role: Role;
   subject: string;
+  /** The id of the token given at hello (later ones: `tokenIds`). */
   jti: string;
+  /** The hello token's expiry (the session's current end: `expiresAt`). */
   expiresAt: number;
   remoteAddress: string;
 }
@@ -30,6 +32,8 @@ export class Session extends TypedEmitter<SessionEvents> {
   readonly info: SessionInfo;
   readonly #ws: WebSocket;
   readonly #onSent: (type: ServerMessage["type"]) => void;
+  readonly #tokenIds = new Set<string>();
+  #expiresAt: number;
   #closed = false;
 
   /** @internal Created by the signaling server once the hello is accepted. */
@@ -38,6 +42,24 @@ export class Session extends TypedEmitter<SessionEvents> {
     this.#ws = ws;
     this.info = info;
     this.#onSent = onSent;
+    this.#tokenIds.add(info.jti);
+    this.#expiresAt = info.expiresAt;
+  }
+
+  /** When the session ends unless a fresh token continues it (seconds since the epoch). */
+  get expiresAt(): number {
+    return this.#expiresAt;
+  }
+
+  /** The ids of every token this session presented: revoking any of them ends it. */
+  get tokenIds(): ReadonlySet<string> {
+    return this.#tokenIds;
+  }
+
+  /** @internal A fresh token (already checked) continues the session; the later expiry wins. */
+  renew(jti: string, expiresAt: number): void {
+    this.#tokenIds.add(jti);
+    this.#expiresAt = Math.max(this.#expiresAt, expiresAt);
   }
 
   get closed(): boolean {

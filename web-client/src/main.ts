@@ -3,15 +3,20 @@ export {};
 // The web client: sign in with a token (URL fragment or pasted; never a query string), open the
 // signaling WebSocket, offer to receive video (+ the control and input data channels), show the remote
 // screen with a stats overlay, explain every failure, and reconnect with backoff (not after a refused
-// token).
+// token). The agent ends a session when its token expires or is revoked; the page cannot make tokens, so
+// shortly before the expiry it asks for a new one, and a token pasted while connected continues the
+// session on the open connection (`token` -> `renewed`).
 
 // The control channel's cursor messages, defined once for the agent and this client (types only: the
 // bundle gets no agent code).
 import type { CursorMessage, CursorMode, CursorModeMessage } from "../../agent/protocol/control.js";
+import type { RenewedMessage, TokenMessage } from "../../agent/protocol/signaling.js";
 
 const PROTOCOL_VERSION = 1;
 const SUBPROTOCOL = "wl-webrtc.v1";
 const TOKEN_KEY = "wl-webrtc-token";
+/** How long before the token's expiry the page asks for a new one (the agent ends the session at expiry). */
+const EXPIRY_WARNING_S = 120;
 
 const CLOSE_MESSAGES: Record<number, string> = {
   1001: "The agent is shutting down.",
@@ -84,6 +89,8 @@ const wl = {
   cursorMode: undefined as CursorMode | undefined,
   /** The overlay as placed, in CSS pixels relative to the viewer (tests, console). */
   cursorOverlay: undefined as { left: number; top: number; width: number; height: number; serial: number } | undefined,
+  /** When the agent ends this session unless it gets a fresh token (seconds since the epoch). */
+  expiresAt: undefined as number | undefined,
   /** Milestones of the current connection (wall clock ms: performance.timeOrigin + now), for benches. */
   marks: {} as Record<string, number>,
 };
@@ -195,6 +202,8 @@ new ResizeObserver(placeCursor).observe(video);
 // ---- connection ----
 
 let current: Connection | undefined;
+/** A token pasted while connected, sent to renew the session; kept once the agent accepts it. */
+let pendingToken: string | undefined;
 let retryTimer: number | undefined;
 let backoffMs = 1000;
 
@@ -209,6 +218,13 @@ class Connection {
   #restarted = false;
   #prev: { t: number; frames: number; bytes: number; decodeTime: number; decoded: number } | undefined;
   #latency: number[] = [];
+  #welcomed = false;
+  /** The timeout until the expiry warning, then the interval that keeps its countdown current. */
+  #expiryTimer: number | undefined;
+  /** Set while the page is asking for a new token: the session's end (seconds since the epoch). */
+  #warningFor: number | undefined;
+  /** Why the last token pasted was not accepted (shown with the warning). */
+  #renewError: string | undefined;
 
   constructor(readonly token: string) {
     wl.state = "connecting";
@@ -229,7 +245,13 @@ class Connection {
       if (ev.code === 4401) {
         sessionStorage.removeItem(TOKEN_KEY);
         form.hidden = false;
-        this.fail("token", `${CLOSE_MESSAGES[4401]}: ${ev.reason.replace(/^unauthorized: /, "")}. Get a new token with \`wl-webrtc token\` and paste it here.`, false);
+        const why = ev.reason.replace(/^unauthorized: /, "");
+        // A live session ends with 4401 when its token expires or is revoked; this page cannot make a new
+        // token (it only has the one it was opened with), so the user brings one.
+        const what = this.#welcomed
+          ? `The session ended: its token ${why === "expired" ? "expired" : why === "revoked" ? "was revoked" : `was refused (${why})`}.`
+          : `${CLOSE_MESSAGES[4401]}: ${why}.`;
+        this.fail("token", `${what} Get a new token with \`wl-webrtc token\` and paste it here (or open the page again with #token=…).`, false);
         return;
       }
       if (!opened || ev.code === 1006) this.fail("unreachable", "The agent is unreachable (is it running, and is this the right address?).", true);
@@ -241,8 +263,52 @@ class Connection {
     if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
   }
 
+  /** Whether a fresh token can go on this connection (it is open and welcomed) instead of a new one. */
+  get canRenew(): boolean {
+    return this.#welcomed && !this.#closed && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  /** Presents a fresh token on the open connection; the agent answers `renewed` or an error. */
+  renew(token: string): void {
+    const msg: TokenMessage = { type: "token", token };
+    this.#send(msg);
+    this.#renewError = undefined;
+    setStatus("Checking the new token…", "info");
+  }
+
+  /** Asks for a new token a little before the session's end (the agent closes it then). */
+  #armExpiryWarning(expiresAt: number): void {
+    wl.expiresAt = expiresAt;
+    this.#clearExpiryWarning();
+    const warnInMs = Math.max(0, (expiresAt - EXPIRY_WARNING_S) * 1000 - Date.now());
+    this.#expiryTimer = window.setTimeout(() => {
+      if (this.#closed) return;
+      form.hidden = false;
+      this.#warningFor = expiresAt;
+      const show = (): void => {
+        if (!this.#closed && this.#warningFor !== undefined) setStatus(this.#expiryText(this.#warningFor), "error");
+      };
+      show();
+      this.#expiryTimer = window.setInterval(show, 1000);
+    }, warnInMs);
+  }
+
+  #clearExpiryWarning(): void {
+    // Timeouts and intervals share one id space: clearTimeout ends either.
+    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
+    this.#warningFor = undefined;
+    this.#renewError = undefined;
+  }
+
+  #expiryText(expiresAt: number): string {
+    const left = Math.max(0, Math.round(expiresAt - Date.now() / 1000));
+    const refused = this.#renewError !== undefined ? `The new token was not accepted (${this.#renewError}). ` : "";
+    return `${refused}The token expires in ${left} s and the session with it: paste a new token (\`wl-webrtc token\`) to continue, or reload the page with one.`;
+  }
+
   #onSignal(text: string): void {
-    let msg: { type?: string; role?: string; session?: string; message?: string; code?: string; sdp?: string; candidate?: RTCIceCandidateInit | null; ref?: string; iceServers?: RTCIceServer[] };
+    let msg: { type?: string; role?: string; session?: string; message?: string; code?: string; sdp?: string; candidate?: RTCIceCandidateInit | null; ref?: string; iceServers?: RTCIceServer[]; expiresAt?: number };
     try {
       msg = JSON.parse(text) as typeof msg;
     } catch {
@@ -251,7 +317,9 @@ class Connection {
     switch (msg.type) {
       case "welcome":
         mark("welcome");
+        this.#welcomed = true;
         wl.role = msg.role;
+        if (typeof msg.expiresAt === "number") this.#armExpiryWarning(msg.expiresAt);
         setStatus(`Connected as ${msg.role ?? "?"}; starting the stream…`, "info");
         void this.#startPeer(msg.role === "control", Array.isArray(msg.iceServers) ? msg.iceServers : []).catch((e: unknown) => this.fail("stream", `Could not start WebRTC in this browser: ${String(e)}`, true));
         break;
@@ -264,9 +332,23 @@ class Connection {
         if (this.#haveAnswer && this.pc) this.pc.addIceCandidate(msg.candidate).catch(() => undefined);
         else this.#pendingRemote.push(msg.candidate);
         break;
+      case "renewed": {
+        const r = msg as RenewedMessage;
+        if (pendingToken !== undefined) sessionStorage.setItem(TOKEN_KEY, pendingToken);
+        pendingToken = undefined;
+        form.hidden = true;
+        this.#armExpiryWarning(r.expiresAt);
+        setStatus(`Token renewed: the session continues until ${new Date(r.expiresAt * 1000).toLocaleTimeString()}.`, "ok");
+        break;
+      }
       case "error": {
         const m = msg.message ?? "unknown";
-        if (msg.ref === "offer" || msg.code === "unavailable") {
+        if (msg.ref === "token") {
+          pendingToken = undefined;
+          form.hidden = false;
+          this.#renewError = m;
+          setStatus(this.#warningFor !== undefined ? this.#expiryText(this.#warningFor) : `The new token was not accepted (${m}); the session goes on until its current token expires.`, "error");
+        } else if (msg.ref === "offer" || msg.code === "unavailable") {
           if (/refused|cancel/i.test(m)) this.fail("refused", `Screen sharing was refused on the host (${m}). Someone at the host must allow it.`, true);
           else this.fail("stream", `The agent cannot stream: ${m}`, true);
         } else setStatus(`Agent error: ${m}`, "error");
@@ -352,7 +434,9 @@ class Connection {
       backoffMs = 1000;
       this.#restarted = false;
       if (this.#iceTimer !== undefined) clearTimeout(this.#iceTimer);
-      setStatus(`Streaming (${wl.role ?? "?"}).`, "ok");
+      // The expiry warning, when it is up, stays: it asks the user for something.
+      if (this.#warningFor !== undefined) setStatus(this.#expiryText(this.#warningFor), "error");
+      else setStatus(`Streaming (${wl.role ?? "?"}).`, "ok");
     } else if (s === "disconnected") {
       setStatus("Connection interrupted; waiting for it to come back…", "info");
       this.#iceTimer = window.setTimeout(() => this.#onIceFailed(), 5000);
@@ -484,6 +568,8 @@ class Connection {
     this.#closed = true;
     for (const t of this.#timers) clearInterval(t);
     if (this.#iceTimer !== undefined) clearTimeout(this.#iceTimer);
+    this.#clearExpiryWarning();
+    wl.expiresAt = undefined;
     try {
       if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "bye", reason: "client closed" }));
       this.ws.close(1000);
@@ -522,8 +608,14 @@ form.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const t = input.value.trim();
   if (t === "") return;
-  sessionStorage.setItem(TOKEN_KEY, t);
   input.value = "";
+  if (current?.canRenew) {
+    // Connected: continue this session with the new token instead of starting over.
+    pendingToken = t;
+    current.renew(t);
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, t);
   form.hidden = true;
   backoffMs = 1000;
   start(t);
