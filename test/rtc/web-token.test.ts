@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Page } from "playwright-core";
-import { NetLink, NsBrowser } from "../helpers/netns.js";
+import { TestBrowser } from "../helpers/browser.js";
 import { until } from "../helpers/wait.js";
 import { startRtcAgent } from "./fixture.js";
 
@@ -9,8 +9,8 @@ import { startRtcAgent } from "./fixture.js";
  * The web client and a session's token: the page cannot make tokens, so before the expiry it asks for a
  * new one; one pasted while connected continues the session (signaling `token` -> `renewed`) and the
  * stream goes on past the first token's expiry; without one, the agent ends the session at the expiry
- * and the page says why. Chromium runs in a network namespace of the test's own (test/helpers/netns.ts),
- * the agent on the link's host address: no packet leaves the two ends of that link.
+ * and the page says why. Chromium runs in a network namespace of its own (TestBrowser), the agent on
+ * its link: no packet leaves the two ends of that link.
  */
 
 interface WlState {
@@ -35,14 +35,13 @@ const framesDecoded = (page: Page): Promise<number> =>
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 test("web client: it asks for a new token before the expiry, a pasted one continues the stream, and without one it says the session ended", async () => {
-  const link = await NetLink.create();
-  const fx = await startRtcAgent({ server: { host: link.hostAddr }, auth: { clock_tolerance_s: 0 } });
-  let nsb: NsBrowser | undefined;
+  const nsb = await TestBrowser.launch();
+  const fx = await startRtcAgent({ ...nsb.agentOverrides(), auth: { clock_tolerance_s: 0 } });
   try {
-    nsb = await NsBrowser.launch(link);
     const port = new URL(fx.httpUrl).port;
+    const link = nsb.link;
     const openPage = async (token: string): Promise<Page> => {
-      const p = await nsb!.context.newPage();
+      const p = await nsb.context.newPage();
       await p.goto(`http://${link.hostAddr}:${port}/#token=${token}`);
       await until("streaming", async () => (await wl(p)).state === "streaming" && (await framesDecoded(p)) > 5, 20_000);
       return p;
@@ -80,8 +79,7 @@ test("web client: it asks for a new token before the expiry, a pasted one contin
     await until("viewer released", async () => fx.agent.rtc!.viewerCount === 0, 5_000);
     await page2.close();
   } finally {
-    await nsb?.close();
+    await nsb.close();
     await fx.close();
-    await link.close();
   }
 });
