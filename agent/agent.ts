@@ -91,7 +91,8 @@ export class Agent {
   async #openDesktop(): Promise<void> {
     this.#desktop = await openSharedDesktop(this.config.desktop, this.#env, this.log);
     const headless = this.#desktop?.headless;
-    if (headless) this.#metricsServer?.addReadinessCheck("desktop", () => ({ ok: !headless.closed, detail: "the headless desktop is closed" }));
+    // Not ready while a part is down: restarting (it will be back) or given up (it will not).
+    if (headless) this.#metricsServer?.addReadinessCheck("desktop", () => ({ ok: headless.status.state === "running", detail: headless.status.reason }));
   }
 
   /** The shared desktop (undefined with desktop.mode = "none"). */

@@ -1,6 +1,6 @@
 import type { Config } from "../config/schema.js";
 import type { Logger } from "../log/logger.js";
-import type { SharedDesktop } from "../desktop/index.js";
+import type { DesktopStatus, SharedDesktop } from "../desktop/index.js";
 import { DesktopCapture } from "../capture/desktop-capture.js";
 import { TypedEmitter } from "../util/events.js";
 import { InvalidStateError, WlError, errorMessage } from "../util/errors.js";
@@ -8,6 +8,14 @@ import { VideoEncoder } from "./encoder.js";
 import { chooseDmabufCapture, probeEncoders } from "./probe.js";
 import type { EncodeMetrics } from "./metrics.js";
 import type { CursorMode, EncodedSourceEvents, EncodedVideoSource, H264Format, KeyframeReason, RungOptions } from "./types.js";
+
+/** How long an open waits for a restarting headless desktop (a restart takes ~0.5 s, more after backoff). */
+const DESKTOP_WAIT_MS = 15_000;
+/**
+ * A capture that ends on our own desktop waits this long for the desktop to name the part that died
+ * (the capture often notices first): the viewers then learn the cause, not only its effect.
+ */
+const CAUSE_WAIT_MS = 500;
 
 export interface DesktopVideoSourceOptions {
   config: Config;
@@ -28,12 +36,18 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
   #shapeSerial = -1;
   readonly #config: Config;
   readonly #rungs = new Set<VideoEncoder>();
+  readonly #desktop: SharedDesktop | undefined;
+  readonly #onDesktopState = (s: DesktopStatus): void => {
+    if (s.state !== "running" && s.captureLost) this.#fail(new WlError("desktop-down", s.reason));
+  };
+  #failed = false;
   #closing: Promise<void> | undefined;
   #closed = false;
 
-  private constructor(capture: DesktopCapture, encoder: VideoEncoder, log: Logger, config: Config) {
+  private constructor(capture: DesktopCapture, encoder: VideoEncoder, log: Logger, config: Config, desktop?: SharedDesktop) {
     super();
     this.capture = capture;
+    this.#desktop = desktop;
     this.encoder = encoder;
     this.#log = log;
     this.#config = config;
@@ -64,14 +78,40 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
         shapeSerial: this.#shapeSerial, ...(shape ? { shape } : {}),
       });
     });
-    capture.on("ended", (e) => {
-      this.safeEmit("error", new WlError("capture-ended", `screen capture ended (${e.reason}): ${e.message}`));
-      void this.close();
-    });
+    capture.on("ended", (e) => void this.#captureEnded(new WlError("capture-ended", `screen capture ended (${e.reason}): ${e.message}`)));
+    // On our own desktop, a part that dies ends the picture at once, with the part's name as the reason.
+    desktop?.headless?.on("state", this.#onDesktopState);
+  }
+
+  async #captureEnded(err: WlError): Promise<void> {
+    const headless = this.#desktop?.headless;
+    if (headless && headless.status.state === "running") {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(t);
+          headless.off("state", done);
+          resolve();
+        };
+        const t = setTimeout(done, CAUSE_WAIT_MS);
+        headless.on("state", done);
+      });
+    }
+    this.#fail(err); // a no-op when the desktop's reason came first
+  }
+
+  /** Ends the source from outside: one `error` with the reason, then close. */
+  #fail(err: WlError): void {
+    if (this.#failed || this.#closing) return;
+    this.#failed = true;
+    this.#log.warn({ err: err.message }, "video source ended");
+    this.safeEmit("error", err);
+    void this.close();
   }
 
   static async open(opts: DesktopVideoSourceOptions): Promise<DesktopVideoSource> {
     const { config, desktop, log } = opts;
+    // A restarting desktop is waited for; one that is down says why (and the viewer hears it).
+    await desktop.headless?.whenRunning(DESKTOP_WAIT_MS);
     // Zero-copy capture only when the encoder that will run is VA-API on a render node.
     const dmabuf = chooseDmabufCapture(probeEncoders(config.encode.backends), config.encode.backends);
     log.info({ dmabufDevice: dmabuf.device, reason: dmabuf.reason }, "capture buffers");
@@ -83,8 +123,12 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
       await capture.close();
       throw err;
     }
-    const source = new DesktopVideoSource(capture, encoder, log, config);
-    if (desktop.headless) void source.#nudge(desktop);
+    const source = new DesktopVideoSource(capture, encoder, log, config, desktop);
+    if (desktop.headless) {
+      // A part that died while this source was opening.
+      source.#onDesktopState(desktop.headless.status);
+      void source.#nudge(desktop);
+    }
     return source;
   }
 
@@ -152,6 +196,7 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
 
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      this.#desktop?.headless?.off("state", this.#onDesktopState);
       for (const r of [...this.#rungs]) r.close();
       this.encoder.close();
       await this.capture.close();
