@@ -41,6 +41,8 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
     if (s.state !== "running" && s.captureLost) this.#fail(new WlError("desktop-down", s.reason));
   };
   #failed = false;
+  #pendingEnd: { err: WlError; priority: number } | undefined;
+  #endTimer: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
   #closed = false;
 
@@ -54,7 +56,8 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
     encoder.on("frame", (f) => this.safeEmit("frame", f));
     encoder.on("format", (f) => this.safeEmit("format", f));
     encoder.on("error", (e) => this.safeEmit("error", e));
-    encoder.on("close", () => void this.close());
+    // The encoder stops by itself when its capture stream ends: that is the capture ending.
+    encoder.on("close", () => this.#endedOutside(new WlError("encoder-closed", "the video encoder stopped"), 0));
     capture.on("cursor", (c) => {
       if (this.#closed || this.capture.stream.closed) return;
       const fmt = this.capture.stream.format;
@@ -78,29 +81,27 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
         shapeSerial: this.#shapeSerial, ...(shape ? { shape } : {}),
       });
     });
-    capture.on("ended", (e) => void this.#captureEnded(new WlError("capture-ended", `screen capture ended (${e.reason}): ${e.message}`)));
+    capture.on("ended", (e) => this.#endedOutside(new WlError("capture-ended", `screen capture ended (${e.reason}): ${e.message}`), 1));
     // On our own desktop, a part that dies ends the picture at once, with the part's name as the reason.
     desktop?.headless?.on("state", this.#onDesktopState);
   }
 
-  async #captureEnded(err: WlError): Promise<void> {
-    const headless = this.#desktop?.headless;
-    if (headless && headless.status.state === "running") {
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          clearTimeout(t);
-          headless.off("state", done);
-          resolve();
-        };
-        const t = setTimeout(done, CAUSE_WAIT_MS);
-        headless.on("state", done);
-      });
-    }
-    this.#fail(err); // a no-op when the desktop's reason came first
+  /**
+   * The capture or the encoder ended by itself. On our own desktop that is usually a part that died,
+   * which the desktop names a little later: wait for it (#onDesktopState fails at once with it), else
+   * end with the most telling of the effects seen (priority: the capture's over the encoder's).
+   */
+  #endedOutside(err: WlError, priority: number): void {
+    if (this.#failed || this.#closing) return;
+    if (!this.#pendingEnd || priority > this.#pendingEnd.priority) this.#pendingEnd = { err, priority };
+    if (this.#endTimer) return;
+    const waitForCause = this.#desktop?.headless?.status.state === "running";
+    this.#endTimer = setTimeout(() => this.#fail(this.#pendingEnd!.err), waitForCause ? CAUSE_WAIT_MS : 0);
   }
 
   /** Ends the source from outside: one `error` with the reason, then close. */
   #fail(err: WlError): void {
+    clearTimeout(this.#endTimer);
     if (this.#failed || this.#closing) return;
     this.#failed = true;
     this.#log.warn({ err: err.message }, "video source ended");
@@ -196,6 +197,7 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
 
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      clearTimeout(this.#endTimer);
       this.#desktop?.headless?.off("state", this.#onDesktopState);
       for (const r of [...this.#rungs]) r.close();
       this.encoder.close();
