@@ -85,6 +85,14 @@ export class Agent {
     }
     if (openSource)
       this.#rtc = await RtcStage.open({ config: config.rtc, signaling, openSource, metrics: this.metrics, log: log.child({ stage: "rtc" }), env: this.#env });
+    // The user's session is not ours to restart: readiness says why its video failed, until it works again.
+    const rtc = this.#rtc;
+    if (rtc && desktop?.kind === "session") {
+      this.#metricsServer?.addReadinessCheck("video", () => ({
+        ok: rtc.videoDown === undefined,
+        detail: `${rtc.videoDown}; this is the user's session, which the agent does not restart (the next viewer tries again)`,
+      }));
+    }
   }
 
   /** Finds the desktop to share: the user's Wayland session, or (by config, or when none is found) our own. */

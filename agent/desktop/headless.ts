@@ -109,6 +109,15 @@ const DEPENDENTS: Record<PartName, readonly PartName[]> = {
 const CAST_PARTS: ReadonlySet<PartName> = new Set(["dbus", "pipewire", "sway", "xdpw", "portal"]);
 /** Time for a cascade of deaths to show before a restart (sway's xdpw follows within a few ms). */
 const SETTLE_MS = 150;
+/** Time for a cascade to show before the state (and its reason) is announced; shorter: viewers wait for it. */
+const ANNOUNCE_MS = 40;
+
+/** The dead part that none of the other dead ones brought down: the cause to report. */
+function rootCause(dead: ReadonlyMap<PartName, string>): string {
+  const names = [...dead.keys()];
+  const root = PART_ORDER.find((n) => dead.has(n) && !names.some((o) => o !== n && DEPENDENTS[o].includes(n))) ?? names[0]!;
+  return dead.get(root)!;
+}
 const LOG_MAX_BYTES = 1 << 20;
 const STOP_GRACE_MS = 3000;
 const POLL_MS = 40;
@@ -189,6 +198,7 @@ export class HeadlessDesktop extends TypedEmitter<HeadlessDesktopEvents> {
   /** When each restart within the window began (performance.now()). */
   readonly #restarts: number[] = [];
   #supervising: Promise<void> | undefined;
+  #announce: NodeJS.Timeout | undefined;
   readonly #wakers = new Set<() => void>();
   readonly #clients = new Set<Part>();
   readonly #log: Logger;
@@ -543,10 +553,17 @@ export class HeadlessDesktop extends TypedEmitter<HeadlessDesktopEvents> {
     if (this.#status.state === "failed") return;
     const why = `${name} exited (${signal ? `killed by ${signal}` : `code ${code}`})`;
     if (!this.#dead.has(name)) this.#dead.set(name, why);
-    const captureLost = CAST_PARTS.has(name) || this.#status.captureLost;
-    if (this.#status.state === "running" || captureLost !== this.#status.captureLost) {
-      const reason = this.#status.state === "running" ? `the headless desktop's ${why}; the agent is restarting it` : this.#status.reason;
-      this.#setStatus({ state: "restarting", reason, captureLost });
+    if (this.#status.state === "running") {
+      // The parts that die with it exit within a few ms, sometimes before it (a dead bus: xdpw first):
+      // wait that long, then name the one the others depend on.
+      this.#announce ??= setTimeout(() => {
+        this.#announce = undefined;
+        if (this.#closing || this.#status.state !== "running") return;
+        const captureLost = [...this.#dead.keys()].some((p) => CAST_PARTS.has(p));
+        this.#setStatus({ state: "restarting", reason: `the headless desktop's ${rootCause(this.#dead)}; the agent is restarting it`, captureLost });
+      }, ANNOUNCE_MS);
+    } else if (CAST_PARTS.has(name) && !this.#status.captureLost) {
+      this.#setStatus({ ...this.#status, captureLost: true });
     }
     this.#supervising ??= this.#supervise().finally(() => (this.#supervising = undefined));
   }
@@ -723,6 +740,7 @@ export class HeadlessDesktop extends TypedEmitter<HeadlessDesktopEvents> {
   async #doClose(): Promise<void> {
     const t0 = performance.now();
     // A restart under way stops at its next step; then the parts it started are in #parts.
+    clearTimeout(this.#announce);
     for (const wake of [...this.#wakers]) wake();
     await this.#supervising;
     await Promise.all([...this.#clients].map((c) => c.stop(STOP_GRACE_MS)));

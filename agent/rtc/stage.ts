@@ -330,6 +330,15 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   #backend = "";
   /** The open source's last error: what its viewers are told when it closes. */
   #sourceEndReason: string | undefined;
+  #videoDown: string | undefined;
+
+  /**
+   * Why the last video source ended from outside or could not open, until one opens again (readiness
+   * on a desktop the agent cannot restart: the user's session).
+   */
+  get videoDown(): string | undefined {
+    return this.#videoDown;
+  }
 
   async #acquireSource(): Promise<EncodedVideoSource> {
     if (this.#source && !this.#source.closed) return this.#source;
@@ -338,6 +347,9 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
         const src = await this.#o.openSource();
         this.#wireSource(src);
         return src;
+      } catch (err) {
+        this.#videoDown = errorMessage(err);
+        throw err;
       } finally {
         this.#sourceOpening = undefined;
       }
@@ -359,12 +371,14 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       this.#backend = fmt.backend;
     });
     this.#sourceEndReason = undefined;
+    this.#videoDown = undefined;
     src.on("error", (err) => {
       this.#sourceEndReason = errorMessage(err);
       this.#o.log.warn({ err: errorMessage(err) }, "video source error");
     });
     src.once("close", () => {
       if (this.#source !== src) return;
+      if (this.#sourceEndReason !== undefined) this.#videoDown = this.#sourceEndReason;
       void this.#closeLow("the source closed");
       this.#source = undefined;
       this.#gate?.close();

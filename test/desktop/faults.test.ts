@@ -1,9 +1,16 @@
 import { test, before, after, describe } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseConfig } from "../../agent/config/load.js";
+import { DesktopCapture } from "../../agent/capture/desktop-capture.js";
 import type { Page } from "playwright-core";
 import { TestBrowser } from "../helpers/browser.js";
-import { startTestAgent, type TestAgent } from "../helpers/agent.js";
+import { startTestAgent, testConfig, type TestAgent } from "../helpers/agent.js";
+import { Agent } from "../../agent/agent.js";
+import { HeadlessDesktop as Desktop } from "../../agent/desktop/index.js";
+import { silentLogger } from "../../agent/log/logger.js";
 import { hello } from "../helpers/ws-client.js";
 import { isAlive, processesWithEnv } from "../../agent/desktop/procs.js";
 import type { HeadlessDesktop } from "../../agent/desktop/index.js";
@@ -79,7 +86,7 @@ async function streaming(page: Page, timeoutMs: number): Promise<void> {
     await until("a decoded frame", async () => ((await page.evaluate(() => window.wl.state)) === "streaming" && (await framesDecoded(page)) > 0) || undefined, timeoutMs, 100);
   } catch (err) {
     const seen = await page.evaluate(() => ({ state: window.wl.state, log: window.__statusLog }));
-    throw new Error(`${(err as Error).message}; page: ${JSON.stringify(seen)}`);
+    throw new Error(`${(err as Error).message}; page: ${JSON.stringify(seen)}`, { cause: err });
   }
 }
 
@@ -172,7 +179,7 @@ describe("a killed part of the headless desktop comes back; the viewer hears why
         REASON_MS + 3000,
       ).catch(async (err: Error) => {
         await poll.stop();
-        throw new Error(`${err.message}; the page showed ${JSON.stringify((await page.evaluate(() => window.__statusLog)).filter((s) => s.t >= killedAt))}`);
+        throw new Error(`${err.message}; the page showed ${JSON.stringify((await page.evaluate(() => window.__statusLog)).filter((s) => s.t >= killedAt))}`, { cause: err });
       });
       const reasonMs = why.t - killedAt;
       // The same page reconnects by itself (the web client's backoff): a new viewer session, a new peer.
@@ -256,4 +263,111 @@ test("a part that keeps dying: the desktop gives up, /readyz and every viewer sa
     await page?.close();
     await t.close();
   }
+});
+
+test("the user's session (not ours to restart): its PipeWire killed, the viewer and /readyz say why at once", { timeout: 120_000 }, async () => {
+  // A desktop the agent does not own, found the way a user's session is: through the environment.
+  const session = await Desktop.start({ width: 1280, height: 720, refreshHz: 30 });
+  const { config, cleanup } = testConfig({ desktop: { mode: "session" }, metrics: { enabled: true } });
+  let agent: Agent | undefined;
+  let page: Page | undefined;
+  try {
+    await animate(session);
+    agent = await Agent.start({ config, log: silentLogger(), env: { ...session.env } });
+    assert.equal(agent.desktop?.kind, "session");
+    const t: TestAgent = { agent, config, httpUrl: agent.signaling.url, wsUrl: `${agent.signaling.url.replace(/^http/, "ws")}/signal`, close: async () => undefined };
+    const metrics = agent.metricsServer!.url;
+    page = await openViewer(t, "session");
+    await streaming(page, 20_000);
+    assert.equal((await fetch(`${metrics}/readyz`)).status, 200);
+    const killedAt = Date.now();
+    process.kill(session.pids.get("pipewire")!, "SIGKILL");
+    const why = await until(
+      "the viewer's page to show why",
+      async () => (await page!.evaluate(() => window.__statusLog)).find((s) => s.t >= killedAt && /video stopped: .*PipeWire/.test(s.text)),
+      REASON_MS + 3000,
+    );
+    const r = await fetch(`${metrics}/readyz`);
+    const body = await r.text();
+    console.log(`# session: reason shown after ${why.t - killedAt} ms ("${why.text}"); /readyz ${r.status}: ${body.trim()}`);
+    assert.ok(why.t - killedAt <= REASON_MS, `the viewer heard why after ${why.t - killedAt} ms`);
+    assert.equal(r.status, 503);
+    assert.match(body, /video: screen capture ended \(pipewire\).*the agent does not restart/);
+  } finally {
+    await page?.close();
+    await agent?.close();
+    await session.close();
+    cleanup();
+  }
+});
+
+describe("HeadlessDesktop with a restart policy", { timeout: 120_000 }, () => {
+  let d: Desktop;
+  let term: { pid: number; exited: boolean } | undefined;
+  const stateDir = mkdtempSync(join(tmpdir(), "wl-faults-state-"));
+  const capture = parseConfig({}, "(test)").capture;
+  const DEPENDS: Record<string, string[]> = { dbus: ["pipewire", "wireplumber", "sway", "xdpw", "portal"], pipewire: ["wireplumber", "xdpw"], sway: ["xdpw"], wireplumber: [], xdpw: [], portal: [] };
+
+  before(async () => {
+    d = await Desktop.start({ width: 640, height: 480, refreshHz: 30, restart: { maxRestarts: 10, windowMs: 60_000, backoffMs: 50 } });
+  });
+  after(async () => {
+    await d?.close();
+    rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  /** A portal screen cast on the desktop as it is now delivers frames. */
+  async function castDelivers(): Promise<number> {
+    const c = await DesktopCapture.open({ capture, stateDir, busAddress: d.env.DBUS_SESSION_BUS_ADDRESS, log: silentLogger() });
+    try {
+      let frames = 0;
+      c.on("frame", () => frames++);
+      return await until("a captured frame", () => (frames > 0 ? frames : undefined), 5000);
+    } finally {
+      await c.close();
+    }
+  }
+
+  for (const victim of ["wireplumber", "portal", "dbus", "pipewire", "xdpw", "sway"]) {
+    test(`${victim} killed: it and what depends on it restart, the rest keeps running, a new cast streams`, async () => {
+      if (!term || term.exited) term = await animate(d);
+      await castDelivers();
+      const before = new Map(d.pids);
+      const procs = desktopProcesses(d).length;
+      const states: string[] = [];
+      const onState = (s: { state: string }): void => void states.push(s.state);
+      d.on("state", onState);
+      const t0 = Date.now();
+      process.kill(before.get(victim)!, "SIGKILL");
+      await until("the restart to begin", () => (d.status.state !== "running" ? true : undefined), 3000, 10);
+      assert.match(d.status.reason, new RegExp(`${victim} exited \\(killed by SIGKILL\\)`));
+      await d.whenRunning(15_000);
+      const ms = Date.now() - t0;
+      d.off("state", onState);
+      assert.deepEqual(states, ["restarting", "running"]);
+      for (const [part, pid] of before) {
+        const restarted = part === victim || DEPENDS[victim]!.includes(part);
+        if (restarted) {
+          assert.notEqual(d.pids.get(part), pid, `${part} was restarted`);
+          assert.equal(isAlive(pid), false, `the old ${part} (${pid}) is gone`);
+        } else assert.equal(d.pids.get(part), pid, `${part} kept running`);
+        assert.ok(isAlive(d.pids.get(part)!), `${part} runs`);
+      }
+      if (term.exited) term = await animate(d);
+      const frames = await castDelivers();
+      await until("the desktop's process count to settle", () => (desktopProcesses(d).length === procs ? true : undefined), 5000).catch(() => undefined);
+      console.log(`# restart policy: ${victim} back in ${ms} ms (${frames} frame(s) in a new cast); processes ${procs} -> ${desktopProcesses(d).length}`);
+      assert.equal(desktopProcesses(d).length, procs, "as many desktop processes as before");
+    });
+  }
+
+  test("close() during a restart stops everything and removes the runtime dir", async () => {
+    const run = d.env.XDG_RUNTIME_DIR!;
+    process.kill(d.pids.get("sway")!, "SIGKILL");
+    await until("the restart to begin", () => (d.status.state === "restarting" ? true : undefined), 3000, 10);
+    await d.close();
+    assert.equal(d.status.state, "closed");
+    assert.deepEqual(processesWithEnv("XDG_RUNTIME_DIR", run).filter(isAlive), []);
+    assert.equal(existsSync(d.rootDir), false);
+  });
 });
