@@ -111,6 +111,8 @@ const CAST_PARTS: ReadonlySet<PartName> = new Set(["dbus", "pipewire", "sway", "
 const SETTLE_MS = 150;
 /** Time for a cascade to show before the state (and its reason) is announced; shorter: viewers wait for it. */
 const ANNOUNCE_MS = 40;
+/** ...and at most this long for the exit of a part /proc already shows dead (a busy event loop). */
+const ANNOUNCE_MAX_MS = 500;
 
 /** The dead part that none of the other dead ones brought down: the cause to report. */
 function rootCause(dead: ReadonlyMap<PartName, string>): string {
@@ -555,16 +557,26 @@ export class HeadlessDesktop extends TypedEmitter<HeadlessDesktopEvents> {
     if (!this.#dead.has(name)) this.#dead.set(name, why);
     if (this.#status.state === "running") {
       // The parts that die with it exit within a few ms, sometimes before it (a dead bus: xdpw first):
-      // wait that long, then name the one the others depend on.
-      this.#announce ??= setTimeout(() => {
+      // wait that long, and for the exit of any part already dead in /proc, then name the one the
+      // others depend on.
+      const firstAt = performance.now();
+      const announce = (): void => {
         this.#announce = undefined;
         if (this.#closing || this.#status.state !== "running") return;
+        const unreported = [...this.#parts].some(([n, p]) => !this.#dead.has(n) && !isAlive(p.pid));
+        if (unreported && performance.now() - firstAt < ANNOUNCE_MAX_MS) {
+          this.#announce = setTimeout(announce, 10);
+          return;
+        }
         const captureLost = [...this.#dead.keys()].some((p) => CAST_PARTS.has(p));
         this.#setStatus({ state: "restarting", reason: `the headless desktop's ${rootCause(this.#dead)}; the agent is restarting it`, captureLost });
-      }, ANNOUNCE_MS);
-    } else if (CAST_PARTS.has(name) && !this.#status.captureLost) {
-      this.#setStatus({ ...this.#status, captureLost: true });
+        this.#supervising ??= this.#supervise().finally(() => (this.#supervising = undefined));
+      };
+      this.#announce ??= setTimeout(announce, ANNOUNCE_MS);
+      return;
     }
+    // A death during a restart: the loop running now picks it up (or a new one starts).
+    if (CAST_PARTS.has(name) && !this.#status.captureLost) this.#setStatus({ ...this.#status, captureLost: true });
     this.#supervising ??= this.#supervise().finally(() => (this.#supervising = undefined));
   }
 
@@ -702,10 +714,13 @@ export class HeadlessDesktop extends TypedEmitter<HeadlessDesktopEvents> {
   /**
    * Starts a Wayland client (foot, chromium, ...) inside the desktop. It gets the desktop's environment,
    * its output goes to log/client-<name>-<n>.log, it dies with the agent, and close() stops it (and
-   * anything in its process group) first.
+   * anything in its process group) first. Waits for a restart under way (the compositor may be new);
+   * rejects with a `desktop-down` WlError when the desktop gave up.
    */
   async spawnClient(cmd: string, args: string[], opts: SpawnClientOptions = {}): Promise<ChildProcess> {
     this.#assertOpen();
+    // During a restart the compositor's socket is not known yet: a client started now would find none.
+    await this.whenRunning(this.#readyTimeoutMs);
     const env = this.#childEnv(opts.env);
     const exe = which(cmd, env.PATH);
     if (!exe) throw new UnsupportedError(`${cmd} not found on PATH`);

@@ -230,6 +230,7 @@ test("a part that keeps dying: the desktop gives up, /readyz and every viewer sa
       const pid = d.pids.get("sway")!;
       process.kill(pid, "SIGKILL");
       await until(`sway ${pid} gone`, () => (isAlive(pid) ? undefined : true), 5000);
+      await until("the desktop to notice", () => (d.status.state !== "running" ? true : undefined), 5000, 10);
     }
     const killedAt = Date.now();
     await until("the desktop to give up", () => (d.status.state === "failed" ? true : undefined), 15_000);
