@@ -120,6 +120,7 @@ function rootCause(dead: ReadonlyMap<PartName, string>): string {
   const root = PART_ORDER.find((n) => dead.has(n) && !names.some((o) => o !== n && DEPENDENTS[o].includes(n))) ?? names[0]!;
   return dead.get(root)!;
 }
+
 const LOG_MAX_BYTES = 1 << 20;
 const STOP_GRACE_MS = 3000;
 const POLL_MS = 40;
@@ -165,8 +166,9 @@ function onProcessExit(): void {
  * Facts this module relies on (Debian 12, measured Nov 2026 on 2 vCPU, root, no GPU):
  * - Bring-up takes ~250-420 ms in all (ready at: bus ~6 ms, pipewire ~50, wireplumber ~110, sway ~160,
  *   xdpw ~200, portal ~250); close() ~40-90 ms.
- * - sway picks $XDG_RUNTIME_DIR/sway-ipc.<uid>.<pid>.sock unless given a SWAYSOCK that does not exist yet (then it takes that), and takes
- *   wayland-1 in a fresh runtime dir.
+ * - sway uses $XDG_RUNTIME_DIR/sway-ipc.<uid>.<pid>.sock, unless given a SWAYSOCK that does not exist yet
+ *   (then it takes that one: a restarted sway must not get its predecessor's); it takes wayland-1 in a fresh
+ *   runtime dir, and again after a killed one once its socket and lock file are removed.
  * - dbus-daemon 1.14 double-forks bus-activated services (their parent is pid 1 at once), so a pdeathsig
  *   wrapper in a service file would kill them immediately; they exit when the bus goes away instead.
  * - xdg-desktop-portal 1.16 activates xdg-document-portal at startup (a FUSE mount on run/doc); we
@@ -298,8 +300,9 @@ export class HeadlessDesktop extends TypedEmitter<HeadlessDesktopEvents> {
    * closed, or it is still restarting after `timeoutMs`.
    */
   async whenRunning(timeoutMs: number): Promise<void> {
-    if (this.#status.state === "running") return;
-    if (this.#status.state === "restarting") {
+    // A death not announced yet (the cascade settles for a few ms) counts as restarting.
+    if (this.#status.state === "running" && this.#announce === undefined) return;
+    if (this.#status.state === "restarting" || this.#status.state === "running") {
       await new Promise<void>((resolve) => {
         const done = (): void => {
           clearTimeout(timer);
@@ -754,6 +757,7 @@ export class HeadlessDesktop extends TypedEmitter<HeadlessDesktopEvents> {
 
   async #doClose(): Promise<void> {
     const t0 = performance.now();
+    this.#setStatus({ state: "closed", reason: "the headless desktop is closed", captureLost: true });
     // A restart under way stops at its next step; then the parts it started are in #parts.
     clearTimeout(this.#announce);
     for (const wake of [...this.#wakers]) wake();
@@ -773,7 +777,6 @@ export class HeadlessDesktop extends TypedEmitter<HeadlessDesktopEvents> {
     live.delete(this);
     if (live.size === 0) process.off("exit", onProcessExit);
     this.#closed = true;
-    this.#status = { state: "closed", reason: "the headless desktop is closed", captureLost: true };
     this.#log.info({ ms: Math.round(performance.now() - t0) }, "headless desktop closed");
     this.safeEmit("close");
   }

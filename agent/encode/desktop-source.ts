@@ -40,6 +40,7 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
   readonly #onDesktopState = (s: DesktopStatus): void => {
     if (s.state !== "running" && s.captureLost) this.#fail(new WlError("desktop-down", s.reason));
   };
+  /** Ended: by #fail (from outside) or by close(); nothing ends it twice. */
   #failed = false;
   #pendingEnd: { err: WlError; priority: number } | undefined;
   #endTimer: NodeJS.Timeout | undefined;
@@ -196,8 +197,10 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
   }
 
   close(): Promise<void> {
+    // Before the encoder closes: its `close` event must not count as an end from outside.
+    this.#failed = true;
+    clearTimeout(this.#endTimer);
     this.#closing ??= (async () => {
-      clearTimeout(this.#endTimer);
       this.#desktop?.headless?.off("state", this.#onDesktopState);
       for (const r of [...this.#rungs]) r.close();
       this.encoder.close();

@@ -323,7 +323,7 @@ describe("HeadlessDesktop with a restart policy", { timeout: 120_000 }, () => {
     try {
       let frames = 0;
       c.on("frame", () => frames++);
-      return await until("a captured frame", () => (frames > 0 ? frames : undefined), 5000);
+      return await until("a captured frame", () => (frames > 0 ? frames : undefined), 10_000);
     } finally {
       await c.close();
     }
