@@ -310,7 +310,7 @@ describe("HeadlessDesktop with a restart policy", { timeout: 120_000 }, () => {
   const DEPENDS: Record<string, string[]> = { dbus: ["pipewire", "wireplumber", "sway", "xdpw", "portal"], pipewire: ["wireplumber", "xdpw"], sway: ["xdpw"], wireplumber: [], xdpw: [], portal: [] };
 
   before(async () => {
-    d = await Desktop.start({ width: 640, height: 480, refreshHz: 30, restart: { maxRestarts: 10, windowMs: 60_000, backoffMs: 50 } });
+    d = await Desktop.start({ width: 640, height: 480, refreshHz: 30, restart: { maxRestarts: 10, windowMs: 60_000, backoffMs: 0 } }); // no backoff: the figures are the restarts themselves
   });
   after(async () => {
     await d?.close();
