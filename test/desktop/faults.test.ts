@@ -305,16 +305,17 @@ test("the user's session (not ours to restart): its PipeWire killed, the viewer 
 describe("HeadlessDesktop with a restart policy", { timeout: 120_000 }, () => {
   let d: Desktop;
   let term: { pid: number; exited: boolean } | undefined;
-  const stateDir = mkdtempSync(join(tmpdir(), "wl-faults-state-"));
+  let stateDir: string;
   const capture = parseConfig({}, "(test)").capture;
   const DEPENDS: Record<string, string[]> = { dbus: ["pipewire", "wireplumber", "sway", "xdpw", "portal"], pipewire: ["wireplumber", "xdpw"], sway: ["xdpw"], wireplumber: [], xdpw: [], portal: [] };
 
   before(async () => {
+    stateDir = mkdtempSync(join(tmpdir(), "wl-faults-state-"));
     d = await Desktop.start({ width: 640, height: 480, refreshHz: 30, restart: { maxRestarts: 10, windowMs: 60_000, backoffMs: 0 } }); // no backoff: the figures are the restarts themselves
   });
   after(async () => {
     await d?.close();
-    rmSync(stateDir, { recursive: true, force: true });
+    if (stateDir) rmSync(stateDir, { recursive: true, force: true });
   });
 
   /** A portal screen cast on the desktop as it is now delivers frames. */
