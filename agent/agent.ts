@@ -85,13 +85,22 @@ export class Agent {
     }
     if (openSource)
       this.#rtc = await RtcStage.open({ config: config.rtc, signaling, openSource, metrics: this.metrics, log: log.child({ stage: "rtc" }), env: this.#env });
+    // The user's session is not ours to restart: readiness says why its video failed, until it works again.
+    const rtc = this.#rtc;
+    if (rtc && desktop?.kind === "session") {
+      this.#metricsServer?.addReadinessCheck("video", () => ({
+        ok: rtc.videoDown === undefined,
+        detail: `${rtc.videoDown}; this is the user's session, which the agent does not restart (the next viewer tries again)`,
+      }));
+    }
   }
 
   /** Finds the desktop to share: the user's Wayland session, or (by config, or when none is found) our own. */
   async #openDesktop(): Promise<void> {
     this.#desktop = await openSharedDesktop(this.config.desktop, this.#env, this.log);
     const headless = this.#desktop?.headless;
-    if (headless) this.#metricsServer?.addReadinessCheck("desktop", () => ({ ok: !headless.closed, detail: "the headless desktop is closed" }));
+    // Not ready while a part is down: restarting (it will be back) or given up (it will not).
+    if (headless) this.#metricsServer?.addReadinessCheck("desktop", () => ({ ok: headless.status.state === "running", detail: headless.status.reason }));
   }
 
   /** The shared desktop (undefined with desktop.mode = "none"). */

@@ -84,6 +84,13 @@ const desktopSection = z.strictObject({
   width: z.number().int().min(64).max(7680).default(1920),
   height: z.number().int().min(64).max(4320).default(1080),
   refresh_hz: z.number().int().min(1).max(240).default(60),
+  /**
+   * Headless desktop only: a part that dies (PipeWire, sway, the portal, ...) is restarted with what
+   * depends on it, at most this many times within restart_window_s; one more death gives up (the desktop
+   * stays down, /readyz says why). 0: never restart.
+   */
+  restart_limit: z.number().int().min(0).max(100).default(5),
+  restart_window_s: z.number().int().min(1).max(86_400).default(300),
 });
 
 const captureSection = z.strictObject({

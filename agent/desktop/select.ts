@@ -7,8 +7,11 @@ import { HeadlessDesktop } from "./headless.js";
 /** The desktop the agent shares: the user's Wayland session, or a headless one of its own. */
 export interface SharedDesktop {
   kind: "session" | "headless";
-  /** Environment for talking to it: its session bus, Wayland display, runtime dir. */
-  env: NodeJS.ProcessEnv;
+  /**
+   * Environment for talking to it: its session bus, Wayland display, runtime dir. Read it when
+   * connecting: a restarted headless desktop has a new bus address and compositor socket.
+   */
+  readonly env: NodeJS.ProcessEnv;
   /** Set when the agent runs the desktop itself. */
   headless: HeadlessDesktop | undefined;
   /** Stops the headless desktop (nothing to do for the user's session). */
@@ -44,8 +47,25 @@ export async function openSharedDesktop(config: DesktopConfig, env: NodeJS.Proce
     if (mode === "session") throw new UnsupportedError(`desktop.mode is "session" but no usable Wayland session was found: ${status.reason}`);
     log.info({ reason: status.reason }, "no Wayland session found: starting a headless desktop");
   }
-  const desktop = await HeadlessDesktop.start({ width: config.width, height: config.height, refreshHz: config.refresh_hz, log: log.child({ stage: "desktop" }) });
+  const desktop = await HeadlessDesktop.start({
+    width: config.width,
+    height: config.height,
+    refreshHz: config.refresh_hz,
+    log: log.child({ stage: "desktop" }),
+    restart: { maxRestarts: config.restart_limit, windowMs: config.restart_window_s * 1000 },
+  });
   desktop.on("part-exited", ({ part, code, signal }) => log.error({ part, code, signal }, "a part of the headless desktop exited"));
+  desktop.on("state", (s) => {
+    if (s.state === "running") log.info("headless desktop running again");
+    else if (s.state === "failed") log.error({ reason: s.reason }, "headless desktop down");
+  });
   log.info({ width: config.width, height: config.height, refreshHz: config.refresh_hz, runtimeDir: desktop.env.XDG_RUNTIME_DIR }, "headless desktop running");
-  return { kind: "headless", env: { ...env, ...desktop.env }, headless: desktop, close: () => desktop.close() };
+  return {
+    kind: "headless",
+    get env() {
+      return { ...env, ...desktop.env };
+    },
+    headless: desktop,
+    close: () => desktop.close(),
+  };
 }

@@ -1,6 +1,6 @@
 import type { Config } from "../config/schema.js";
 import type { Logger } from "../log/logger.js";
-import type { SharedDesktop } from "../desktop/index.js";
+import type { DesktopStatus, SharedDesktop } from "../desktop/index.js";
 import { DesktopCapture } from "../capture/desktop-capture.js";
 import { TypedEmitter } from "../util/events.js";
 import { InvalidStateError, WlError, errorMessage } from "../util/errors.js";
@@ -8,6 +8,14 @@ import { VideoEncoder } from "./encoder.js";
 import { chooseDmabufCapture, probeEncoders } from "./probe.js";
 import type { EncodeMetrics } from "./metrics.js";
 import type { CursorMode, EncodedSourceEvents, EncodedVideoSource, H264Format, KeyframeReason, RungOptions } from "./types.js";
+
+/** How long an open waits for a restarting headless desktop (a restart takes ~0.5 s, more after backoff). */
+const DESKTOP_WAIT_MS = 15_000;
+/**
+ * A capture that ends on our own desktop waits this long for the desktop to name the part that died
+ * (the capture often notices first): the viewers then learn the cause, not only its effect.
+ */
+const CAUSE_WAIT_MS = 500;
 
 export interface DesktopVideoSourceOptions {
   config: Config;
@@ -28,19 +36,29 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
   #shapeSerial = -1;
   readonly #config: Config;
   readonly #rungs = new Set<VideoEncoder>();
+  readonly #desktop: SharedDesktop | undefined;
+  readonly #onDesktopState = (s: DesktopStatus): void => {
+    if (s.state !== "running" && s.captureLost) this.#fail(new WlError("desktop-down", s.reason));
+  };
+  /** Ended: by #fail (from outside) or by close(); nothing ends it twice. */
+  #failed = false;
+  #pendingEnd: { err: WlError; priority: number } | undefined;
+  #endTimer: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
   #closed = false;
 
-  private constructor(capture: DesktopCapture, encoder: VideoEncoder, log: Logger, config: Config) {
+  private constructor(capture: DesktopCapture, encoder: VideoEncoder, log: Logger, config: Config, desktop?: SharedDesktop) {
     super();
     this.capture = capture;
+    this.#desktop = desktop;
     this.encoder = encoder;
     this.#log = log;
     this.#config = config;
     encoder.on("frame", (f) => this.safeEmit("frame", f));
     encoder.on("format", (f) => this.safeEmit("format", f));
     encoder.on("error", (e) => this.safeEmit("error", e));
-    encoder.on("close", () => void this.close());
+    // The encoder stops by itself when its capture stream ends: that is the capture ending.
+    encoder.on("close", () => this.#endedOutside(new WlError("encoder-closed", "the video encoder stopped"), 0));
     capture.on("cursor", (c) => {
       if (this.#closed || this.capture.stream.closed) return;
       const fmt = this.capture.stream.format;
@@ -64,14 +82,38 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
         shapeSerial: this.#shapeSerial, ...(shape ? { shape } : {}),
       });
     });
-    capture.on("ended", (e) => {
-      this.safeEmit("error", new WlError("capture-ended", `screen capture ended (${e.reason}): ${e.message}`));
-      void this.close();
-    });
+    capture.on("ended", (e) => this.#endedOutside(new WlError("capture-ended", `screen capture ended (${e.reason}): ${e.message}`), 1));
+    // On our own desktop, a part that dies ends the picture at once, with the part's name as the reason.
+    desktop?.headless?.on("state", this.#onDesktopState);
+  }
+
+  /**
+   * The capture or the encoder ended by itself. On our own desktop that is usually a part that died,
+   * which the desktop names a little later: wait for it (#onDesktopState fails at once with it), else
+   * end with the most telling of the effects seen (priority: the capture's over the encoder's).
+   */
+  #endedOutside(err: WlError, priority: number): void {
+    if (this.#failed || this.#closing) return;
+    if (!this.#pendingEnd || priority > this.#pendingEnd.priority) this.#pendingEnd = { err, priority };
+    if (this.#endTimer) return;
+    const waitForCause = this.#desktop?.headless?.status.state === "running";
+    this.#endTimer = setTimeout(() => this.#fail(this.#pendingEnd!.err), waitForCause ? CAUSE_WAIT_MS : 0);
+  }
+
+  /** Ends the source from outside: one `error` with the reason, then close. */
+  #fail(err: WlError): void {
+    clearTimeout(this.#endTimer);
+    if (this.#failed || this.#closing) return;
+    this.#failed = true;
+    this.#log.warn({ err: err.message }, "video source ended");
+    this.safeEmit("error", err);
+    void this.close();
   }
 
   static async open(opts: DesktopVideoSourceOptions): Promise<DesktopVideoSource> {
     const { config, desktop, log } = opts;
+    // A restarting desktop is waited for; one that is down says why (and the viewer hears it).
+    await desktop.headless?.whenRunning(DESKTOP_WAIT_MS);
     // Zero-copy capture only when the encoder that will run is VA-API on a render node.
     const dmabuf = chooseDmabufCapture(probeEncoders(config.encode.backends), config.encode.backends);
     log.info({ dmabufDevice: dmabuf.device, reason: dmabuf.reason }, "capture buffers");
@@ -83,8 +125,12 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
       await capture.close();
       throw err;
     }
-    const source = new DesktopVideoSource(capture, encoder, log, config);
-    if (desktop.headless) void source.#nudge(desktop);
+    const source = new DesktopVideoSource(capture, encoder, log, config, desktop);
+    if (desktop.headless) {
+      // A part that died while this source was opening.
+      source.#onDesktopState(desktop.headless.status);
+      void source.#nudge(desktop);
+    }
     return source;
   }
 
@@ -151,7 +197,11 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
   }
 
   close(): Promise<void> {
+    // Before the encoder closes: its `close` event must not count as an end from outside.
+    this.#failed = true;
+    clearTimeout(this.#endTimer);
     this.#closing ??= (async () => {
+      this.#desktop?.headless?.off("state", this.#onDesktopState);
       for (const r of [...this.#rungs]) r.close();
       this.encoder.close();
       await this.capture.close();

@@ -74,6 +74,9 @@ interface ViewerRung {
   pending: RungName | undefined;
 }
 
+/** PeerSession close reason when the shared source closed under it. */
+const SOURCE_CLOSED = "video source closed";
+
 /** Retry a low rung that could not open after this long (the encoder may have been busy or missing). */
 const LOW_RUNG_RETRY_MS = 60_000;
 
@@ -259,6 +262,15 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       this.#cancelLinger();
       p.on("keyframe", (reason) => this.#requestKeyframe(reason, p.id));
       p.once("close", ({ reason }) => {
+        if (reason === SOURCE_CLOSED && !session.closed) {
+          // The picture is gone: the viewer hears why at once (not from its own ICE timeout), and may
+          // offer again on this session (a new peer, on a reopened source).
+          session.send({ type: "error", code: "unavailable", message: `the video stopped: ${this.#sourceEndReason ?? "the video source closed"}` });
+        }
+        if (peer === p) {
+          peer = undefined;
+          starting = undefined;
+        }
         if (reason === "ice failed" && !session.closed) {
           // The agent gave up on this viewer's network path: a new attempt needs a new session.
           log.info("no ICE connection (werift: failed, or disconnected for long): viewer released");
@@ -316,6 +328,17 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   }
 
   #backend = "";
+  /** The open source's last error: what its viewers are told when it closes. */
+  #sourceEndReason: string | undefined;
+  #videoDown: string | undefined;
+
+  /**
+   * Why the last video source ended from outside or could not open, until one opens again (readiness
+   * on a desktop the agent cannot restart: the user's session).
+   */
+  get videoDown(): string | undefined {
+    return this.#videoDown;
+  }
 
   async #acquireSource(): Promise<EncodedVideoSource> {
     if (this.#source && !this.#source.closed) return this.#source;
@@ -324,6 +347,9 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
         const src = await this.#o.openSource();
         this.#wireSource(src);
         return src;
+      } catch (err) {
+        this.#videoDown = errorMessage(err);
+        throw err;
       } finally {
         this.#sourceOpening = undefined;
       }
@@ -344,9 +370,15 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       this.#profileLevelId = fmt.profileLevelId;
       this.#backend = fmt.backend;
     });
-    src.on("error", (err) => this.#o.log.warn({ err: errorMessage(err) }, "video source error"));
+    this.#sourceEndReason = undefined;
+    this.#videoDown = undefined;
+    src.on("error", (err) => {
+      this.#sourceEndReason = errorMessage(err);
+      this.#o.log.warn({ err: errorMessage(err) }, "video source error");
+    });
     src.once("close", () => {
       if (this.#source !== src) return;
+      if (this.#sourceEndReason !== undefined) this.#videoDown = this.#sourceEndReason;
       void this.#closeLow("the source closed");
       this.#source = undefined;
       this.#gate?.close();
@@ -354,7 +386,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       this.#cursor = undefined;
       this.#cursorShape = undefined;
       // Viewers cannot go on without a picture: they reconnect, which reopens the source.
-      for (const p of this.#peers.values()) p.close("video source closed");
+      for (const p of this.#peers.values()) p.close(SOURCE_CLOSED);
     });
   }
 
