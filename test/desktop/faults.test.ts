@@ -146,7 +146,7 @@ describe("a killed part of the headless desktop comes back; the viewer hears why
   let term: { pid: number; exited: boolean } | undefined;
 
   before(async () => {
-    t = await startTestAgent({ desktop: { mode: "headless", width: 1280, height: 720, refresh_hz: 30 }, metrics: { enabled: true } });
+    t = await startTestAgent({ ...browser.agentOverrides(), desktop: { mode: "headless", width: 1280, height: 720, refresh_hz: 30 }, metrics: { enabled: true } });
     term = await animate(t.agent.desktop!.headless!);
     page = await openViewer(t, "faults");
     await streaming(page, 20_000);
@@ -214,6 +214,7 @@ describe("a killed part of the headless desktop comes back; the viewer hears why
 
 test("a part that keeps dying: the desktop gives up, /readyz and every viewer say why", { timeout: 120_000 }, async () => {
   const t = await startTestAgent({
+    ...browser.agentOverrides(),
     desktop: { mode: "headless", width: 1280, height: 720, refresh_hz: 30, restart_limit: 2, restart_window_s: 600 },
     metrics: { enabled: true },
   });
@@ -269,7 +270,7 @@ test("a part that keeps dying: the desktop gives up, /readyz and every viewer sa
 test("the user's session (not ours to restart): its PipeWire killed, the viewer and /readyz say why at once", { timeout: 120_000 }, async () => {
   // A desktop the agent does not own, found the way a user's session is: through the environment.
   const session = await Desktop.start({ width: 1280, height: 720, refreshHz: 30 });
-  const { config, cleanup } = testConfig({ desktop: { mode: "session" }, metrics: { enabled: true } });
+  const { config, cleanup } = testConfig({ ...browser.agentOverrides(), desktop: { mode: "session" }, metrics: { enabled: true } });
   let agent: Agent | undefined;
   let page: Page | undefined;
   try {
