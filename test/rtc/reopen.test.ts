@@ -52,6 +52,8 @@ interface Run {
   failed: string[];
   sources: Set<EncodedVideoSource | undefined>;
   start: ProcessFigures;
+  /** After half the cycles: the allocator's arenas have grown to their working size by then. */
+  mid: ProcessFigures;
   end: ProcessFigures;
 }
 
@@ -61,20 +63,21 @@ async function cycles(n: number, label: string): Promise<Run> {
   await reopenCycle(opts);
   await settleGc();
   const start = processFigures();
-  const run: Run = { firstFrameMs: [], failed: [], sources: new Set(), start, end: start };
+  const run: Run = { firstFrameMs: [], failed: [], sources: new Set(), start, mid: start, end: start };
   for (let i = 0; i < n; i++) {
     const r = await reopenCycle(opts);
     run.sources.add(r.source);
     if (r.firstFrameMs === undefined) run.failed.push(`cycle ${i}: ${r.diagnosis ?? ""}`);
     else run.firstFrameMs.push(r.firstFrameMs);
     if (run.failed.length === 3) break; // it is broken: no need to wait for every cycle to time out
+    if (i + 1 === n / 2) run.mid = processFigures();
   }
   await settleGc();
   run.end = processFigures();
   const f = run.firstFrameMs;
   console.log(
     `# ${label}: ${n} reopens, ${run.failed.length} without a frame within ${FIRST_FRAME_TIMEOUT_MS} ms; connect -> first frame p50 ${percentile(f, 50)} ms, ` +
-      `max ${Math.max(...f)} ms; fds ${start.fds} -> ${run.end.fds}, threads ${start.threads} -> ${run.end.threads}, RSS ${start.rssMb} -> ${run.end.rssMb} MB`,
+      `max ${Math.max(...f)} ms; fds ${start.fds} -> ${run.end.fds}, threads ${start.threads} -> ${run.end.threads}, RSS ${start.rssMb} -> ${run.mid.rssMb} (half way) -> ${run.end.rssMb} MB`,
   );
   return run;
 }
@@ -87,18 +90,22 @@ function assertRun(run: Run, n: number): void {
   // thread, peer connection sockets) is released when it closes.
   assert.ok(run.end.fds <= run.start.fds + 2, `fds flat: ${run.start.fds} -> ${run.end.fds}`);
   assert.ok(run.end.threads <= run.start.threads + 1, `threads flat: ${run.start.threads} -> ${run.end.threads}`);
-  assert.ok(run.end.rssMb <= run.start.rssMb * 1.25 + 20, `RSS flat: ${run.start.rssMb} -> ${run.end.rssMb} MB`);
+  // RSS: glibc's per-thread arenas (a new encoder and capture thread each cycle) grow to a working size
+  // over the first tens of cycles (seen: +45-70 MB, then flat to 300 cycles: bench/reopen.ts); a leak
+  // keeps growing, so the second half must not.
+  assert.ok(run.end.rssMb <= run.mid.rssMb + 25, `RSS flat over the second half: ${run.mid.rssMb} -> ${run.end.rssMb} MB`);
+  assert.ok(run.end.rssMb <= run.start.rssMb + 120, `RSS bounded: ${run.start.rssMb} -> ${run.end.rssMb} MB`);
 }
 
-test("a still screen: every viewer who comes back after capture closed gets the picture (40 reopens)", async () => {
-  const n = 40;
+test("a still screen: every viewer who comes back after capture closed gets the picture (100 reopens, fds, threads and RSS flat)", async () => {
+  const n = 100;
   assertRun(await cycles(n, "still screen"), n);
 });
 
-test("a changing screen: every viewer who comes back after capture closed gets the picture (40 reopens)", async () => {
+test("a changing screen: every viewer who comes back after capture closed gets the picture (100 reopens, fds, threads and RSS flat)", async () => {
   const term: ChildProcess = await t.agent.desktop!.headless!.spawnClient("foot", CHANGING_SCREEN, { name: "changing" });
   try {
-    const n = 40;
+    const n = 100;
     assertRun(await cycles(n, "changing screen"), n);
   } finally {
     term.kill("SIGTERM");
