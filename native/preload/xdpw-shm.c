@@ -26,9 +26,19 @@
  * the buffer). More than one, because the first buffer of a new PipeWire stream can be lost (below).
  * Later frames stay `copy_with_damage`: a still screen still costs nothing.
  *
+ * 3. A cast whose consumer left lets go of its pending frame. xdpw keeps the frame it asked for after
+ * its PipeWire consumer left, and destroys the cast only when that frame completes. On a still screen
+ * that is never (until WirePlumber suspends the node, 5 s later), and meanwhile the old frame is first
+ * in wlroots' list: the next change is copied into it and the damage cleared, so a new cast (a viewer
+ * who came back) missed that change until another one came. When xdpw's stream leaves "streaming",
+ * its pending frame gets a `failed` event, from xdpw's own PipeWire loop (an event source, never
+ * inside the stream's callback: xdpw may destroy the stream in its handler). xdpw's state machine
+ * handles it as a frame that ended while paused; a stream that resumes starts with plain copies (2.).
+ *
  * How: xdpw calls the inline zwlr_screencopy_*() helpers, i.e. libwayland-client's
- * wl_proxy_add_listener() and wl_proxy_marshal_flags(), through the PLT, so interposing those two
- * symbols is enough. Only proxies whose class is "zwlr_screencopy_frame_v1" are changed.
+ * wl_proxy_add_listener() and wl_proxy_marshal_flags(), and libpipewire's pw_stream_add_listener(),
+ * through the PLT, so interposing those symbols is enough. Only proxies whose class is
+ * "zwlr_screencopy_frame_v1", and the state_changed event of xdpw's streams, are changed.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -39,6 +49,7 @@
 #include <string.h>
 #include <time.h>
 #include <wayland-util.h> /* struct wl_interface, wl_message, union wl_argument: types only */
+#include <pipewire/pipewire.h> /* types and inline helpers; the functions are looked up at run time */
 
 struct wl_proxy;
 
@@ -73,6 +84,13 @@ static struct {
 		uint32_t, union wl_argument *);
 } wl;
 
+static struct {
+	void (*add_listener)(struct pw_stream *, struct spa_hook *, const struct pw_stream_events *, void *);
+	struct pw_core *(*get_core)(struct pw_stream *);
+	struct pw_context *(*get_context)(struct pw_core *);
+	struct pw_loop *(*get_main_loop)(struct pw_context *);
+} pw;
+
 static void *need(const char *name) {
 	void *f = dlsym(RTLD_NEXT, name);
 	if (!f) {
@@ -80,6 +98,14 @@ static void *need(const char *name) {
 		abort();
 	}
 	return f;
+}
+
+static void resolve_pw(void) {
+	if (pw.add_listener) return;
+	pw.get_core = need("pw_stream_get_core");
+	pw.get_context = need("pw_core_get_context");
+	pw.get_main_loop = need("pw_context_get_main_loop");
+	pw.add_listener = need("pw_stream_add_listener");
 }
 
 static void resolve(void) {
@@ -106,6 +132,8 @@ struct cast_state {
 	int fresh;                     /* its next copy starts a run of plain copies (see 2. above) */
 	uint64_t plain_until_ns;       /* copies before this time are plain copies */
 	struct wl_proxy *full_frame;   /* the frame asked with plain copy: its `ready` gets full damage first */
+	struct wl_proxy *pending;      /* the frame asked to copy, not yet ready or failed */
+	int stopped;                   /* its stream left "streaming" with `pending` (see 3. above) */
 	uint32_t width, height;        /* from the cast's last `buffer` event */
 };
 #define MAX_CASTS 32
@@ -163,6 +191,7 @@ static void w_flags(void *data, struct wl_proxy *frame, uint32_t flags) {
 }
 static void w_ready(void *data, struct wl_proxy *frame, uint32_t a, uint32_t b, uint32_t c) {
 	struct cast_state *s = cast_state(data, 0);
+	if (s && s->pending == frame) s->pending = NULL;
 	if (s && s->full_frame == frame) {
 		/* A plain copy: the whole output, and no damage event of its own. */
 		s->full_frame = NULL;
@@ -172,6 +201,7 @@ static void w_ready(void *data, struct wl_proxy *frame, uint32_t a, uint32_t b, 
 }
 static void w_failed(void *data, struct wl_proxy *frame) {
 	struct cast_state *s = cast_state(data, 0);
+	if (s && s->pending == frame) s->pending = NULL;
 	if (s && s->full_frame == frame) {
 		s->full_frame = NULL;
 		s->fresh = 1; /* the cast still has no full picture */
@@ -219,6 +249,7 @@ static uint32_t frame_request(struct wl_proxy *frame, uint32_t opcode) {
 	if (!s) return opcode;
 	if (opcode == FRAME_COPY || opcode == FRAME_COPY_WITH_DAMAGE) {
 		s->copied = 1;
+		s->pending = frame;
 		const uint64_t now = now_ns();
 		if (s->fresh) {
 			s->fresh = 0;
@@ -231,6 +262,7 @@ static uint32_t frame_request(struct wl_proxy *frame, uint32_t opcode) {
 	} else if (opcode == FRAME_DESTROY) {
 		if (!s->copied) s->fresh = 1; /* a frame the cast gave up on (or its set-up frame) */
 		if (s->full_frame == frame) s->full_frame = NULL;
+		if (s->pending == frame) s->pending = NULL;
 		s->copied = 0;
 	}
 	return opcode;
@@ -279,4 +311,58 @@ struct wl_proxy *wl_proxy_marshal_flags(struct wl_proxy *proxy, uint32_t opcode,
 	va_end(ap);
 	if (strcmp(cls, FRAME_CLASS) == 0) opcode = frame_request(proxy, opcode);
 	return wl.marshal_array_flags(proxy, opcode, interface, version, flags, args);
+}
+
+/* xdpw installs one static stream event table for every cast (like its frame listener). */
+static const struct pw_stream_events *orig_stream_events;
+static struct pw_stream_events wrapped_stream_events;
+/* Fails the pending frames of stopped casts, from xdpw's PipeWire loop (see 3. above). */
+static struct pw_loop *deferred_loop;
+static struct spa_source *deferred_event;
+
+static void fail_stopped_frames(void *data, uint64_t count) {
+	(void)data;
+	(void)count;
+	for (int i = 0; i < MAX_CASTS; i++) {
+		struct cast_state *s = &casts[i];
+		if (s->used == 0 || !s->stopped) continue;
+		s->stopped = 0;
+		struct wl_proxy *frame = s->pending;
+		if (frame == NULL) continue;
+		/* Its picture never reached the consumer: a stream that resumes starts with plain copies. */
+		s->fresh = 1;
+		w_failed(s->cast, frame); /* xdpw ends the frame; this entry may be reused from here on */
+	}
+}
+
+static void w_stream_state_changed(void *data, enum pw_stream_state old, enum pw_stream_state state, const char *error) {
+	if (orig_stream_events->state_changed) orig_stream_events->state_changed(data, old, state, error);
+	if (state == PW_STREAM_STATE_STREAMING) return;
+	struct cast_state *s = cast_state(data, 0);
+	if (s == NULL || s->pending == NULL || deferred_event == NULL) return;
+	s->stopped = 1;
+	pw_loop_signal_event(deferred_loop, deferred_event);
+}
+
+void pw_stream_add_listener(struct pw_stream *stream, struct spa_hook *listener, const struct pw_stream_events *events,
+		void *data) {
+	resolve_pw();
+	if (!orig_stream_events) {
+		orig_stream_events = events;
+		wrapped_stream_events = *events;
+		wrapped_stream_events.state_changed = w_stream_state_changed;
+	}
+	if (events != orig_stream_events) {
+		fprintf(stderr, "wl-xdpw-shm: second stream event table, not wrapped\n");
+		pw.add_listener(stream, listener, events, data);
+		return;
+	}
+	if (deferred_event == NULL) {
+		/* xdpw runs one PipeWire loop for all its streams: the source lives as long as the process. */
+		deferred_loop = pw.get_main_loop(pw.get_context(pw.get_core(stream)));
+		deferred_event = pw_loop_add_event(deferred_loop, fail_stopped_frames, NULL);
+		if (deferred_event == NULL) fprintf(stderr, "wl-xdpw-shm: no event source on xdpw's PipeWire loop: fix 3 is off\n");
+	}
+	cast_state(data, 1);
+	pw.add_listener(stream, listener, &wrapped_stream_events, data);
 }

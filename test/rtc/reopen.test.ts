@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import type { Page } from "playwright-core";
 import { TestBrowser } from "../helpers/browser.js";
+import { VirtualPointer } from "../helpers/vpointer.js";
 import { startTestAgent, type TestAgent } from "../helpers/agent.js";
 import type { EncodedVideoSource } from "../../agent/encode/types.js";
 import { CHANGING_SCREEN, percentile, processFigures, reopenCycle, settleGc, sourceClosed, type ProcessFigures } from "./reopen-cycles.js";
@@ -17,7 +18,7 @@ import { CHANGING_SCREEN, percentile, processFigures, reopenCycle, settleGc, sou
  * capture and encoder, werift, and Chromium showing the web client's video.
  */
 
-declare const window: { wl: { marks: Record<string, number> }; wlDisconnect(): void };
+declare const window: { wl: { marks: Record<string, number> }; wlDisconnect(): void; wlReconnect(): void };
 
 let t: TestAgent;
 let browser: TestBrowser;
@@ -109,6 +110,34 @@ test("a changing screen: every viewer who comes back after capture closed gets t
     assertRun(await cycles(n, "changing screen"), n);
   } finally {
     term.kill("SIGTERM");
+  }
+});
+
+test("back within seconds: the first change made after the viewer is back reaches it (the old cast lets go of its frame)", async () => {
+  // A pointer device makes sway draw a cursor, so one move is one change of a still screen. Before
+  // the fix the previous cast (closed a moment ago) still had a frame pending in wlroots, which took
+  // that change; the new cast saw nothing until a second change.
+  const vp = await VirtualPointer.start(t.agent.desktop!.headless!.env, 1920, 1080);
+  const missed: number[] = [];
+  try {
+    await vp.move(100, 100);
+    const n = 5;
+    for (let i = 0; i < n; i++) {
+      await sourceClosed(t.agent, LINGER_MS + 10_000);
+      await page.evaluate(() => window.wlReconnect());
+      await page.waitForFunction(() => window.wl.marks.firstFrameShown !== undefined, undefined, { timeout: FIRST_FRAME_TIMEOUT_MS });
+      const stream = (t.agent.rtc!.source as unknown as { capture: { stream: { stats(): { counters: { framesReceived: number } } } } }).capture.stream;
+      await new Promise((r) => setTimeout(r, 600)); // past the new cast's first full frames
+      const before = stream.stats().counters.framesReceived;
+      await vp.move(200 + 100 * i, 300);
+      const end = Date.now() + 3000;
+      while (stream.stats().counters.framesReceived === before && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      if (stream.stats().counters.framesReceived === before) missed.push(i);
+      await page.evaluate(() => window.wlDisconnect());
+    }
+    assert.deepEqual(missed, [], `reopens whose first change (one pointer move) never arrived within 3 s, of ${n}`);
+  } finally {
+    await vp.close();
   }
 });
 
