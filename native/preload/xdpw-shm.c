@@ -337,11 +337,17 @@ static void fail_stopped_frames(void *data, uint64_t count) {
 
 static void w_stream_state_changed(void *data, enum pw_stream_state old, enum pw_stream_state state, const char *error) {
 	if (orig_stream_events->state_changed) orig_stream_events->state_changed(data, old, state, error);
-	if (state == PW_STREAM_STATE_STREAMING) return;
 	struct cast_state *s = cast_state(data, 0);
-	if (s == NULL || s->pending == NULL || deferred_event == NULL) return;
-	s->stopped = 1;
-	pw_loop_signal_event(deferred_loop, deferred_event);
+	if (s == NULL) return;
+	if (state == PW_STREAM_STATE_PAUSED && old == PW_STREAM_STATE_STREAMING) {
+		/* The consumer left (or a renegotiation pauses the stream: then "streaming" may come first). */
+		if (s->pending == NULL || deferred_event == NULL) return;
+		s->stopped = 1;
+		pw_loop_signal_event(deferred_loop, deferred_event);
+	} else {
+		/* Streaming again, or the stream is going away with its cast: its frame is xdpw's business. */
+		s->stopped = 0;
+	}
 }
 
 void pw_stream_add_listener(struct pw_stream *stream, struct spa_hook *listener, const struct pw_stream_events *events,
