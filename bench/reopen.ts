@@ -9,6 +9,7 @@
  * no frame, and this process's fds, threads and RSS (the agent runs in it) at the start and the end.
  * Last line: one JSON object.
  */
+import { readFileSync, readdirSync } from "node:fs";
 import { loadavg } from "node:os";
 import type { ChildProcess } from "node:child_process";
 import { startTestAgent } from "../test/helpers/agent.js";
@@ -27,6 +28,17 @@ const lingerMs = Number(arg("linger-ms", "200"));
 const timeoutMs = Number(arg("first-frame-timeout-ms", "8000"));
 const screens = arg("screens", "still,changing").split(",").filter((x): x is "still" | "changing" => x === "still" || x === "changing");
 
+/** fds and RSS of one of the desktop's processes (xdpw holds each cast's buffers). */
+function partFigures(pid: number | undefined): { fds: number; rssMb: number } | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const rss = Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? NaN);
+    return { fds: readdirSync(`/proc/${pid}/fd`).length, rssMb: Math.round(rss / 1024) };
+  } catch {
+    return undefined;
+  }
+}
+
 const t = await startTestAgent({ desktop: { mode: "headless", width: 1920, height: 1080, refresh_hz: 60 }, metrics: { enabled: false }, rtc: { source_linger_ms: lingerMs } });
 const browser = await TestBrowser.launch();
 const out: Record<string, unknown> = { cycles, lingerMs, loadavg: loadavg().map((x) => Number(x.toFixed(2))) };
@@ -43,6 +55,8 @@ try {
     await reopenCycle(opts); // warm-up
     await settleGc();
     const start = processFigures();
+    const xdpwPid = t.agent.desktop!.headless!.pids.get("xdpw");
+    const xdpwStart = partFigures(xdpwPid);
     const ms: number[] = [];
     const failed: string[] = [];
     const rssEvery25: number[] = [];
@@ -56,17 +70,20 @@ try {
     const seconds = (performance.now() - t0) / 1000;
     await settleGc();
     const end = processFigures();
+    const xdpwEnd = partFigures(xdpwPid);
     const fig = {
       firstFrameMs: { p50: percentile(ms, 50), p95: percentile(ms, 95), max: Math.max(...ms), over1s: ms.filter((x) => x > 1000).length },
       noFrame: failed.length,
       start,
       end,
       rssEvery25,
+      xdpw: { start: xdpwStart, end: xdpwEnd },
       seconds: Number(seconds.toFixed(1)),
     };
     out[screen] = fig;
     console.log(`# ${screen} screen, ${cycles} reopens in ${fig.seconds} s: connect -> first frame p50 ${fig.firstFrameMs.p50} ms, p95 ${fig.firstFrameMs.p95} ms, max ${fig.firstFrameMs.max} ms, ${fig.firstFrameMs.over1s} over 1 s, ${failed.length} without a frame`);
     console.log(`#   agent process: fds ${start.fds} -> ${end.fds}, threads ${start.threads} -> ${end.threads}, RSS ${start.rssMb} -> ${end.rssMb} MB (every 25 cycles: ${rssEvery25.join(" ")})`);
+    console.log(`#   xdg-desktop-portal-wlr: fds ${xdpwStart?.fds} -> ${xdpwEnd?.fds}, RSS ${xdpwStart?.rssMb} -> ${xdpwEnd?.rssMb} MB`);
     for (const f of failed) console.log(`#   ${f}`);
   }
   await page.close();

@@ -18,12 +18,11 @@
  * cast. The first cast of an xdpw process starts from full damage, but every later cast on a screen
  * that has not changed since the previous cast's last frame waits for the next change: a static
  * desktop sends the new cast nothing at all (a viewer coming back after capture closed saw a black
- * picture until something moved). So the frames a cast copies during PLAIN_COPIES_NS after a frame it
- * did not copy (xdpw's own set-up frame at the start of every cast, and the rare frames it gives up
- * on: a renegotiation, no free PipeWire buffer) are requested with plain `copy`, which wlroots answers
- * at the next output commit (the copy request schedules one), and we report the whole output as their
- * damage (plain copy sends no damage event, and xdpw would otherwise put the previous frame's damage on
- * the buffer). More than one, because the first buffer of a new PipeWire stream can be lost (below).
+ * picture until something moved). So the frames a new cast (a new PipeWire stream of xdpw's) copies
+ * during its first PLAIN_COPIES_NS are requested with plain `copy`, which wlroots answers at the next
+ * output commit (the copy request schedules one), and we report the whole output as their damage
+ * (plain copy sends no damage event, and xdpw would otherwise put the previous frame's damage on the
+ * buffer). More than one, because the first buffer of a new PipeWire stream can be lost (below).
  * Later frames stay `copy_with_damage`: a still screen still costs nothing.
  *
  * 3. A cast whose consumer left lets go of its pending frame. xdpw keeps the frame it asked for after
@@ -123,12 +122,11 @@ static const struct frame_listener *orig_listener;
 
 /* What we know of one cast, keyed by the listener data xdpw gives every frame of it (its screencast
  * instance). xdpw has at most one frame per cast at a time. We never learn when a cast ends, so the
- * table keeps the most recently used casts; one forgotten and seen again starts `fresh`, which costs
- * one full copy at most. */
+ * table keeps the most recently used casts (32; the agent has one at a time); one forgotten and seen
+ * again starts `fresh`, which costs PLAIN_COPIES_NS of full frames. */
 struct cast_state {
 	void *cast;
 	uint64_t used;
-	int copied;                    /* the cast's current frame was asked to copy */
 	int fresh;                     /* its next copy starts a run of plain copies (see 2. above) */
 	uint64_t plain_until_ns;       /* copies before this time are plain copies */
 	struct wl_proxy *full_frame;   /* the frame asked with plain copy: its `ready` gets full damage first */
@@ -235,7 +233,7 @@ int wl_proxy_add_listener(struct wl_proxy *proxy, void (**implementation)(void),
 		const struct frame_listener *l = (const struct frame_listener *)implementation;
 		if (!orig_listener) orig_listener = l;
 		if (l == orig_listener) {
-			cast_state(data, 1)->copied = 0; /* a new frame of this cast */
+			cast_state(data, 1);
 			return wl.add_listener(proxy, (void (**)(void))&wrapped, data);
 		}
 		fprintf(stderr, "wl-xdpw-shm: second screencopy listener table, not wrapped\n");
@@ -248,7 +246,6 @@ static uint32_t frame_request(struct wl_proxy *frame, uint32_t opcode) {
 	struct cast_state *s = cast_state(wl.get_user_data(frame), 0);
 	if (!s) return opcode;
 	if (opcode == FRAME_COPY || opcode == FRAME_COPY_WITH_DAMAGE) {
-		s->copied = 1;
 		s->pending = frame;
 		const uint64_t now = now_ns();
 		if (s->fresh) {
@@ -260,10 +257,8 @@ static uint32_t frame_request(struct wl_proxy *frame, uint32_t opcode) {
 			return FRAME_COPY;
 		}
 	} else if (opcode == FRAME_DESTROY) {
-		if (!s->copied) s->fresh = 1; /* a frame the cast gave up on (or its set-up frame) */
 		if (s->full_frame == frame) s->full_frame = NULL;
 		if (s->pending == frame) s->pending = NULL;
-		s->copied = 0;
 	}
 	return opcode;
 }
@@ -369,6 +364,12 @@ void pw_stream_add_listener(struct pw_stream *stream, struct spa_hook *listener,
 		deferred_event = pw_loop_add_event(deferred_loop, fail_stopped_frames, NULL);
 		if (deferred_event == NULL) fprintf(stderr, "wl-xdpw-shm: no event source on xdpw's PipeWire loop: fix 3 is off\n");
 	}
-	cast_state(data, 1);
+	/* A new stream: a new cast (or a cast at the address of a destroyed one). Its first frames are
+	 * plain copies (2. above). */
+	struct cast_state *s = cast_state(data, 1);
+	s->fresh = 1;
+	s->pending = NULL;
+	s->full_frame = NULL;
+	s->stopped = 0;
 	pw.add_listener(stream, listener, &wrapped_stream_events, data);
 }
