@@ -93,7 +93,7 @@ static struct {
 static void *need(const char *name) {
 	void *f = dlsym(RTLD_NEXT, name);
 	if (!f) {
-		fprintf(stderr, "wl-xdpw-shm: libwayland-client symbol %s not found: %s\n", name, dlerror());
+		fprintf(stderr, "wl-xdpw-shm: symbol %s (libwayland-client or libpipewire) not found: %s\n", name, dlerror());
 		abort();
 	}
 	return f;
