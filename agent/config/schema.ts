@@ -186,6 +186,11 @@ const rtcSection = z
     low_rung_join_grace_ms: z.number().int().min(0).max(60_000).default(4000),
     /** The low rung's encoder is closed this long after its last viewer left it. */
     low_rung_linger_ms: z.number().int().min(0).max(600_000).default(5000),
+    /**
+     * The desktop's capture and encoder (and its portal session) close this long after the last viewer
+     * left: a reload within it reconnects to the running stream; after it, nothing is captured.
+     */
+    source_linger_ms: z.number().int().min(0).max(600_000).default(5000),
   })
   .superRefine((r, ctx) => {
     if ((r.udp_port_min === 0) !== (r.udp_port_max === 0) || r.udp_port_min > r.udp_port_max || (r.udp_port_min !== 0 && r.udp_port_min === r.udp_port_max))

@@ -3,7 +3,7 @@ import type { Logger } from "../log/logger.js";
 import type { DesktopStatus, SharedDesktop } from "../desktop/index.js";
 import { DesktopCapture } from "../capture/desktop-capture.js";
 import { TypedEmitter } from "../util/events.js";
-import { InvalidStateError, WlError, errorMessage } from "../util/errors.js";
+import { InvalidStateError, WlError } from "../util/errors.js";
 import { VideoEncoder } from "./encoder.js";
 import { chooseDmabufCapture, probeEncoders } from "./probe.js";
 import type { EncodeMetrics } from "./metrics.js";
@@ -125,31 +125,12 @@ export class DesktopVideoSource extends TypedEmitter<EncodedSourceEvents> implem
       await capture.close();
       throw err;
     }
+    // On our headless desktop every cast gets the current picture at once, also on a still screen
+    // (native/preload/xdpw-shm.c: plain copies at each new stream's start).
     const source = new DesktopVideoSource(capture, encoder, log, config, desktop);
-    if (desktop.headless) {
-      // A part that died while this source was opening.
-      source.#onDesktopState(desktop.headless.status);
-      void source.#nudge(desktop);
-    }
+    // A part that died while this source was opening.
+    if (desktop.headless) source.#onDesktopState(desktop.headless.status);
     return source;
-  }
-
-  /**
-   * A compositor sends a new cast its first frame only when something changes: on our own idle
-   * headless desktop a viewer would wait for nothing. A one-pixel cursor move there and back makes
-   * sway redraw, so the first viewer sees the screen at once. (On the user's session the user is there.)
-   */
-  async #nudge(desktop: SharedDesktop): Promise<void> {
-    const headless = desktop.headless;
-    if (!headless) return;
-    await new Promise((r) => setTimeout(r, 50));
-    if (this.#closing || this.capture.stream.closed || this.capture.stream.stats().counters.framesReceived > 0) return;
-    try {
-      await headless.swaymsg("seat", "-", "cursor", "move", "1", "0");
-      await headless.swaymsg("seat", "-", "cursor", "move", "-1", "0");
-    } catch (err) {
-      this.#log.debug({ err: errorMessage(err) }, "could not nudge the headless desktop");
-    }
   }
 
   /** What the portal granted: "metadata" sends `cursor` events; "embedded" draws the pointer into the picture. */

@@ -30,7 +30,7 @@ export interface RtcStageOptions {
   metrics: Metrics;
   log: Logger;
   env?: NodeJS.ProcessEnv;
-  /** Keep the source open this long after the last viewer left (a reload reconnects without a new portal dialog). */
+  /** Keep the source open this long after the last viewer left; default: config.source_linger_ms. */
   sourceLingerMs?: number;
 }
 
@@ -628,7 +628,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
 
   #scheduleLinger(): void {
     this.#cancelLinger();
-    const ms = this.#o.sourceLingerMs ?? 5000;
+    const ms = this.#o.sourceLingerMs ?? this.#o.config.source_linger_ms;
     this.#lingerTimer = setTimeout(() => {
       this.#lingerTimer = undefined;
       if (this.#peers.size === 0) void this.#closeSource();

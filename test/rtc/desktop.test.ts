@@ -131,7 +131,7 @@ test("cursor: the portal offers no metadata here, so the agent announces embedde
     const size = 16; // the arrow's tip region: the pointer's hotspot is its top-left
     const settle = async (want: number): Promise<Array<{ min: number; max: number; mean: number }>> => {
       // The moved pointer makes sway redraw: wait until the picture shows it (a few frames). The swaymsg
-      // move (what DesktopVideoSource's nudge uses) moves the same seat cursor.
+      // move moves the same seat cursor.
       return until(`pointer shown at spot ${want}`, async () => {
         const l = await Promise.all(spots.map((s) => lumaAt(page, s.x, s.y, size)));
         const other = l[1 - want]!;
