@@ -285,3 +285,44 @@ test("refused and racing offers leave no peer connection, UDP socket or fd behin
   await settled();
   assert.equal(udpSockets(), baseUdp);
 });
+
+test("a real Chromium's offers pass the checks: the first (with its gathered candidates), with audio too, and an ICE restart", async () => {
+  const { TestBrowser } = await import("../helpers/browser.js");
+  const b = await TestBrowser.launch();
+  try {
+    const page = await b.context.newPage();
+    // No STUN/TURN server and no remote description: gathering binds sockets but sends nothing.
+    // (A script string: the test build has no DOM types.)
+    const offers = (await page.evaluate(`(async () => {
+      const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+      pc.addTransceiver("video", { direction: "recvonly" });
+      pc.createDataChannel("control");
+      pc.createDataChannel("input");
+      const first = await pc.createOffer();
+      await pc.setLocalDescription(first);
+      await new Promise((resolve) => {
+        if (pc.iceGatheringState === "complete") resolve();
+        pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && resolve();
+        setTimeout(resolve, 3000);
+      });
+      const gathered = pc.localDescription.sdp;
+      const restart = (await pc.createOffer({ iceRestart: true })).sdp;
+      const pc2 = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+      pc2.addTransceiver("audio", { direction: "recvonly" });
+      pc2.addTransceiver("video", { direction: "recvonly" });
+      pc2.createDataChannel("control");
+      const withAudio = (await pc2.createOffer()).sdp;
+      pc.close();
+      pc2.close();
+      return { first: first.sdp, gathered, restart, withAudio };
+    })()`)) as { first: string; gathered: string; restart: string; withAudio: string };
+    const shape = checkOffer(offers.first);
+    assert.deepEqual(shape.sections.map((s) => s.kind), ["video", "application"]);
+    checkOffer(offers.gathered);
+    checkOffer(offers.restart, shape);
+    assert.equal(checkOffer(offers.withAudio).sections.length, 3);
+    console.log(`# Chromium offer: ${Buffer.byteLength(offers.first)} bytes (with audio ${Buffer.byteLength(offers.withAudio)}), ${offers.gathered.split("a=candidate:").length - 1} candidates gathered; limits ${OFFER_LIMITS.maxBytes} bytes, ${OFFER_LIMITS.maxCandidates} candidates`);
+  } finally {
+    await b.close();
+  }
+});
