@@ -25,7 +25,7 @@ export const OFFER_LIMITS = {
   maxPerKind: 128,
 } as const;
 
-/** Candidates a viewer may add after its offer, in all (each costs ICE checks to an address the client chose). */
+/** Candidates a viewer may trickle after each answered offer (each costs ICE checks to an address the client chose). */
 export const MAX_TRICKLED_CANDIDATES = 64;
 
 /** An offer (or candidate) that does not follow the protocol: answered `bad-message` with this reason. */

@@ -323,10 +323,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
             peer = p;
             if (!p) return;
             await p.handleOffer(m.sdp);
-            if (first) {
-              shape = checked;
-              trickled = 0;
-            }
+            if (first) shape = checked;
+            trickled = 0; // each answered offer (an ICE restart too) starts a new round of candidates
             // Gathering is over: a TURN server that gave no relay candidate is checked again for the next viewer.
             if (first && turnUrl !== undefined && !p.gatheredRelay) this.#turn.failed(turnUrl);
           })
