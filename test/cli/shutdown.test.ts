@@ -1,7 +1,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -50,13 +50,35 @@ test("after racing and refused offers, SIGTERM: the agent process exits by itsel
     const token = t.stdout.trim();
     const ws = `${url.replace(/^http/, "ws")}/signal`;
     const fds = (): number => readdirSync(`/proc/${child.pid}/fd`).length;
+    /** The agent's UDP sockets: its fds' socket inodes found in its /proc/<pid>/net/udp and udp6. */
+    const udpSockets = (): number => {
+      const inodes = new Set<string>();
+      for (const f of readdirSync(`/proc/${child.pid}/fd`)) {
+        try {
+          const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${child.pid}/fd/${f}`));
+          if (m) inodes.add(m[1]!);
+        } catch {
+          // closed meanwhile
+        }
+      }
+      let n = 0;
+      for (const table of ["udp", "udp6"]) {
+        for (const line of readFileSync(`/proc/${child.pid}/net/${table}`, "utf8").split("\n").slice(1)) {
+          const inode = line.trim().split(/\s+/)[9];
+          if (inode !== undefined && inodes.has(inode)) n++;
+        }
+      }
+      return n;
+    };
 
     // The first viewer opens the desktop's capture and encoder: wait for its answer.
     const first = await hello(ws, token);
     assert.ok(first.welcome);
     first.client.send({ type: "offer", id: 0, sdp: FUZZ_OFFER.replace(/a=candidate:.*\r\n/g, "") });
     await first.client.next("answer", 30_000);
+    await new Promise((r) => setTimeout(r, 1000)); // its candidates gathered (sockets bound)
     const fdsBefore = fds();
+    const udpBefore = udpSockets();
     const video = FUZZ_OFFER.slice(FUZZ_OFFER.indexOf("m=video"), FUZZ_OFFER.indexOf("m=application"));
     const good = FUZZ_OFFER.replace(/a=candidate:.*\r\n/g, "");
     const variants = [
@@ -80,18 +102,20 @@ test("after racing and refused offers, SIGTERM: the agent process exits by itsel
       await new Promise((r) => setTimeout(r, 500));
       client.close();
     }
-    await new Promise((r) => setTimeout(r, 2000));
+    // Closed sessions release their viewers' sockets within a few turns of the loop.
+    for (let i = 0; i < 50 && udpSockets() > udpBefore; i++) await new Promise((r) => setTimeout(r, 100));
     const fdsAfter = fds();
+    const udpAfter = udpSockets();
     first.client.close();
     const t0 = performance.now();
     child.kill("SIGTERM");
     const { code, at } = await Promise.race([exited, new Promise<{ code: null; at: number }>((r) => setTimeout(() => r({ code: null, at: NaN }), 15_000))]);
     const exitMs = at - t0;
-    console.log(`# agent fds ${fdsBefore} (one viewer) -> ${fdsAfter} after 144 offers on 12 closed sessions; SIGTERM -> exit ${code} in ${Number.isNaN(exitMs) ? "(still alive after 15 s)" : `${exitMs.toFixed(0)} ms`}`);
+    console.log(`# agent fds ${fdsBefore} (one viewer) -> ${fdsAfter}, UDP sockets ${udpBefore} -> ${udpAfter} after 144 offers on 12 closed sessions; SIGTERM -> exit ${code} in ${Number.isNaN(exitMs) ? "(still alive after 15 s)" : `${exitMs.toFixed(0)} ms`}`);
     assert.ok(lines.some((l) => l.includes('"stopped"')), "the agent logged stopped");
     assert.equal(code, 0, `exit code (still running: ${Number.isNaN(exitMs)}); log tail:\n${lines.slice(-5).join("\n")}`);
     assert.ok(exitMs < 5000, `exit took ${exitMs.toFixed(0)} ms`);
-    assert.ok(fdsAfter <= fdsBefore + 2, `agent fds ${fdsBefore} -> ${fdsAfter}`);
+    assert.equal(udpAfter, udpBefore, `agent UDP sockets ${udpBefore} -> ${udpAfter} (fds ${fdsBefore} -> ${fdsAfter})`);
   } finally {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill("SIGKILL");
