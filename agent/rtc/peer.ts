@@ -3,7 +3,7 @@ import {
   RTCPeerConnection, RTCRtpHeaderExtensionParameters, RtcpPayloadSpecificFeedback, RtcpRrPacket, RtcpSrPacket,
   RtcpTransportLayerFeedback, RtpHeader, serializeTransportWideCC, TransportWideCC, useAbsSendTime, useFIR,
   useH264, useNACK, usePLI, useREMB, useSdesMid, useTransportWideCC, useTWCC,
-  type RTCDataChannel, type RTCIceServer, type RTCRtpSender, type RtcpPacket, type RtpPacket,
+  type RTCDataChannel, type RTCDtlsTransport, type RTCIceServer, type RTCRtpSender, type RtcpPacket, type RtpPacket,
 } from "werift";
 import { isIPv4 } from "node:net";
 import type { Logger } from "../log/logger.js";
@@ -16,6 +16,7 @@ import { ExhaustedError, InvalidStateError, UnsupportedError, errorMessage } fro
 import { AbrController, DelayTracker, twccPacketResults, type TwccFeedback } from "./abr.js";
 import { ViewerPacer } from "./pacer.js";
 import { RtpHistory } from "./history.js";
+import { BadOfferError } from "./offer-check.js";
 import { chooseOfferedH264, keepOnlyVideoPayload, offeredH264, rewriteProfileLevelId } from "./h264.js";
 import {
   CONTROL_LABEL, INPUT_LABEL, parseControlMessage, type AgentControlMessage, type CursorMessage, type CursorMode, type CursorShapeMessage, type ViewerStats,
@@ -109,6 +110,11 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
   #iceFailedTimer: NodeJS.Timeout | undefined;
   #connected = false;
   #closed = false;
+  #closing: Promise<void> | undefined;
+  /** Every DTLS/ICE transport werift made for this connection (see #trackTransports). */
+  readonly #transports = new Set<RTCDtlsTransport>();
+  /** Their candidate gatherings (each binds sockets until it ends). */
+  readonly #gatherings = new Set<Promise<void>>();
   #queue: Promise<void> = Promise.resolve();
   readonly counters = { framesSent: 0, framesDropped: 0, keyframesSent: 0, packetsSent: 0, bytesSent: 0, packetsRetransmitted: 0, bytesRetransmitted: 0, nackedTooOld: 0, nackedSkipped: 0, framesHeldTooLong: 0, nacks: 0, plis: 0, firs: 0 };
   /** When each history slot's packet was last resent (performance.now() ms; 0: never). */
@@ -141,6 +147,7 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
         audio: [],
       },
     });
+    this.#trackTransports();
     this.#pc.onIceCandidate.subscribe((cand) => {
       if (this.#closed) return;
       if (!cand) {
@@ -178,6 +185,42 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     return this.#closed;
   }
 
+  /**
+   * werift forgets a transport that a later offer replaces on its m-line (a new BUNDLE group, new mids):
+   * RTCPeerConnection.close() stops only the transports still attached, and a forgotten one keeps its UDP
+   * sockets and ICE timers, so the process never exits. Every transport it creates is recorded here and
+   * stopped in close(), whatever the offers did.
+   */
+  #trackTransports(): void {
+    const sm = (this.#pc as unknown as { secureManager?: { createTransport?: (o?: unknown) => RTCDtlsTransport } }).secureManager;
+    const create = sm?.createTransport?.bind(sm);
+    if (!sm || !create) throw new Error("werift changed: RTCPeerConnection.secureManager.createTransport is gone (agent/rtc/peer.ts)");
+    sm.createTransport = (o?: unknown) => {
+      const t = create(o);
+      const conn = t.iceTransport.connection as unknown as IceConnectionInternals;
+      const gather = conn.gatherCandidates.bind(conn);
+      conn.gatherCandidates = () => {
+        const g = gather();
+        this.#gatherings.add(g);
+        return g;
+      };
+      this.#transports.add(t);
+      return t;
+    };
+  }
+
+  /** Transports werift made for this viewer that still hold sockets (tests: 0 after close). */
+  get openTransports(): number {
+    let n = 0;
+    for (const t of this.#transports) if (t.iceTransport.state !== "closed" || (t.iceTransport.connection as unknown as IceConnectionInternals).protocols.length > 0) n++;
+    return n;
+  }
+
+  /** Resolves once the peer connection and every transport it made have released their sockets. */
+  get released(): Promise<void> {
+    return this.#closing ?? new Promise<void>((resolve) => this.once("close", () => void this.#closing?.then(resolve)));
+  }
+
   get connected(): boolean {
     return this.#connected;
   }
@@ -191,7 +234,12 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     return this.#serial(async () => {
       // werift would answer the first offered H.264, whatever its profile: show it only the one chosen.
       const offer = this.#codecPt === undefined ? sdp : keepOnlyVideoPayload(sdp, this.#codecPt);
-      await this.#pc.setRemoteDescription({ type: "offer", sdp: offer });
+      // The offer passed checkOffer; what werift still throws on is an inconsistency it found in it. Its
+      // text (a JavaScript TypeError at times) means nothing to a client: it goes to our log only.
+      await this.#pc.setRemoteDescription({ type: "offer", sdp: offer }).catch((err: unknown) => {
+        this.#o.log.info({ viewer: this.id, err: errorMessage(err) }, "werift could not apply the offer");
+        throw new BadOfferError("offer refused: its SDP is inconsistent (the agent could not apply it)");
+      });
       // Answer a=setup:passive (DTLS server): as the client, werift sleeps 100 ms after ICE connects before
       // its ClientHello (RTCDtlsTransport.start), most of the DTLS time of a new viewer; the browser as
       // the client starts the handshake at once. Kept across renegotiations (the role is no longer auto).
@@ -203,7 +251,10 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
         await video.sender.replaceTrack(this.#track);
         this.#attachSender(video.sender);
       }
-      const answer = await this.#pc.createAnswer();
+      const answer = await this.#pc.createAnswer().catch((err: unknown) => {
+        this.#o.log.info({ viewer: this.id, err: errorMessage(err) }, "werift could not answer the offer");
+        throw new BadOfferError("offer refused: no answer fits it (check its codecs and m-sections)");
+      });
       // Announce what the encoder really produces (werift matched the offered string byte for byte).
       const sdpOut = this.#codecPt === undefined ? answer.sdp : rewriteProfileLevelId(answer.sdp, this.#codecPt, this.#o.profileLevelId);
       this.#o.signal({ type: "answer", sdp: sdpOut });
@@ -713,10 +764,29 @@ export class PeerSession extends TypedEmitter<PeerSessionEvents> {
     this.#pacer.clear();
     for (const u of this.#unsubs) u();
     this.#history.clear();
-    this.#pc.close().catch(() => undefined);
+    this.#closing = this.#release();
     this.safeEmit("close", { reason });
     this.removeAllListeners();
   }
+
+  async #release(): Promise<void> {
+    await this.#pc.close().catch(() => undefined);
+    // A gathering still binding its sockets when close() ran adds them after werift cleared its list:
+    // wait for each transport's gathering to end, then stop it again.
+    await Promise.allSettled(this.#gatherings);
+    for (const t of this.#transports) {
+      await t.stop().catch(() => undefined);
+      const conn = t.iceTransport.connection as unknown as IceConnectionInternals;
+      if (conn.protocols.length > 0) await conn.close().catch(() => undefined);
+    }
+  }
+}
+
+/** What werift's ICE Connection keeps private but the release needs: its sockets and its gathering. */
+interface IceConnectionInternals {
+  protocols: unknown[];
+  gatherCandidates(): Promise<void>;
+  close(): Promise<void>;
 }
 
 function safeJson(s: string): unknown {

@@ -15,6 +15,7 @@ import { ConfigError, WlError, errorMessage } from "../util/errors.js";
 import { KeyframeGate } from "./keyframe-gate.js";
 import { useNativeSrtpGcm } from "./srtp.js";
 import { PeerSession, type PeerSessionOptions } from "./peer.js";
+import { BadOfferError, MAX_TRICKLED_CANDIDATES, candidateProblem, checkOffer, type OfferShape } from "./offer-check.js";
 import { spsProfileLevelId, splitAnnexB } from "./h264.js";
 import { RungPolicy, type RungName, type RungViewer } from "./rungs.js";
 import { TurnSelector } from "./turn-select.js";
@@ -118,6 +119,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   /** Which TURN URL werift gets (it uses only the first it is given). */
   readonly #turn: TurnSelector;
   readonly #peers = new Map<string, PeerSession>();
+  /** Closed viewers whose sockets werift is still releasing: close() waits for them. */
+  readonly #releasing = new Set<Promise<void>>();
   readonly #m: {
     viewers: Gauge; keyframeRequests: Counter<"reason">; framesDropped: Counter; retransmits: Counter;
     rungViewers: Gauge<"rung">; rungOpens: Counter; rungCloses: Counter; rungOpenFailures: Counter; rungSwitches: Counter<"to">;
@@ -191,6 +194,11 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     return this.#peers.size;
   }
 
+  /** Closed viewers whose peer connections are still releasing their sockets (tests: 0 once settled). */
+  get releasingCount(): number {
+    return this.#releasing.size;
+  }
+
   get viewers(): PeerSession[] {
     return [...this.#peers.values()];
   }
@@ -229,9 +237,12 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     const log = this.#o.log.child({ session: session.id });
 
     const fail = (m: ClientMessage, err: unknown): void => {
-      const refused = err instanceof WlError;
-      log.info({ err: errorMessage(err) }, "offer not accepted");
-      session.send({ type: "error", code: refused ? "unavailable" : "internal", message: errorMessage(err), ref: m.type, ...(m.id !== undefined ? { id: m.id } : {}) });
+      // A malformed offer or candidate is the client's: bad-message. A refusal of ours (no port, no
+      // source) is unavailable; anything else is a bug of ours: internal.
+      const code = err instanceof BadOfferError ? "bad-message" : err instanceof WlError ? "unavailable" : "internal";
+      if (code === "internal") log.warn({ err }, "offer failed unexpectedly");
+      else log.info({ err: errorMessage(err) }, `${m.type} not accepted`);
+      session.send({ type: "error", code, message: code === "internal" ? `internal error: ${errorMessage(err)}` : errorMessage(err), ref: m.type, ...(m.id !== undefined ? { id: m.id } : {}) });
     };
 
     let turnUrl: string | undefined;
@@ -255,6 +266,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
           ...(this.#cursorShape ? { shape: this.#cursorShape } : {}),
         }),
       });
+      this.#peers.get(session.id)?.close("replaced by a new offer");
       this.#peers.set(session.id, p);
       this.#viewerRungs.set(p.id, { rung: "main", pending: undefined });
       this.#m.viewers.set(this.#peers.size);
@@ -262,6 +274,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       this.#cancelLinger();
       p.on("keyframe", (reason) => this.#requestKeyframe(reason, p.id));
       p.once("close", ({ reason }) => {
+        const released = p.released.finally(() => this.#releasing.delete(released));
+        this.#releasing.add(released);
         if (reason === SOURCE_CLOSED && !session.closed) {
           // The picture is gone: the viewer hears why at once (not from its own ICE timeout), and may
           // offer again on this session (a new peer, on a reopened source).
@@ -277,6 +291,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
           session.send({ type: "bye", reason: "no network path (ICE failed); connect again" });
           session.close(1000, "ice failed");
         }
+        // Only this viewer's own entries: a later peer of the same session may have taken its key.
+        if (this.#peers.get(session.id) !== p) return;
         this.#peers.delete(session.id);
         this.#viewerRungs.delete(p.id);
         this.#gate?.withdraw(p.id);
@@ -292,28 +308,60 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       return p;
     };
 
+    /** The first accepted offer's m-sections: later offers (ICE restarts) must keep them. */
+    let shape: OfferShape | undefined;
+    /** One offer at a time: werift applies descriptions in order, and two first offers raced for one viewer. */
+    let answering = false;
+    let trickled = 0;
     session.on("message", (m) => {
       if (m.type === "offer") {
+        let checked: OfferShape;
+        try {
+          checked = checkOffer(m.sdp, peer ? shape : undefined);
+        } catch (err) {
+          fail(m, err);
+          return;
+        }
+        if (answering) {
+          session.send({ type: "error", code: "unexpected", message: "an offer is still being answered: send the next one after its answer (or error)", ref: m.type, ...(m.id !== undefined ? { id: m.id } : {}) });
+          return;
+        }
+        answering = true;
         if (!starting) starting = start(m);
         const first = !peer;
-        starting
+        const mine = starting;
+        mine
           .then(async (p) => {
             peer = p;
-            if (p) await p.handleOffer(m.sdp);
+            if (!p) return;
+            await p.handleOffer(m.sdp);
+            if (first) shape = checked;
+            trickled = 0; // each answered offer (an ICE restart too) starts a new round of candidates
             // Gathering is over: a TURN server that gave no relay candidate is checked again for the next viewer.
-            if (p && first && turnUrl !== undefined && !p.gatheredRelay) this.#turn.failed(turnUrl);
+            if (first && turnUrl !== undefined && !p.gatheredRelay) this.#turn.failed(turnUrl);
           })
           .catch((err: unknown) => {
             fail(m, err);
-            if (first) {
-              // Nothing half-built stays behind: a later offer starts from scratch.
-              peer?.close("offer failed");
+            // Nothing half-built stays behind: a later offer starts from scratch.
+            if (first && starting === mine) {
+              void mine.then((p) => p?.close("offer failed"), () => undefined);
               peer = undefined;
               starting = undefined;
+              shape = undefined;
             }
+          })
+          .finally(() => {
+            answering = false;
           });
       } else if (m.type === "candidate") {
         if (!starting) return; // candidates before any offer have nothing to apply to
+        if (m.candidate !== null && m.candidate.candidate !== "") {
+          const problem = candidateProblem(m.candidate.candidate) ?? (++trickled > MAX_TRICKLED_CANDIDATES ? `more than ${MAX_TRICKLED_CANDIDATES} candidates for this viewer` : undefined);
+          if (problem !== undefined) {
+            fail(m, new BadOfferError(problem));
+            return;
+          }
+        }
         starting
           .then((p) => p?.addCandidate(m.candidate))
           .catch((err: unknown) => log.debug({ err: errorMessage(err) }, "remote candidate not added"));
@@ -668,6 +716,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     this.#o.signaling.off("session", this.#onSession);
     this.#o.signaling.iceServersFor = undefined;
     for (const p of [...this.#peers.values()]) p.close("agent shutting down");
+    await Promise.allSettled([...this.#releasing]);
     const opening = this.#sourceOpening;
     if (opening) await opening.then((s) => s.close(), () => undefined);
     await this.#closeSource();

@@ -3,81 +3,13 @@ import assert from "node:assert/strict";
 import { startTestAgent } from "../helpers/agent.js";
 import { hello, withTimeout } from "../helpers/ws-client.js";
 import { CloseCode } from "../../agent/signaling/protocol.js";
-
-/** A small seeded PRNG (mulberry32): a failure can be replayed with the same seed. */
-class Rng {
-  #s: number;
-  constructor(seed: number) {
-    this.#s = seed >>> 0;
-  }
-  nextDouble(): number {
-    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
-    let t = this.#s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  /** An integer in [min, max]. */
-  nextInt(min: number, max: number): number {
-    return min + Math.floor(this.nextDouble() * (max - min + 1));
-  }
-}
+import { Rng, addressesIn, mutate, rawMutation, staysOnLoopback, validMessages } from "../helpers/fuzz.js";
 
 /**
  * At least 10 000 random and mutated signaling messages against a live server. Every bad message
  * must be answered with an error, valid ones with their reply; the server never crashes and no
  * promise rejection goes unhandled.
  */
-const validMessages: unknown[] = [
-  { type: "ping", id: 1 },
-  { type: "offer", sdp: "v=0\r\n" },
-  { type: "answer", sdp: "v=0\r\n" },
-  { type: "candidate", candidate: { candidate: "candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host", sdpMid: "0", sdpMLineIndex: 0 } },
-  { type: "candidate", candidate: null },
-];
-
-function mutate(rng: Rng, v: unknown, depth = 0): unknown {
-  const r = rng.nextInt(0, 9);
-  if (v !== null && typeof v === "object" && !Array.isArray(v) && depth < 4) {
-    const o: Record<string, unknown> = { ...(v as Record<string, unknown>) };
-    const keys = Object.keys(o);
-    const k = keys[rng.nextInt(0, Math.max(0, keys.length - 1))];
-    if (r < 3 && k !== undefined) o[k] = mutate(rng, o[k], depth + 1);
-    else if (r < 5 && k !== undefined) delete o[k];
-    else if (r < 7) o[["__proto__", "constructor", "extra", "type", "sdp", "v"][rng.nextInt(0, 5)]!] = randomValue(rng, depth + 1);
-    else if (k !== undefined) o[k] = randomValue(rng, depth + 1);
-    return o;
-  }
-  return randomValue(rng, depth + 1);
-}
-
-function randomValue(rng: Rng, depth: number): unknown {
-  switch (rng.nextInt(0, depth > 3 ? 6 : 8)) {
-    case 0: return null;
-    case 1: return rng.nextInt(-1e9, 1e9);
-    case 2: return rng.nextDouble() * 1e300;
-    case 3: return ["hello", "offer", "answer", "candidate", "bye", "ping", "welcome", "", "OFFER"][rng.nextInt(0, 8)];
-    case 4: return "x".repeat(rng.nextInt(0, 300));
-    case 5: return true;
-    case 6: return String.fromCharCode(...Array.from({ length: rng.nextInt(0, 20) }, () => rng.nextInt(0, 0xffff)));
-    case 7: return [randomValue(rng, depth + 1), randomValue(rng, depth + 1)];
-    default: return { type: randomValue(rng, depth + 1), sdp: randomValue(rng, depth + 1) };
-  }
-}
-
-function rawMutation(rng: Rng, text: string): string {
-  const chars = [...text];
-  const n = rng.nextInt(1, 4);
-  for (let i = 0; i < n && chars.length > 0; i++) {
-    const at = rng.nextInt(0, chars.length - 1);
-    const op = rng.nextInt(0, 2);
-    if (op === 0) chars.splice(at, 1);
-    else if (op === 1) chars.splice(at, 0, String.fromCharCode(rng.nextInt(0, 127)));
-    else chars[at] = String.fromCharCode(rng.nextInt(0, 0xffff));
-  }
-  return chars.join("");
-}
-
 test("10 000 random and mutated messages: every one answered, no crash, no unhandled rejection", async () => {
   const unhandled: unknown[] = [];
   const onUnhandled = (r: unknown) => unhandled.push(r);
@@ -92,6 +24,7 @@ test("10 000 random and mutated messages: every one answered, no crash, no unhan
     const perConnection = 2_500;
     let sent = 0;
     let answered = 0;
+    const addresses = new Set<string>();
     let byes = 0;
     while (sent < total) {
       const r = await hello(t.wsUrl, token);
@@ -106,6 +39,9 @@ test("10 000 random and mutated messages: every one answered, no crash, no unhan
         if (kind < 5) text = JSON.stringify(mutate(rng, base));
         else if (kind < 9) text = rawMutation(rng, JSON.stringify(base));
         else text = JSON.stringify(base);
+        // Traffic stays home: a mutation that names an address off loopback (or an mDNS name) is not sent.
+        if (!staysOnLoopback(text)) text = JSON.stringify(base);
+        for (const a of addressesIn(text)) addresses.add(a);
         let parsed: unknown;
         try {
           parsed = JSON.parse(text);
@@ -142,6 +78,8 @@ test("10 000 random and mutated messages: every one answered, no crash, no unhan
     }
     assert.ok(sent >= total, `sent ${sent}`);
     assert.equal(answered + byes, sent, "every message got an answer (or was a valid bye)");
+    assert.ok(addresses.has("127.0.0.1"), "candidates were sent");
+    for (const a of addresses) assert.match(a, /^127\./, `the fuzzer named ${a}`);
     // The server is still healthy.
     const r = await hello(t.wsUrl, token);
     assert.ok(r.welcome);
@@ -162,7 +100,9 @@ test("300 random first messages (before hello): each answered with an error and 
     const codes = new Map<number, number>();
     for (let i = 0; i < 300; i++) {
       const base = hellos[rng.nextInt(0, hellos.length - 1)];
-      const text = rng.nextInt(0, 1) === 0 ? JSON.stringify(mutate(rng, base)) : rawMutation(rng, JSON.stringify(base));
+      let text = rng.nextInt(0, 1) === 0 ? JSON.stringify(mutate(rng, base)) : rawMutation(rng, JSON.stringify(base));
+      if (!staysOnLoopback(text)) text = JSON.stringify(base);
+      assert.ok(staysOnLoopback(text));
       const c = new (await import("../helpers/ws-client.js")).TestClient(t.wsUrl);
       await c.opened;
       c.send(text);
@@ -187,4 +127,15 @@ test("300 random first messages (before hello): each answered with an error and 
   } finally {
     await t.close();
   }
+});
+
+test("the fuzzers' address guard: only 127.0.0.0/8 literals pass", () => {
+  assert.ok(staysOnLoopback(JSON.stringify(validMessages[3])));
+  for (const bad of ["candidate:1 1 udp 1 192.0.2.1 5 typ host", "candidate:1 1 udp 1 107.0.0.1 5 typ host", "x 27.0.0.1 y", "a 127.0.0.1 b 10.0.0.1", "fe80::1 here", "::1", "abc.local", "127.0.0.256"])
+    assert.equal(staysOnLoopback(bad), false, bad);
+  // Raw mutations of the loopback candidate do produce other addresses: the guard is what stops them.
+  const rng = new Rng(1);
+  let caught = 0;
+  for (let i = 0; i < 20_000; i++) if (!staysOnLoopback(rawMutation(rng, JSON.stringify(validMessages[3])))) caught++;
+  assert.ok(caught > 0, "some mutations named another address");
 });
