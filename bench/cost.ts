@@ -266,7 +266,7 @@ async function viewersRole(): Promise<void> {
   const connect = async (token: string): Promise<V> => {
     const { client, welcome } = await hello(wsUrl, token);
     if (!welcome) throw new Error("no welcome from the agent");
-    const pc = new RTCPeerConnection({
+    const pc = new RTCPeerConnection({ iceServers: [] /* werift defaults to a public STUN server */,
       codecs: { video: [useH264({ rtcpFeedback: [useNACK(), usePLI(), useFIR(), useTWCC()] })], audio: [] },
       headerExtensions: { video: [useSdesMid(), useTransportWideCC()], audio: [] },
       ...iceHostOptions(["127.0.0.1"]),

@@ -28,7 +28,8 @@ for _ in $(seq 50); do [ -s "$pcap" ] && break; sleep 0.1; done
 set +e
 "$@"
 rc=$?
-set -e
+# The report reads the capture through pipes cut short by head: no errexit or pipefail from here on.
+set +o pipefail
 sleep 1
 kill "$dump" 2>/dev/null; wait "$dump" 2>/dev/null
 n=$(tcpdump -n -r "$pcap" 2>/dev/null | wc -l)

@@ -20,7 +20,7 @@ const isLoopback = (host: string): boolean => /^127\./.test(host);
 export async function connectLoopbackViewer(wsUrl: string, token: string, timeoutMs = 15_000): Promise<LoopbackViewer> {
   const { client, welcome } = await hello(wsUrl, token);
   if (!welcome) throw new Error("no welcome");
-  const pc = new RTCPeerConnection({
+  const pc = new RTCPeerConnection({ iceServers: [] /* werift defaults to a public STUN server */,
     codecs: { video: [useH264({ rtcpFeedback: [useNACK(), usePLI(), useFIR(), useTWCC()] })], audio: [] },
     headerExtensions: { video: [useSdesMid(), useTransportWideCC()], audio: [] },
     iceUseIpv6: false,

@@ -32,7 +32,7 @@ interface Viewer {
 async function connectViewer(): Promise<Viewer> {
   const { client, welcome } = await hello(fx.wsUrl, await fx.token("view"));
   assert.ok(welcome, "welcome");
-  const pc = new RTCPeerConnection({
+  const pc = new RTCPeerConnection({ iceServers: [] /* werift defaults to a public STUN server */,
     codecs: { video: [useH264({ rtcpFeedback: [useNACK(), usePLI(), useFIR(), useTWCC()] })], audio: [] },
     headerExtensions: { video: [useSdesMid(), useTransportWideCC()], audio: [] },
     ...iceHostOptions(["127.0.0.1"]),

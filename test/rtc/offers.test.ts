@@ -294,7 +294,7 @@ test("a real Chromium's offers pass the checks: the first (with its gathered can
     // No STUN/TURN server and no remote description: gathering binds sockets but sends nothing.
     // (A script string: the test build has no DOM types.)
     const offers = (await page.evaluate(`(async () => {
-      const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+      const pc = new RTCPeerConnection({ iceServers: [] /* werift defaults to a public STUN server */, bundlePolicy: "max-bundle" });
       pc.addTransceiver("video", { direction: "recvonly" });
       pc.createDataChannel("control");
       pc.createDataChannel("input");
@@ -307,7 +307,7 @@ test("a real Chromium's offers pass the checks: the first (with its gathered can
       });
       const gathered = pc.localDescription.sdp;
       const restart = (await pc.createOffer({ iceRestart: true })).sdp;
-      const pc2 = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+      const pc2 = new RTCPeerConnection({ iceServers: [] /* werift defaults to a public STUN server */, bundlePolicy: "max-bundle" });
       pc2.addTransceiver("audio", { direction: "recvonly" });
       pc2.addTransceiver("video", { direction: "recvonly" });
       pc2.createDataChannel("control");
