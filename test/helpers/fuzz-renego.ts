@@ -169,12 +169,16 @@ export async function runRenegoFuzz(opts: { sessions: number; concurrency: numbe
     let messages = 0;
     let started = 0;
     const one = async (): Promise<void> => {
-      let s = await hello(fx.wsUrl, token);
-      // At the session cap or the budget of connections before hello (closed sessions leave them a moment
-      // later): try again, as an attacker would.
-      for (let i = 0; !s.welcome && (s.closed?.code === 4503 || s.closed?.code === 4408) && i < 50; i++) {
+      // At the session cap or the budget of connections before hello (HTTP 503 for the upgrade, or a close
+      // after hello; closed sessions leave them a moment later): try again, as an attacker would.
+      const attempt = (): ReturnType<typeof hello> => hello(fx.wsUrl, token).catch((err: unknown) => {
+        if (!/HTTP 503/.test(String(err))) throw err;
+        return { client: undefined as unknown as TestClient, closed: { code: 503, reason: String(err) } };
+      });
+      let s = await attempt();
+      for (let i = 0; !s.welcome && [503, 4503, 4408].includes(s.closed?.code ?? 0) && i < 100; i++) {
         await sleep(100);
-        s = await hello(fx.wsUrl, token);
+        s = await attempt();
       }
       if (!s.welcome) throw new Error(`hostile session refused: ${JSON.stringify(s.closed)}`);
       const client: TestClient = s.client;
