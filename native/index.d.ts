@@ -369,6 +369,8 @@ export declare class SrtpGcmSealer {
 
 export interface WlWebrtcAddon {
   readonly versions: NativeVersions;
+  /** Returns the C heap's free pages to the system (glibc malloc_trim(0)); true if some were. A few ms. */
+  trimMemory(): boolean;
   readonly PipeWireCapture: typeof PipeWireCapture;
   readonly NativeVideoEncoder: typeof NativeVideoEncoder;
   readonly FrameFeeder: typeof FrameFeeder;

@@ -19,6 +19,7 @@ import { BadOfferError, MAX_TRICKLED_CANDIDATES, candidateProblem, checkOffer, t
 import { spsProfileLevelId, splitAnnexB } from "./h264.js";
 import { RungPolicy, type RungName, type RungViewer } from "./rungs.js";
 import { TurnSelector } from "./turn-select.js";
+import { MemoryTrimmer } from "./trim.js";
 import { rangedUdpBinds } from "./ports.js";
 
 /** Opens the shared encoded source when the first viewer arrives. Rejects with a message for the user. */
@@ -121,6 +122,8 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
   readonly #peers = new Map<string, PeerSession>();
   /** Closed viewers whose sockets werift is still releasing: close() waits for them. */
   readonly #releasing = new Set<Promise<void>>();
+  /** Gives what released viewers freed in the C heap back to the system. */
+  readonly #trimmer = new MemoryTrimmer();
   readonly #m: {
     viewers: Gauge; keyframeRequests: Counter<"reason">; framesDropped: Counter; retransmits: Counter;
     rungViewers: Gauge<"rung">; rungOpens: Counter; rungCloses: Counter; rungOpenFailures: Counter; rungSwitches: Counter<"to">;
@@ -274,7 +277,10 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
       this.#cancelLinger();
       p.on("keyframe", (reason) => this.#requestKeyframe(reason, p.id));
       p.once("close", ({ reason }) => {
-        const released = p.released.finally(() => this.#releasing.delete(released));
+        const released = p.released.finally(() => {
+          this.#releasing.delete(released);
+          this.#trimmer.request();
+        });
         this.#releasing.add(released);
         if (reason === SOURCE_CLOSED && !session.closed) {
           // The picture is gone: the viewer hears why at once (not from its own ICE timeout), and may
@@ -712,6 +718,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     this.#closed = true;
     clearInterval(this.#abrTimer);
     this.#turn.close();
+    this.#trimmer.close();
     this.#cancelLinger();
     this.#o.signaling.off("session", this.#onSession);
     this.#o.signaling.iceServersFor = undefined;

@@ -9,6 +9,7 @@ import { parseControlMessage } from "../../agent/rtc/control.js";
 import { IceServers, cursorShapeMessage, turnRestCredential } from "../../agent/rtc/stage.js";
 import { parseConfig } from "../../agent/config/load.js";
 import { ConfigError } from "../../agent/util/errors.js";
+import { MemoryTrimmer, TRIM_DELAY_MS } from "../../agent/rtc/trim.js";
 import type { KeyframeReason } from "../../agent/encode/types.js";
 
 const opts = { minBps: 300_000, maxBps: 8_000_000, startBps: 2_000_000 };
@@ -631,4 +632,19 @@ test("rungs: a viewer far under the main rung for 2 s moves down (not while ramp
     if (m.get("slow") === "low") moved = u;
   }
   assert.equal(moved, 2000, "a congested newcomer moves down after downMs, not after the grace");
+});
+
+test("MemoryTrimmer: releases in a burst share one trim after TRIM_DELAY_MS; close() cancels a pending one and later requests", async () => {
+  const t = new MemoryTrimmer();
+  t.request();
+  t.request();
+  t.request();
+  await new Promise((r) => setTimeout(r, TRIM_DELAY_MS + 300));
+  assert.equal(t.trims, 1, "one trim for the burst (the native addon is built)");
+  t.request();
+  t.close();
+  t.close();
+  t.request();
+  await new Promise((r) => setTimeout(r, TRIM_DELAY_MS + 300));
+  assert.equal(t.trims, 1, "nothing after close");
 });
