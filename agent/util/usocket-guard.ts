@@ -15,17 +15,23 @@
  * iteration N, the handle is finished in N's closing phase, or in N+1's when the close ran from a close
  * callback; two chained setImmediate callbacks run in the check phase of N+1 at the earliest and of N+2
  * at the latest, after it either way. A wrapper that is never closed cannot be collected early: its
- * JS callback (a strong persistent) keeps it alive until close. Not covered: a socket closed while its
- * connect() still runs in usocket's thread pool (its uv_work_t is in the wrapper too); connecting a
- * unix socket takes microseconds, and our callers close only after the connection is made or failed.
+ * JS callback (a strong persistent) keeps it alive until close.
+ *
+ * A socket ended or closed while its connect() still runs in usocket's thread pool crashes the process
+ * too (see afterConnect below): that call now waits for the connection.
  */
 import { createRequire } from "node:module";
 
 interface USocketLike {
   _wrap: object | null;
+  /** Set once the socket is connected (usocket's "connected" event). */
+  fd?: number;
+  once(event: "connected", listener: () => void): unknown;
+  [k: string]: unknown;
 }
 interface USocketPrototype {
   destroy(this: USocketLike, ...args: unknown[]): unknown;
+  end(this: USocketLike, ...args: unknown[]): unknown;
   _wrapEvent(this: USocketLike, ...args: unknown[]): unknown;
   [GUARDED]?: true;
 }
@@ -52,6 +58,23 @@ function keepClosedWrap(fn: (this: USocketLike, ...args: unknown[]) => unknown) 
   };
 }
 
+/**
+ * Wraps `end` or `destroy` so that, while a connect is still in flight, the call waits for the connection.
+ * usocket's native connect runs on a worker thread and initialises the poll handle only when it completes:
+ * a shutdown before that starts polling an uninitialised handle (SIGSEGV), and a close before that leaves
+ * the completion calling back into a closed wrapper. Both are seen when the desktop's bus goes away while
+ * a D-Bus connection is being made (a desktop restart). A connect that fails closes the socket itself.
+ */
+function afterConnect(name: "end" | "destroy", fn: (this: USocketLike, ...args: unknown[]) => unknown) {
+  return function (this: USocketLike, ...args: unknown[]): unknown {
+    if (this._wrap !== null && this._wrap !== undefined && this.fd === undefined) {
+      this.once("connected", () => (this[name] as (...a: unknown[]) => unknown)(...args));
+      return this;
+    }
+    return fn.apply(this, args);
+  };
+}
+
 /** The USocket class dbus-next loads (resolved from dbus-next's own location), or undefined without usocket. */
 function usocketPrototype(): USocketPrototype | undefined {
   try {
@@ -69,9 +92,10 @@ function usocketPrototype(): USocketPrototype | undefined {
  */
 export function guardUsocketClose(): boolean {
   const proto = usocketPrototype();
-  if (proto === undefined || typeof proto.destroy !== "function" || typeof proto._wrapEvent !== "function") return false;
+  if (proto === undefined || typeof proto.destroy !== "function" || typeof proto.end !== "function" || typeof proto._wrapEvent !== "function") return false;
   if (proto[GUARDED] === true) return true;
-  proto.destroy = keepClosedWrap(proto.destroy);
+  proto.end = afterConnect("end", proto.end);
+  proto.destroy = keepClosedWrap(afterConnect("destroy", proto.destroy));
   proto._wrapEvent = keepClosedWrap(proto._wrapEvent);
   proto[GUARDED] = true;
   return true;

@@ -9,12 +9,15 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { tmpdir } from "node:os";
+import { mkdtempSync, rmSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, it, before, after } from "node:test";
 import { guardUsocketClose } from "../../agent/util/usocket-guard.js";
 import { TestDesktop } from "./desktop-fixture.js";
 
 const CHILD = fileURLToPath(new URL("./usocket-close-child.js", import.meta.url));
+const CONNECT_CHILD = fileURLToPath(new URL("./usocket-connect-child.js", import.meta.url));
 
 interface Exit {
   code: number | null;
@@ -23,10 +26,10 @@ interface Exit {
   stderr: string;
 }
 
-function runChild(address: string, mode: "guarded" | "unguarded"): Promise<Exit> {
+function runChild(address: string, mode: "guarded" | "unguarded", script = CHILD): Promise<Exit> {
   return new Promise((resolve, reject) => {
     // No core file for the abort that is expected (ulimit -c 0; exec keeps the signal the child's).
-    const child = spawn("/bin/sh", ["-c", 'ulimit -c 0 && exec "$0" "$@"', process.execPath, "--expose-gc", CHILD, address, mode], {
+    const child = spawn("/bin/sh", ["-c", 'ulimit -c 0 && exec "$0" "$@"', process.execPath, "--expose-gc", script, address, mode], {
       cwd: tmpdir(),
       // Freed memory filled with 0x55 at once (tcache off: its frees skip the fill).
       env: { ...process.env, MALLOC_PERTURB_: "85", GLIBC_TUNABLES: "glibc.malloc.tcache_count=0" },
@@ -70,5 +73,19 @@ describe("usocket close guard", { timeout: 120_000 }, () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^survived 30$/m);
     assert.match(r.stdout, /^closing 0$/m, "closed wrappers are let go once libuv is done with them");
+  });
+
+  it("a socket ended or closed while it is still connecting: the process dies unguarded, and waits for the connection guarded", async () => {
+    const sock = join(mkdtempSync(join(tmpdir(), "wl-usock-")), "s");
+    try {
+      const bare = await runChild(`${sock}-bare`, "unguarded", CONNECT_CHILD);
+      assert.ok(bare.signal !== null || bare.code !== 0, `unguarded child exited ${bare.code} ${bare.signal}: ${bare.stdout}${bare.stderr.slice(-300)}`);
+      const safe = await runChild(`${sock}-safe`, "guarded", CONNECT_CHILD);
+      assert.equal(safe.signal, null, safe.stderr.slice(-500));
+      assert.equal(safe.code, 0, safe.stderr.slice(-500));
+      assert.match(safe.stdout, /survived 40/);
+    } finally {
+      rmSync(dirname(sock), { recursive: true, force: true });
+    }
   });
 });
