@@ -257,6 +257,7 @@ async function viewersRole(): Promise<void> {
   };
   const { hello } = await import("../test/helpers/ws-client.js");
   const { iceHostOptions } = await import("../agent/rtc/peer.js");
+  (await import("../agent/rtc/stun-default.js")).noDefaultStunServer();
   const wsUrl = process.argv[3]!;
   interface V {
     close(): Promise<void>;

@@ -20,6 +20,7 @@ import { spsProfileLevelId, splitAnnexB } from "./h264.js";
 import { RungPolicy, type RungName, type RungViewer } from "./rungs.js";
 import { TurnSelector } from "./turn-select.js";
 import { MemoryTrimmer } from "./trim.js";
+import { noDefaultStunServer } from "./stun-default.js";
 import { rangedUdpBinds } from "./ports.js";
 
 /** Opens the shared encoded source when the first viewer arrives. Rejects with a message for the user. */
@@ -155,6 +156,7 @@ export class RtcStage extends TypedEmitter<RtcStageEvents> {
     this.#turn = new TurnSelector({ log: opts.log.child({ part: "turn" }) });
     // werift's port search in rtc.udp_port_min..max races between sockets bound at once (ports.ts).
     if (opts.config.udp_port_min !== 0) rangedUdpBinds();
+    noDefaultStunServer();
     const r = [opts.metrics.registry];
     // One registry per agent; a second stage on the same registry (tests) reuses the series.
     const get = <T>(name: string, make: () => T): T => (opts.metrics.registry.getSingleMetric(name) as T | undefined) ?? make();

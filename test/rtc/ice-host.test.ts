@@ -40,6 +40,9 @@ test("the agent's answer and trickled candidates name only the configured addres
       addrs.push(c.candidate.split(" ")[4]!);
     }
     assert.ok(addrs.length > 0, "the agent offered host candidates");
+    // No STUN server configured: none at all (werift would otherwise ask stun.l.google.com).
+    const conn = (fx.agent.rtc!.viewers[0]!.peerConnection as unknown as { iceTransports: { connection: { stunServer: unknown } }[] }).iceTransports[0]!.connection;
+    assert.equal(conn.stunServer, undefined, "no STUN server when rtc.stun_servers is empty");
     assert.deepEqual([...new Set(addrs)], ["127.0.0.1"], `candidates: ${addrs.join(" ")}`);
   } finally {
     await pc.close();
