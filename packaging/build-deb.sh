@@ -29,7 +29,7 @@ cp -r web-client/dist "$lib/web-client/"
 cp -r config "$lib/"
 cp "$WL_NODE_HOME/bin/node" "$lib/node/bin/node"
 # Production modules only, built (usocket) against the bundled Node.
-(cd "$lib" && npm ci --omit=dev --ignore-scripts=false --no-audit --no-fund >/dev/null)
+(cd "$lib" && npm ci --omit=dev --prefer-offline --ignore-scripts=false --no-audit --no-fund >/dev/null)
 rm -f "$lib/package-lock.json"
 
 cat > "$stage/usr/bin/wl-webrtc" <<'WRAP'
